@@ -1,0 +1,39 @@
+"""monosemantic — dictionary learning on a one-layer transformer, after *Towards Monosemanticity* (2023).
+
+The public API::
+
+    from monosemantic import preset, run_pipeline, Run                 # the whole recipe, resumable
+    from monosemantic import train_dictionary, DictionaryConfig, SAETrainConfig, Dictionary
+    from monosemantic import SubjectModel                              # TransformerLens behind one adapter
+"""
+from .config import (CorpusConfig, DictSpec, EvalConfig, HarvestConfig, LMTrainConfig, ModelConfig, RunConfig,
+                     SAETrainConfig, TokenizerConfig, preset)
+from .errors import (CheckpointMismatchError, ConfigError, CorpusError, MonosemanticError, TrainingDivergedError)
+from .sae import Dictionary, DictionaryConfig, available_kinds, geometric_median, make_dictionary, register_kind
+
+__all__ = [
+    "CorpusConfig", "DictSpec", "EvalConfig", "HarvestConfig", "LMTrainConfig", "ModelConfig", "RunConfig",
+    "SAETrainConfig", "TokenizerConfig", "preset", "CheckpointMismatchError", "ConfigError", "CorpusError",
+    "MonosemanticError", "TrainingDivergedError", "Dictionary", "DictionaryConfig", "available_kinds",
+    "geometric_median", "make_dictionary", "register_kind", "train_dictionary", "run_pipeline", "Run",
+    "SubjectModel", "ActivationStore",
+]
+
+
+def __getattr__(name):  # heavy modules (torch-heavy trainers, TransformerLens) load on first use
+    if name == "train_dictionary":
+        from .train_sae import train_dictionary
+        return train_dictionary
+    if name == "run_pipeline":
+        from .pipeline import run_pipeline
+        return run_pipeline
+    if name == "Run":
+        from .runs import Run
+        return Run
+    if name == "SubjectModel":
+        from .subject import SubjectModel
+        return SubjectModel
+    if name == "ActivationStore":
+        from .activations import ActivationStore
+        return ActivationStore
+    raise AttributeError(name)

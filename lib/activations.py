@@ -1,0 +1,161 @@
+"""Activation stores: MLP activations harvested into shards on disk, read back shuffled with bounded RAM.
+
+Harvest: contexts of the train split in a seeded order; from each context ``positions_per_context`` positions
+sampled without replacement, never position 0 (BOS).  Rows are buffered, shuffled, and written as shards
+``acts_NNNNN.npy`` (rows × d_mlp, float16) with ``meta_NNNNN.npy`` (rows × 3 int64: context, position, token id).
+``store.json`` lists finished shards and is rewritten atomically after each, so a killed harvest resumes at the
+next shard.
+
+Read: each epoch visits the shards in a seeded order, ``buffer_shards`` at a time; the rows of the buffer are
+permuted together and yielded in batches — every row exactly once per epoch (without replacement), with RAM at
+most ``buffer_shards × shard_rows × d_mlp × 2`` bytes whatever the store's size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import HarvestConfig
+from .errors import CheckpointMismatchError, ConfigError
+from .io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from .subject import SubjectModel
+from .tokenizer import TokenSplit
+
+
+def harvest(model: SubjectModel, split: TokenSplit, out_dir: Path, cfg: HarvestConfig, seed: int,
+            context_offset: int = 0, progress: bool = True) -> dict:
+    """Fill ``out_dir`` with ``cfg.rows`` activation rows (resuming a partial store).
+
+    Shard k holds the sampled positions of contexts ``order[k·C:(k+1)·C]`` (C = shard_rows // P), drawn with a
+    generator seeded by (seed, k): a shard's content does not depend on whether the harvest was interrupted.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    P = cfg.positions_per_context
+    C = max(1, cfg.shard_rows // P)
+    need_ctx = -(-cfg.rows // P)
+    if need_ctx + context_offset > split.n_contexts:
+        raise ConfigError(
+            f"harvesting {cfg.rows} rows at {P} positions per context needs {need_ctx} contexts (after skipping "
+            f"{context_offset}) but the train split has {split.n_contexts}; lower harvest.rows, raise "
+            f"harvest.positions_per_context, or use a larger corpus (corpus.max_bytes)")
+    fingerprint = {"rows": cfg.rows, "positions_per_context": P, "shard_rows": cfg.shard_rows, "seed": seed,
+                   "context_offset": context_offset, "d_mlp": model.d_mlp, "hook": model.hook, "dtype": cfg.dtype}
+    state = read_json(out_dir / "store.json")
+    if state is not None and state.get("fingerprint") != fingerprint:
+        raise CheckpointMismatchError(
+            f"the activation store in {out_dir} was harvested with a different config; delete {out_dir} to re-harvest")
+    if state is None:
+        state = {"fingerprint": fingerprint, "shards": [], "rows": 0, "d": model.d_mlp, "complete": False,
+                 "hook": model.hook, "positions_per_context": P}
+    if state["complete"]:
+        return state
+    # A and B read disjoint contexts when given different offsets (the paper trains B's dictionaries on other tokens)
+    order = np.random.default_rng([seed, 17]).permutation(split.n_contexts)[context_offset:]
+    dt = np.dtype(cfg.dtype)
+    n_shards = -(-need_ctx // C)
+    bar = tqdm(total=cfg.rows, initial=state["rows"], desc=f"harvest {out_dir.name}", unit="row", disable=not progress)
+    model.eval()
+    positions = np.arange(1, split.n_ctx)  # never position 0 (BOS)
+    for k in range(len(state["shards"]), n_shards):
+        rng = np.random.default_rng([seed, 23, k])
+        ctx = order[k * C:min((k + 1) * C, need_ctx)]
+        acts_parts, meta_parts = [], []
+        for i in range(0, len(ctx), cfg.batch_contexts):
+            idx = ctx[i:i + cfg.batch_contexts]
+            toks = split.contexts(idx)
+            acts = model.mlp_acts(torch.from_numpy(toks).to(model.device)).float().cpu().numpy()  # (n, ctx, d)
+            pos = np.stack([rng.choice(positions, size=P, replace=False) for _ in range(len(idx))])
+            r = np.arange(len(idx))[:, None]
+            acts_parts.append(acts[r, pos].reshape(-1, acts.shape[-1]).astype(dt))
+            meta_parts.append(np.stack([np.broadcast_to(idx[:, None], pos.shape), pos, toks[r, pos]], -1).reshape(-1, 3))
+        A, M = np.concatenate(acts_parts), np.concatenate(meta_parts).astype(np.int64)
+        take = min(len(A), cfg.rows - state["rows"])
+        perm = rng.permutation(len(A))[:take]
+        atomic_save_npy(out_dir / f"acts_{k:05d}.npy", A[perm])
+        atomic_save_npy(out_dir / f"meta_{k:05d}.npy", M[perm])
+        state["shards"].append({"name": f"{k:05d}", "rows": int(take)})
+        state["rows"] += int(take)
+        atomic_write_json(out_dir / "store.json", state)
+        bar.update(take)
+    bar.close()
+    state["complete"] = True
+    atomic_write_json(out_dir / "store.json", state)
+    return state
+
+
+class ActivationStore:
+    """Read side of a harvested store (see module docstring)."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.state = read_json(self.dir / "store.json")
+        if self.state is None:
+            raise FileNotFoundError(f"no activation store at {self.dir}; run the harvest stage first")
+        self.shards = self.state["shards"]
+        self.d = int(self.state["d"])
+        self.rows = int(self.state["rows"])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        name = self.shards[i]["name"]
+        return load_npy(self.dir / f"acts_{name}.npy"), load_npy(self.dir / f"meta_{name}.npy")
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` rows drawn uniformly from the whole store (for the geometric median, resampling, eval)."""
+        rng = np.random.default_rng([seed, 99])
+        picks = np.sort(rng.choice(self.rows, size=min(n, self.rows), replace=False))
+        bounds = np.cumsum([0] + [s["rows"] for s in self.shards])
+        out = []
+        for i in range(len(self.shards)):
+            sel = picks[(picks >= bounds[i]) & (picks < bounds[i + 1])] - bounds[i]
+            if len(sel):
+                out.append(np.asarray(self.shard(i)[0][sel], dtype=np.float32))
+        return torch.from_numpy(np.concatenate(out))
+
+    def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, buffer_shards: int = 4,
+                epochs: int | None = None, with_meta: bool = False) -> Iterator[torch.Tensor]:
+        """Yield float32 batches (B, d) forever (or ``epochs`` times), shuffled without replacement per epoch.
+
+        ``start_batch`` skips that many batches deterministically (resume); skipped buffers are not loaded.
+        """
+        if batch_size > self.rows:
+            raise ConfigError(f"batch size {batch_size} exceeds the {self.rows} rows in {self.dir}; harvest more "
+                              f"rows or use a smaller batch")
+        per_epoch = self.rows // batch_size
+        epoch = start_batch // per_epoch
+        skip = start_batch % per_epoch
+        while epochs is None or epoch < epochs:
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(self.shards))
+            carry_a = np.zeros((0, self.d), np.float32)
+            carry_m = np.zeros((0, 3), np.int64)
+            emitted = 0
+            for g in range(0, len(order), buffer_shards):
+                group = order[g:g + buffer_shards]
+                n_group = sum(self.shards[i]["rows"] for i in group)
+                avail = len(carry_a) + n_group
+                n_out = avail // batch_size
+                parts = [self.shard(i) for i in group]
+                A = np.concatenate([carry_a] + [np.asarray(p[0], dtype=np.float32) for p in parts])
+                M = np.concatenate([carry_m] + [np.asarray(p[1]) for p in parts]) if with_meta else None
+                perm = rng.permutation(len(A))
+                for b in range(n_out):
+                    if emitted >= skip:
+                        sel = perm[b * batch_size:(b + 1) * batch_size]
+                        x = torch.from_numpy(A[sel])
+                        yield (x, M[sel]) if with_meta else x
+                    emitted += 1
+                rest = perm[n_out * batch_size:]
+                carry_a = A[rest]
+                if with_meta:
+                    carry_m = M[rest]
+            skip = 0
+            epoch += 1

@@ -1,0 +1,77 @@
+"""Command line: ``monosemantic run``, ``monosemantic summary``.
+
+    monosemantic run --preset {tiny,default,paper} [--corpus SPEC] --out DIR [--stages S ...] [--device D]
+    monosemantic summary DIR [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import PRESETS, preset
+from .errors import MonosemanticError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monosemantic", description="Dictionary learning on a one-layer transformer.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run (or resume) every stage of a preset into a run directory")
+    r.add_argument("--preset", default="default", help=f"one of {sorted(PRESETS)} (default: default)")
+    r.add_argument("--corpus", default=None, help="'default', a local file/folder, or hf:NAME?split=…&column=…")
+    r.add_argument("--out", required=True, help="run directory (created, or resumed if it exists)")
+    r.add_argument("--stages", nargs="*", default=None, help="only these stages (e.g. dictionary:A/1)")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the preset's, auto)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    s = sub.add_parser("summary", help="stage status and every metric of a run")
+    s.add_argument("dir")
+    s.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    return p
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "run":
+            from .pipeline import run_pipeline
+
+            cfg = preset(args.preset)
+            if args.corpus:
+                cfg.corpus.spec = args.corpus
+            if args.device:
+                cfg.device = args.device
+            cfg.validate()
+            run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet)
+            print(json.dumps(run.summary(), indent=2))
+            return 0
+        if args.cmd == "summary":
+            from .runs import Run
+
+            summ = Run.open(args.dir).summary()
+            if args.json:
+                print(json.dumps(summ, indent=2))
+            else:
+                print(f"run {summ['run']} (preset {summ['preset']})")
+                for k, v in summ["stages"].items():
+                    print(f"  {k:24s} {v['status']:8s} {_fmt(v.get('seconds', ''))}")
+                for t, v in summ["transformers"].items():
+                    print(f"  transformer {t}: eval loss {_fmt(v['eval_loss'])}")
+                for d, v in summ["dictionaries"].items():
+                    print(f"  dictionary {d}: " + ", ".join(f"{k} {_fmt(v[k])}" for k in
+                          ("d_sae", "l0", "fvu", "loss_recovered", "dead", "ultralow") if k in v))
+            return 0
+    except (MonosemanticError, FileNotFoundError) as e:
+        print(f"monosemantic: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Atomic artifact writes and pickle-free tensor I/O.
+
+Every artifact is written to a temporary file in the same folder and renamed into place, so a crash or kill
+never leaves a half-written file where a finished one is expected.  Tensors go through safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text())
+
+
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path that lacks it
+            np.save(fh, arr, allow_pickle=False)
+
+
+def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=device)
+
+
+def append_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Append rows to a JSON-lines log (logs are append-only; a torn last line is skipped on read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, default=_json_default) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+    return out
+
+
+def optimizer_state_tensors(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> tuple[dict, dict]:
+    """Flatten an Adam-style optimizer state into (tensors, json-scalars) keyed by parameter index."""
+    tensors, scalars = {}, {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p, {})
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.ndim > 0:
+                tensors[f"opt.{i}.{k}"] = v
+            else:
+                scalars[f"{i}.{k}"] = float(v.item() if torch.is_tensor(v) else v)
+    return tensors, scalars
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], tensors: dict, scalars: dict) -> None:
+    for i, p in enumerate(params):
+        st = {}
+        for k, v in tensors.items():
+            if k.startswith(f"opt.{i}."):
+                st[k.split(".", 2)[2]] = v.to(p.device)
+        for k, v in scalars.items():
+            idx, name = k.split(".", 1)
+            if int(idx) == i:
+                st[name] = torch.tensor(v, dtype=torch.float32) if name == "step" else v
+        if st:
+            opt.state[p] = st

@@ -1,0 +1,125 @@
+"""Dictionary metrics (the paper's, plus the standard ones).
+
+- ``l0``: mean number of active features per token.
+- ``mse``: mean over tokens and elements of (x − x̂)².
+- ``fvu``: fraction of variance unexplained, Σ‖x − x̂‖² / Σ‖x − x̄‖² (x̄ the mean activation).
+- ``loss_recovered`` = (L_zero − L_spliced) / (L_zero − L_clean): L_zero with the MLP output zero-ablated,
+  L_spliced with the dictionary's reconstruction spliced in place of the MLP activations (the paper's
+  definition; it calls zero-ablation a harsh baseline, so this overstates quality).
+- ``density``: fraction of tokens on which a feature fires; ``dead`` never fires on the evaluation tokens,
+  ``ultralow`` fires but below a threshold (configurable; the paper's 1e-6 needs billions of tokens).
+- a log10-density histogram of the features that fire.
+
+Evaluation runs over every non-BOS position of a fixed set of validation contexts.  Only non-BOS positions are
+spliced: dictionaries never see the BOS position in training (the harvest skips it), as in the paper.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import EvalConfig
+from .sae import Dictionary
+from .subject import SubjectModel
+from .tokenizer import TokenSplit
+
+
+def fvu(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
+    x, xh = x_ND.double(), x_hat_ND.double()
+    return float((x - xh).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def loss_recovered(clean: float, zero: float, spliced: float) -> float:
+    if zero == clean:
+        return float("nan")
+    return (zero - spliced) / (zero - clean)
+
+
+def l0(f_NF: torch.Tensor) -> float:
+    return float((f_NF > 0).float().sum(-1).mean())
+
+
+def density_histogram(density_F: np.ndarray, bins: int = 40, lo: float = -8.0, hi: float = 0.0) -> dict:
+    alive = density_F[density_F > 0]
+    counts, edges = np.histogram(np.log10(alive), bins=bins, range=(lo, hi))
+    return {"log10_edges": edges.tolist(), "counts": counts.tolist(), "dead": int((density_F == 0).sum())}
+
+
+def eval_contexts(split: TokenSplit, n: int) -> np.ndarray:
+    """A fixed, evenly spread set of context indices (the same for every dictionary of a run)."""
+    n = min(n, split.n_contexts)
+    return np.linspace(0, split.n_contexts - 1, n).astype(np.int64)
+
+
+@torch.no_grad()
+def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit, cfg: EvalConfig,
+                        progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    sae.eval()
+    dev = model.device
+    sae.to(dev)
+    idx = eval_contexts(split, cfg.contexts)
+    F = sae.d_sae
+    fires_F = torch.zeros(F, dtype=torch.float64)
+    n_tok = 0
+    se = 0.0
+    sum_x = torch.zeros(sae.d_in, dtype=torch.float64)
+    sum_x2 = 0.0
+    l0_sum = 0.0
+    lc = lz = ls = 0.0
+    n_loss = 0
+    for i in tqdm(range(0, len(idx), cfg.batch_contexts), desc="evaluate", disable=not progress, unit="batch"):
+        toks = torch.from_numpy(split.contexts(idx[i:i + cfg.batch_contexts])).to(dev)
+        acts = model.mlp_acts(toks)                         # (b, ctx, d)
+        x = acts[:, 1:].reshape(-1, acts.shape[-1]).float()
+        x_hat, f = sae(x)
+        se += float((x - x_hat).double().pow(2).sum())
+        sum_x += x.double().sum(0).cpu()
+        sum_x2 += float(x.double().pow(2).sum())
+        fires_F += (f > 0).double().sum(0).cpu()
+        l0_sum += float((f > 0).double().sum())
+        n_tok += x.shape[0]
+
+        def splice(a):
+            out = a.clone()
+            b, c, d = a.shape
+            out[:, 1:] = sae(a[:, 1:].reshape(-1, d).float())[0].reshape(b, c - 1, d).to(a.dtype)
+            return out
+
+        lc += float(model.loss(toks)) * len(toks)
+        lz += float(model.loss_mlp_zero_ablated(toks)) * len(toks)
+        ls += float(model.loss_spliced(toks, splice)) * len(toks)
+        n_loss += len(toks)
+    D = sae.d_in
+    mean = sum_x / n_tok
+    total_var = sum_x2 - n_tok * float(mean.pow(2).sum())
+    density = (fires_F / n_tok).numpy()
+    L_clean, L_zero, L_spliced = lc / n_loss, lz / n_loss, ls / n_loss
+    dead = density == 0
+    ultralow = (density > 0) & (density < cfg.ultralow_density)
+    return {
+        "d_sae": F, "d_in": D, "kind": sae.cfg.kind, "l1_coefficient": sae.cfg.l1_coefficient,
+        "tokens": n_tok, "l0": l0_sum / n_tok, "mse": se / (n_tok * D), "fvu": se / total_var,
+        "loss_clean": L_clean, "loss_zero_ablated": L_zero, "loss_spliced": L_spliced,
+        "loss_recovered": loss_recovered(L_clean, L_zero, L_spliced),
+        "dead": int(dead.sum()), "ultralow": int(ultralow.sum()),
+        "dead_fraction": float(dead.mean()), "ultralow_fraction": float(ultralow.mean()),
+        "ultralow_threshold": cfg.ultralow_density,
+        "density_histogram": density_histogram(density, cfg.histogram_bins),
+        "_density": density,
+    }
+
+
+@torch.no_grad()
+def neuron_density(model: SubjectModel, split: TokenSplit, cfg: EvalConfig) -> np.ndarray:
+    """The same density for the MLP neurons themselves (the baseline the paper compares features against)."""
+    idx = eval_contexts(split, cfg.contexts)
+    fires = torch.zeros(model.d_mlp, dtype=torch.float64)
+    n = 0
+    for i in range(0, len(idx), cfg.batch_contexts):
+        acts = model.mlp_acts(torch.from_numpy(split.contexts(idx[i:i + cfg.batch_contexts])).to(model.device))
+        x = acts[:, 1:].reshape(-1, acts.shape[-1])
+        fires += (x > 0).double().sum(0).cpu()
+        n += x.shape[0]
+    return (fires / n).numpy()

@@ -1,0 +1,130 @@
+"""The whole recipe as resumable stages: corpus → tokenize → transformer:T → harvest:T → dictionary:T/n.
+
+``run_pipeline`` runs every stage not yet done, in order; a stage killed half-way is re-entered and resumes
+from its own checkpoints (transformer and dictionary training, activation shards).  Each stage writes its
+outputs atomically and is marked done only after they exist.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError
+from .io import atomic_save_npy, atomic_write_json, read_json
+from .runs import Run
+from .subject import resolve_device
+
+
+def _stage_corpus(run: Run, progress: bool) -> None:
+    from .corpus import load_corpus, write_corpus
+
+    docs = load_corpus(run.cfg.corpus)
+    write_corpus(docs, run.cfg.corpus, run.corpus_dir)
+
+
+def _stage_tokenize(run: Run, progress: bool) -> None:
+    from .corpus import read_corpus
+    from .tokenizer import Tokenizer, tokenize_corpus
+
+    docs = read_corpus(run.corpus_dir)
+    tok = Tokenizer.train((d["text"] for d in docs), run.cfg.tokenizer)
+    tokenize_corpus(docs, tok, run.tokens_dir, run.cfg.corpus.val_fraction, run.cfg.corpus.seed, progress=progress)
+    tok.save(run.tokens_dir / "tokenizer.json")  # last: its presence means the stage finished
+
+
+def _stage_transformer(name: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .train_lm import train_transformer
+
+        train_transformer(run.model_dir(name), run.tokens_dir, run.cfg.model, run.cfg.lm_train,
+                          d_vocab=run.tokenizer.vocab_size, seed=run.cfg.transformers[name],
+                          device=resolve_device(run.cfg.device), progress=progress)
+    return stage
+
+
+def _stage_harvest(name: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .activations import harvest
+
+        names = list(run.cfg.transformers)
+        model = run.model(name, device=str(resolve_device(run.cfg.device)))
+        split = run.split("train")
+        # each transformer's dictionaries see different tokens (the paper's B/1 was trained on other tokens than A/1)
+        need = -(-run.cfg.harvest.rows // run.cfg.harvest.positions_per_context)
+        offset = names.index(name) * need if (names.index(name) + 1) * need <= split.n_contexts else 0
+        harvest(model, split, run.acts_dir(name), run.cfg.harvest, seed=run.cfg.corpus.seed, context_offset=offset,
+                progress=progress)
+    return stage
+
+
+def _stage_dictionary(dict_id: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .metrics import evaluate_dictionary
+        from .sae import DictionaryConfig
+        from .train_sae import train_dictionary
+
+        spec = run.cfg.dictionary(dict_id)
+        dev = resolve_device(run.cfg.device)
+        train = run.cfg.sae_train
+        if spec.steps is not None:
+            from dataclasses import replace
+
+            train = replace(train, steps=spec.steps)
+        model = run.model(spec.transformer, device=str(dev))
+        dcfg = DictionaryConfig(d_in=model.d_mlp, d_sae=spec.d_sae, kind=spec.kind,
+                                l1_coefficient=spec.l1_coefficient, seed=spec.seed, options=dict(spec.options))
+        out = run.dict_dir(dict_id)
+        t0 = time.time()
+        sae = train_dictionary(run.store(spec.transformer), dcfg, train, out_dir=out, device=dev,
+                               seed=spec.seed, progress=progress)
+        train_s = time.time() - t0
+        m = evaluate_dictionary(sae, model, run.split("val"), run.cfg.eval, progress=progress)
+        atomic_save_npy(out / "density.npy", m.pop("_density"))
+        m["train_seconds"] = train_s
+        atomic_write_json(out / "metrics.json", m)
+    return stage
+
+
+def stage_fn(name: str) -> Callable:
+    if name == "corpus":
+        return _stage_corpus
+    if name == "tokenize":
+        return _stage_tokenize
+    kind, _, arg = name.partition(":")
+    table = {"transformer": _stage_transformer, "harvest": _stage_harvest, "dictionary": _stage_dictionary}
+    if kind not in table or not arg:
+        raise ConfigError(f"unknown stage {name!r}")
+    return table[kind](arg)
+
+
+def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print) -> Run:
+    """Run (or resume) every stage of ``cfg`` in ``root``.  ``stages`` restricts to those names (with their
+    prerequisites already done)."""
+    run = Run.create(root, cfg)
+    all_stages = run.stages()
+    if stages:
+        bad = [s for s in stages if s not in all_stages]
+        if bad:
+            raise ConfigError(f"unknown stages {bad}; this run has {all_stages}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for s in all_stages:
+        if stages and s not in stages:
+            continue
+        if run.is_done(s):
+            log(f"[monosemantic] {s}: done, skipped")
+            continue
+        prev = run.status()[s]
+        log(f"[monosemantic] {s}: {'resuming' if prev.get('status') == 'running' else 'starting'}")
+        t0 = time.time()
+        run.mark(s, "running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        stage_fn(s)(run, progress)
+        secs = time.time() - t0  # of the session that finished the stage
+        run.mark(s, "done", seconds=round(secs, 2))
+        log(f"[monosemantic] {s}: done in {secs:.1f}s")
+    return run

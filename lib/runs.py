@@ -1,0 +1,175 @@
+"""Run directories: where every artifact of a run lives, and which stages are done.
+
+    RUN/
+      run.json                    the RunConfig (a later invocation must match it)
+      status.json                 per stage: pending | running | done, seconds, finished_at
+      corpus/docs.jsonl, manifest.json
+      tokens/tokenizer.json, {train,val}.npy, {train,val}_domain.npy, meta.json
+      transformers/A/model.safetensors, config.json, eval.json, train_log.jsonl, ckpt/
+      acts/A/store.json, acts_NNNNN.npy, meta_NNNNN.npy
+      dictionaries/A/1/sae.safetensors, cfg.json, metrics.json, density.npy, train_log.jsonl, ckpt/
+
+``Run`` gives typed access to all of it (``run.model("A")``, ``run.dictionary("A/1")``, ``run.metrics("A/1")``) so
+notebooks, widgets and analyses never build paths by hand.
+"""
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig, diff_configs
+from .errors import CheckpointMismatchError
+from .io import atomic_write_json, load_npy, read_json, read_jsonl
+
+
+class Run:
+    def __init__(self, root: str | Path, cfg: RunConfig):
+        self.root = Path(root)
+        self.cfg = cfg
+
+    # ---- opening ----------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, cfg: RunConfig) -> "Run":
+        """Open ``root`` for ``cfg``: a new directory gets ``run.json``; an existing one must have the same config."""
+        root = Path(root)
+        cfg.validate()
+        existing = read_json(root / "run.json")
+        if existing is not None:
+            diff = diff_configs(existing, cfg.to_dict())
+            if diff:
+                raise CheckpointMismatchError(
+                    f"{root} holds a run with a different config ({'; '.join(diff[:6])}"
+                    f"{' …' if len(diff) > 6 else ''}); use a new --out directory, or rerun with the same preset and "
+                    f"options (nothing in {root} was changed)")
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(root / "run.json", cfg.to_dict())
+        return cls(root, cfg)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Run":
+        root = Path(root)
+        d = read_json(root / "run.json")
+        if d is None:
+            raise FileNotFoundError(f"{root} is not a run directory (no run.json); create one with "
+                                    f"`monosemantic run --preset tiny --out {root}`")
+        return cls(root, RunConfig.from_dict(d))
+
+    # ---- paths ------------------------------------------------------------------------------------------
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.root / "tokens"
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "transformers" / name
+
+    def acts_dir(self, name: str) -> Path:
+        return self.root / "acts" / name
+
+    def dict_dir(self, dict_id: str) -> Path:
+        self.cfg.dictionary(dict_id)  # validates the id
+        return self.root / "dictionaries" / dict_id
+
+    # ---- status -----------------------------------------------------------------------------------------
+    def stages(self) -> list[str]:
+        names = ["corpus", "tokenize"]
+        names += [f"transformer:{t}" for t in self.cfg.transformers]
+        names += [f"harvest:{t}" for t in self.cfg.transformers if any(d.transformer == t for d in self.cfg.dictionaries)]
+        names += [f"dictionary:{d.id}" for d in self.cfg.dictionaries]
+        return names
+
+    def status(self) -> dict:
+        st = read_json(self.root / "status.json", {}) or {}
+        return {s: st.get(s, {"status": "pending"}) for s in self.stages()}
+
+    def is_done(self, stage: str) -> bool:
+        return self.status().get(stage, {}).get("status") == "done"
+
+    def mark(self, stage: str, status: str, **extra) -> None:
+        st = read_json(self.root / "status.json", {}) or {}
+        rec = {**st.get(stage, {}), "status": status, **extra}
+        if status == "done":
+            rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        st[stage] = rec
+        atomic_write_json(self.root / "status.json", st)
+
+    # ---- artifacts --------------------------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self):
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.load(self.tokens_dir / "tokenizer.json")
+
+    def split(self, name: str = "val"):
+        from .tokenizer import TokenSplit
+
+        return TokenSplit(self.tokens_dir, name, self.cfg.model.n_ctx)
+
+    def model(self, name: str, device: str = "cpu"):
+        from .subject import SubjectModel
+
+        m = SubjectModel.load(self.model_dir(name), device=device)
+        m.tokenizer = self.tokenizer
+        return m
+
+    def store(self, name: str):
+        from .activations import ActivationStore
+
+        return ActivationStore(self.acts_dir(name))
+
+    def dictionary(self, dict_id: str, device: str = "cpu"):
+        from .sae import Dictionary
+
+        return Dictionary.load(self.dict_dir(dict_id), map_location=device)
+
+    def metrics(self, dict_id: str) -> dict | None:
+        return read_json(self.dict_dir(dict_id) / "metrics.json")
+
+    def density(self, dict_id: str) -> np.ndarray:
+        return np.asarray(load_npy(self.dict_dir(dict_id) / "density.npy", mmap=False))
+
+    def train_log(self, what: str) -> list[dict]:
+        """Training curve of a transformer (``"A"``) or a dictionary (``"A/1"``)."""
+        d = self.dict_dir(what) if "/" in what else self.model_dir(what)
+        return read_jsonl(d / "train_log.jsonl")
+
+    def transformer_eval(self, name: str) -> dict | None:
+        return read_json(self.model_dir(name) / "eval.json")
+
+    def corpus_manifest(self) -> dict | None:
+        return read_json(self.corpus_dir / "manifest.json")
+
+    # ---- summary ----------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Stage status and every metric, as documented in the README (``monosemantic summary --json``)."""
+        out: dict = {"run": str(self.root), "preset": self.cfg.preset, "stages": {}, "transformers": {},
+                     "dictionaries": {}}
+        for s, rec in self.status().items():
+            out["stages"][s] = {k: rec[k] for k in ("status", "seconds") if k in rec}
+        man = self.corpus_manifest()
+        if man:
+            out["corpus"] = {k: man[k] for k in ("spec", "documents", "bytes", "sha256")}
+            out["corpus"]["sources"] = {k: {"bytes": v["bytes"], "documents": v["documents"]} for k, v in man["sources"].items()}
+        for t in self.cfg.transformers:
+            ev = self.transformer_eval(t)
+            if ev:
+                out["transformers"][t] = {"eval_loss": ev["eval_loss"], "steps": ev["steps"],
+                                          "tokens_seen": ev["tokens_seen"], "n_params": ev["n_params"]}
+        for d in self.cfg.dictionaries:
+            m = self.metrics(d.id)
+            if m:
+                out["dictionaries"][d.id] = {k: m[k] for k in (
+                    "d_sae", "kind", "l1_coefficient", "l0", "mse", "fvu", "loss_recovered", "loss_clean",
+                    "loss_zero_ablated", "loss_spliced", "dead", "ultralow", "dead_fraction", "ultralow_fraction",
+                    "ultralow_threshold", "tokens") if k in m}
+        extra = read_json(self.root / "analyses.json")
+        if extra:
+            out.update(extra)
+        return out

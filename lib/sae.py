@@ -1,0 +1,264 @@
+"""Dictionaries (sparse autoencoders): one small class per kind behind a shared interface.
+
+The default kind is the paper's ReLU-L1 dictionary (Bricken et al. 2023):
+
+    x̄  = x − b_d                         (pre-encoder bias, initialised to the geometric median)
+    f  = ReLU(x̄ W_e + b_e)               (W_e: d_in × d_sae, untied from the decoder)
+    x̂  = f W_d + b_d                     (W_d: d_sae × d_in, every row — the paper's "column" — unit norm)
+    L  = mean_{batch, elements}(x − x̂)² + λ · mean_batch Σ_i |f_i|
+
+Tensor names carry their shape: B batch, D d_in, F d_sae.  A kind is registered with ``@register_kind`` and
+owns its encode/decode/loss; the trainer only calls the interface (``loss``, ``before_optimizer_step``,
+``after_optimizer_step``, ``resample``), so a kind added later touches no trainer code.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .io import atomic_write_json, load_safetensors, save_safetensors
+
+_KINDS: dict[str, type["Dictionary"]] = {}
+
+
+def register_kind(name: str):
+    def deco(cls):
+        cls.kind = name
+        _KINDS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+@dataclass
+class DictionaryConfig:
+    """Everything that defines a dictionary's shape and objective (not how long it trains)."""
+
+    d_in: int = 512
+    d_sae: int = 4096
+    kind: str = "relu"
+    l1_coefficient: float = 0.004  # λ; the paper's value for A/0…A/5 (its activation scale, not ours)
+    seed: int = 0
+    # kind-specific options (e.g. k for TopK); validated by the kind
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "DictionaryConfig":
+        if self.kind not in _KINDS:
+            raise ConfigError(
+                f"unknown dictionary kind {self.kind!r}; choose one of {available_kinds()}"
+            )
+        for name in ("d_in", "d_sae"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"dictionary {name} must be a positive integer, got {v!r}")
+        if not (self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient)):
+            raise ConfigError(f"l1_coefficient must be a finite number ≥ 0, got {self.l1_coefficient!r}")
+        _KINDS[self.kind].validate_options(self)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DictionaryConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown dictionary config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d).validate()
+
+
+class Dictionary(nn.Module):
+    """Shared interface of every dictionary kind.
+
+    Parameters: ``W_enc_DF``, ``b_enc_F``, ``W_dec_FD``, ``b_dec_D``.  Subclasses override ``encode`` (and
+    ``loss`` when the objective differs).  ``forward`` returns ``(x_hat_BD, f_BF)``.
+    """
+
+    kind: ClassVar[str] = "?"
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, F = cfg.d_in, cfg.d_sae
+        g = torch.Generator().manual_seed(cfg.seed)
+        W_enc_DF = torch.empty(D, F)
+        W_dec_FD = torch.empty(F, D)
+        # Kaiming-uniform (the paper), drawn from a seeded generator so a seed fixes the dictionary.
+        bound_enc = math.sqrt(6.0 / D)
+        bound_dec = math.sqrt(6.0 / F)
+        W_enc_DF.uniform_(-bound_enc, bound_enc, generator=g)
+        W_dec_FD.uniform_(-bound_dec, bound_dec, generator=g)
+        self.W_enc_DF = nn.Parameter(W_enc_DF)
+        self.b_enc_F = nn.Parameter(torch.zeros(F))
+        self.W_dec_FD = nn.Parameter(W_dec_FD)
+        self.b_dec_D = nn.Parameter(torch.zeros(D))
+        self.normalize_decoder()
+
+    # ---- kind-specific hooks -------------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, cfg: DictionaryConfig) -> None:
+        if cfg.options:
+            raise ConfigError(f"dictionary kind {cfg.kind!r} takes no options, got {sorted(cfg.options)}")
+
+    def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return (x_BD - self.b_dec_D) @ self.W_enc_DF + self.b_enc_F
+
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pre_acts(x_BD))
+
+    def decode(self, f_BF: torch.Tensor) -> torch.Tensor:
+        return f_BF @ self.W_dec_FD + self.b_dec_D
+
+    def forward(self, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f_BF = self.encode(x_BD)
+        return self.decode(f_BF), f_BF
+
+    def loss(self, x_BD: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The training objective. Returns at least ``loss``, ``mse``, ``sparsity`` and ``f_BF``."""
+        x_hat_BD, f_BF = self(x_BD)
+        mse = (x_hat_BD - x_BD).pow(2).mean()
+        l1 = f_BF.abs().sum(-1).mean()
+        return {"loss": mse + self.cfg.l1_coefficient * l1, "mse": mse, "sparsity": l1, "f_BF": f_BF}
+
+    # ---- decoder geometry (the paper's constraint) ----------------------------------------------------
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec_FD.div_(self.W_dec_FD.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out of each decoder row's gradient its component along the row (rows are unit norm),
+        so Adam only moves rows along the sphere — better than renormalising alone (the paper)."""
+        if self.W_dec_FD.grad is None:
+            return
+        W, G = self.W_dec_FD, self.W_dec_FD.grad
+        G.sub_((G * W).sum(-1, keepdim=True) * W)
+
+    def before_optimizer_step(self) -> None:
+        self.remove_parallel_decoder_grad()
+
+    def after_optimizer_step(self) -> None:
+        self.normalize_decoder()
+
+    # ---- resampling dead features (the paper's recipe) ------------------------------------------------
+    @torch.no_grad()
+    def per_input_loss(self, x_BD: torch.Tensor) -> torch.Tensor:
+        x_hat_BD, _ = self(x_BD)
+        return (x_hat_BD - x_BD).pow(2).sum(-1)
+
+    @torch.no_grad()
+    def resample(self, dead_F: torch.Tensor, x_ND: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+                 generator: torch.Generator | None = None) -> int:
+        """Re-initialise the features in ``dead_F`` (bool mask) from inputs sampled with P ∝ loss².
+
+        Decoder row ← the centred input (x − b_d, which is what the decoder must reconstruct) at unit norm;
+        encoder column ← the same direction scaled to 0.2 × the mean alive encoder norm; encoder bias ← 0;
+        the Adam state of every changed slice ← 0.  Returns the number of features resampled.
+        """
+        idx = torch.nonzero(dead_F, as_tuple=False).flatten()
+        n = int(idx.numel())
+        if n == 0:
+            return 0
+        loss_N = self.per_input_loss(x_ND).double().pow(2)
+        if not torch.isfinite(loss_N).all() or loss_N.sum() <= 0:
+            loss_N = torch.ones_like(loss_N)
+        replace = n > int((loss_N > 0).sum())
+        pick = torch.multinomial(loss_N / loss_N.sum(), n, replacement=replace, generator=generator)
+        v_nD = x_ND[pick].to(self.W_dec_FD.dtype) - self.b_dec_D
+        v_nD = v_nD / v_nD.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        alive_F = ~dead_F
+        enc_norm = self.W_enc_DF[:, alive_F].norm(dim=0).mean() if alive_F.any() else torch.tensor(1.0)
+        self.W_dec_FD[idx] = v_nD
+        self.W_enc_DF[:, idx] = (v_nD * 0.2 * enc_norm).T
+        self.b_enc_F[idx] = 0.0
+        if optimizer is not None:
+            for p, sl in ((self.W_dec_FD, (idx,)), (self.W_enc_DF, (slice(None), idx)), (self.b_enc_F, (idx,))):
+                st = optimizer.state.get(p)
+                if not st:
+                    continue
+                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if key in st and torch.is_tensor(st[key]) and st[key].shape == p.shape:
+                        st[key][sl] = 0.0
+        return n
+
+    # ---- persistence (safetensors + JSON; never pickle) -----------------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_safetensors(tensors, directory / "sae.safetensors")
+        atomic_write_json(directory / "cfg.json", {"dictionary": self.cfg.to_dict(), **(extra or {})})
+        return directory
+
+    @staticmethod
+    def load(directory: str | Path, map_location: str | torch.device = "cpu") -> "Dictionary":
+        directory = Path(directory)
+        cfg_path, w_path = directory / "cfg.json", directory / "sae.safetensors"
+        if not cfg_path.exists() or not w_path.exists():
+            raise FileNotFoundError(
+                f"no dictionary at {directory}: expected cfg.json and sae.safetensors "
+                f"(train one with monosemantic.train_dictionary or `monosemantic run`)"
+            )
+        cfg = DictionaryConfig.from_dict(json.loads(cfg_path.read_text())["dictionary"])
+        sae = make_dictionary(cfg)
+        state = load_safetensors(w_path, device=str(map_location))
+        missing = set(sae.state_dict()) - set(state)
+        if missing:
+            raise ConfigError(f"{w_path} lacks tensors {sorted(missing)}; it was not written by this kind ({cfg.kind})")
+        sae.load_state_dict(state, strict=False)
+        return sae.to(map_location)
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[-1] != self.cfg.d_in:
+            raise ConfigError(
+                f"activation width {tuple(x.shape)} does not fit this dictionary (d_in={self.cfg.d_in}); "
+                f"train a dictionary with d_in={x.shape[-1]} or pass activations of width {self.cfg.d_in}"
+            )
+
+
+@register_kind("relu")
+class ReluDictionary(Dictionary):
+    """The paper's dictionary: ReLU encoder, L1 penalty on feature activations (see module docstring)."""
+
+
+def make_dictionary(cfg: DictionaryConfig) -> Dictionary:
+    cfg.validate()
+    return _KINDS[cfg.kind](cfg)
+
+
+@torch.no_grad()
+def geometric_median(x_ND: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to the rows of x."""
+    x = x_ND.double()
+    y = x.mean(0)
+    for _ in range(max_iter):
+        d = (x - y).norm(dim=-1)
+        if (d < 1e-12).any():  # y sits on a data point: nudge so the weights stay finite
+            d = d.clamp_min(1e-12)
+        w = 1.0 / d
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() <= tol * max(1.0, float(y.norm())):
+            y = y_new
+            break
+        y = y_new
+    return y.to(x_ND.dtype)

@@ -1,0 +1,191 @@
+"""The subject model: the one place that knows TransformerLens.
+
+Everything else asks a ``SubjectModel`` for logits, losses, MLP activations at the hook under study, losses with
+that hook replaced (splicing a dictionary's reconstruction) or the MLP output zero-ablated, and the weights the
+feature analyses need (``W_out``, ``W_U``, the final LayerNorm).  Moving to TransformerLens 4's TransformerBridge or
+another library means rewriting this module alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointMismatchError, ConfigError
+from .io import atomic_write_json, load_safetensors, save_safetensors
+
+warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+
+
+def _tl():
+    import transformer_lens  # noqa: F401  (imported lazily: it is slow to import)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    return HookedTransformer, HookedTransformerConfig
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class SubjectModel:
+    """A transformer whose MLP we study.  ``hook`` names the activations dictionaries are trained on."""
+
+    def __init__(self, model, hook: str = "blocks.0.mlp.hook_post", layer: int = 0, tokenizer=None):
+        self.model = model
+        self.hook = hook
+        self.layer = layer
+        self.tokenizer = tokenizer
+        if hook not in model.hook_dict:
+            raise ConfigError(f"hook {hook!r} not in the model; available MLP hooks: "
+                              f"{[k for k in model.hook_dict if 'mlp' in k]}")
+
+    # ---- construction -----------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: ModelConfig, d_vocab: int, seed: int, device: str | torch.device = "cpu") -> "SubjectModel":
+        HookedTransformer, HookedTransformerConfig = _tl()
+        tl_cfg = HookedTransformerConfig(
+            n_layers=cfg.n_layers, d_model=cfg.d_model, d_head=cfg.d_head, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp,
+            d_vocab=d_vocab, n_ctx=cfg.n_ctx, act_fn=cfg.act_fn, normalization_type=cfg.normalization_type,
+            seed=seed, device=str(device), default_prepend_bos=False, positional_embedding_type="standard",
+        )
+        return cls(HookedTransformer(tl_cfg), hook=f"blocks.{cfg.n_layers - 1}.mlp.hook_post", layer=cfg.n_layers - 1)
+
+    @classmethod
+    def from_pretrained(cls, name: str, layer: int = 0, device: str | torch.device = "cpu", **kwargs) -> "SubjectModel":
+        """A pretrained TransformerLens model by name (e.g. ``gelu-1l``: d_mlp 2048, GELU).  Needs the internet
+        (or a populated Hugging Face cache) the first time."""
+        HookedTransformer, _ = _tl()
+        try:
+            model = HookedTransformer.from_pretrained(name, device=str(device), **kwargs)
+        except Exception as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = ("HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: unset it and go online once, or build "
+                    "a local model with SubjectModel.build" if offline else
+                    "check the model name against transformer_lens's official model list and your connection")
+            raise ConfigError(f"could not load pretrained model {name!r} ({type(e).__name__}: {e}); {hint}") from e
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_hf(model.tokenizer) if getattr(model, "tokenizer", None) is not None else None
+        return cls(model, hook=f"blocks.{layer}.mlp.hook_post", layer=layer, tokenizer=tok)
+
+    # ---- shape ------------------------------------------------------------------------------------------
+    @property
+    def d_mlp(self) -> int:
+        return self.model.cfg.d_mlp
+
+    @property
+    def d_model(self) -> int:
+        return self.model.cfg.d_model
+
+    @property
+    def d_vocab(self) -> int:
+        return self.model.cfg.d_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.cfg.n_ctx
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ---- running ----------------------------------------------------------------------------------------
+    def loss(self, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        return self.model(tokens, return_type="loss", loss_per_token=per_token)
+
+    @torch.no_grad()
+    def mlp_acts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Activations at ``self.hook``, shape (batch, pos, d_mlp); stops before later layers and the unembed."""
+        store = {}
+
+        def grab(act, hook):
+            store["a"] = act
+
+        self.model.run_with_hooks(tokens, return_type=None, stop_at_layer=self.layer + 1,
+                                  fwd_hooks=[(self.hook, grab)])
+        return store["a"]
+
+    @torch.no_grad()
+    def loss_with_hook(self, tokens: torch.Tensor, hook: str, fn: Callable, per_token: bool = False) -> torch.Tensor:
+        return self.model.run_with_hooks(tokens, return_type="loss", loss_per_token=per_token,
+                                         fwd_hooks=[(hook, lambda act, hook: fn(act))])
+
+    @torch.no_grad()
+    def loss_spliced(self, tokens: torch.Tensor, replace: Callable[[torch.Tensor], torch.Tensor], per_token=False):
+        """Loss with the MLP hook's activations replaced by ``replace(acts)`` (e.g. a reconstruction)."""
+        return self.loss_with_hook(tokens, self.hook, replace, per_token)
+
+    @torch.no_grad()
+    def loss_mlp_zero_ablated(self, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        return self.loss_with_hook(tokens, f"blocks.{self.layer}.hook_mlp_out", torch.zeros_like, per_token)
+
+    # ---- weights the analyses use ---------------------------------------------------------------------------
+    @property
+    def W_out(self) -> torch.Tensor:   # (d_mlp, d_model)
+        return self.model.blocks[self.layer].mlp.W_out
+
+    @property
+    def W_U(self) -> torch.Tensor:     # (d_model, d_vocab)
+        return self.model.W_U
+
+    @property
+    def ln_final_weight(self) -> torch.Tensor | None:
+        ln = getattr(self.model, "ln_final", None)
+        return getattr(ln, "w", None)
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.model.state_dict(), directory / "model.safetensors")
+        atomic_write_json(directory / "config.json", {"tl_config": _tl_cfg_dict(self.model.cfg), "hook": self.hook,
+                                                      "layer": self.layer, **(extra or {})})
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SubjectModel":
+        HookedTransformer, HookedTransformerConfig = _tl()
+        directory = Path(directory)
+        if not (directory / "model.safetensors").exists():
+            raise FileNotFoundError(f"no trained transformer at {directory}; run its training stage first")
+        meta = json.loads((directory / "config.json").read_text())
+        cfg = HookedTransformerConfig(**{**meta["tl_config"], "device": str(device)})
+        model = HookedTransformer(cfg)
+        model.load_state_dict(load_safetensors(directory / "model.safetensors", device=str(device)))
+        return cls(model, hook=meta["hook"], layer=meta["layer"])
+
+    def check_matches(self, cfg: ModelConfig, d_vocab: int, where: str) -> None:
+        c = self.model.cfg
+        mine = {"d_model": c.d_model, "d_mlp": c.d_mlp, "n_layers": c.n_layers, "n_ctx": c.n_ctx,
+                "n_heads": c.n_heads, "act_fn": c.act_fn, "d_vocab": c.d_vocab}
+        want = {"d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_layers": cfg.n_layers, "n_ctx": cfg.n_ctx,
+                "n_heads": cfg.n_heads, "act_fn": cfg.act_fn, "d_vocab": d_vocab}
+        diff = [f"{k}: checkpoint {mine[k]!r} vs config {want[k]!r}" for k in mine if mine[k] != want[k]]
+        if diff:
+            raise CheckpointMismatchError(f"the transformer checkpoint at {where} was written by a different config "
+                                          f"({'; '.join(diff)}); use a fresh --out directory or delete {where}")
+
+
+_TL_KEYS = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",
+            "seed", "default_prepend_bos", "positional_embedding_type", "attn_only", "d_vocab_out")
+
+
+def _tl_cfg_dict(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in _TL_KEYS if hasattr(cfg, k)}
