@@ -226,8 +226,8 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             last_fired[dead] = step + 1  # a resampled feature gets a fresh window
             log_rows.append({"step": step + 1, "event": "resample", "resampled": n})
         if (step + 1) % train.log_every == 0 or step + 1 == train.steps:
-            row = {"step": step + 1, "loss": float(loss), "mse": float(out["mse"]),
-                   "sparsity": float(out["sparsity"]), "l0": l0, "lr": opt.param_groups[0]["lr"],
+            row = {"step": step + 1, "loss": float(loss.detach()), "mse": float(out["mse"].detach()),
+                   "sparsity": float(out["sparsity"].detach()), "l0": l0, "lr": opt.param_groups[0]["lr"],
                    "dead_window": int(((step + 1 - last_fired) >= max(window, 1)).sum()) if window else None,
                    "never_fired": int((~ever_fired).sum()), "tokens": (step + 1) * train.batch_size}
             log_rows.append(row)

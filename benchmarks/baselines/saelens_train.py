@@ -309,8 +309,8 @@ def train_saelens(
     def _step(batch: torch.Tensor):  # record the last step's losses (cheap)
         out = orig_step(batch)
         if trainer.n_training_samples >= trainer_cfg.total_training_samples:
-            last.update({k: float(v) for k, v in out.losses.items()})
-            last["loss"] = float(out.loss)
+            last.update({k: v.detach().item() for k, v in out.losses.items()})
+            last["loss"] = out.loss.detach().item()
         return out
 
     trainer.step = _step  # type: ignore[method-assign]
@@ -408,8 +408,8 @@ def _main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--n-tokens", type=int, default=65536)
-    p.add_argument("--l1", type=float, default=5.0)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--l1", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--modes", default="fp32,autocast")
     args = p.parse_args()

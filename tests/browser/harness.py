@@ -80,6 +80,7 @@ __all__ = [
     "jupyter_lab",
     "run_notebook_in_lab",
     "save_screenshot",
+    "shutdown_kernels",
     "write_notebook",
 ]
 
@@ -102,10 +103,10 @@ def ensure_browser_installed() -> None:
     """
     if browser_is_installed():
         return
-    venv = Path(sys.prefix)  # install into the interpreter running the tests
     proc = subprocess.run(
         ["bash", str(INSTALL_SCRIPT)],
-        env={**os.environ, "VENV": str(venv), "CHROMIUM": CHROMIUM_PATH},
+        # install playwright for the interpreter running the tests (normally the venv's)
+        env={**os.environ, "PYTHON": sys.executable, "CHROMIUM": CHROMIUM_PATH},
         capture_output=True,
         text=True,
     )
@@ -249,9 +250,11 @@ def jupyter_lab(
     state = Path(tempfile.mkdtemp(prefix="monosemantic-lab-"))
     settings_dir = state / "user-settings"
     # Settings that make the UI deterministic and offline:
-    # windowingMode none -> every cell is in the DOM; no news / update checks / toasts.
+    # windowingMode none -> every cell is in the DOM; no news / update checks / toasts;
+    # autosave off -> running a notebook never writes outputs back into root_dir.
     user_settings = {
         "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
         "@jupyterlab/apputils-extension/notification": {
             "fetchNews": "false",
             "checkForUpdates": False,
@@ -422,15 +425,19 @@ def console_messages(page: Any) -> list[str]:
     return list(_PAGE_INFO.get(page, {}).get("console", []))
 
 
-_NOTEBOOK_SCROLLER_JS = """
+_NOTEBOOK_HEIGHT_JS = """
 () => {
+  // viewport height needed to show the whole open notebook: its last cell's bottom (as if scrolled
+  // to the top) + everything laid out below the notebook scroller (status bar) + a margin
   const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
   if (!panel) return 0;
   const s = panel.querySelector('.jp-WindowedPanel-outer') || panel.querySelector('.jp-Notebook');
-  if (!s) return 0;
-  // header/toolbar height + full notebook content height
-  const top = s.getBoundingClientRect().top;
-  return Math.ceil(top + s.scrollHeight + 40);
+  const cells = panel.querySelectorAll('.jp-Cell');
+  if (!s || !cells.length) return 0;
+  s.scrollTop = 0;  // Run All leaves the notebook scrolled to the last cell
+  const last = cells[cells.length - 1].getBoundingClientRect().bottom + s.scrollTop;
+  const below = window.innerHeight - s.getBoundingClientRect().bottom;
+  return Math.ceil(last + below + 40);
 }
 """
 
@@ -449,7 +456,8 @@ def save_screenshot(
     ``name`` is a file name (relative to ``screenshot_dir``, default: the dir given to
     :func:`chromium_page`) or an absolute path.  JupyterLab scrolls inside its own panels, so
     ``full_page`` alone only captures the viewport; with ``whole_notebook`` the viewport is temporarily
-    grown to the open notebook's full height (capped at ``max_height`` px) so every cell is captured.
+    grown to the open notebook's full height (capped at ``max_height`` px) and the notebook is scrolled to
+    the top, so every cell is captured.
     """
     path = Path(name)
     if not path.is_absolute():
@@ -461,7 +469,8 @@ def save_screenshot(
     old = page.viewport_size
     grown = False
     if whole_notebook and old:
-        needed = min(int(page.evaluate(_NOTEBOOK_SCROLLER_JS) or 0), max_height)
+        needed = min(int(page.evaluate(_NOTEBOOK_HEIGHT_JS) or 0), max_height)
+        page.wait_for_timeout(100)
         if needed > old["height"]:
             page.set_viewport_size({"width": old["width"], "height": needed})
             grown = True
@@ -556,6 +565,28 @@ _DOM_STDERR_JS = r"""
 """
 
 
+def shutdown_kernels(base_url: str) -> int:
+    """Delete every session (and its kernel) of the server via the REST API; return how many."""
+    base = base_url.rstrip("/")
+    with urllib.request.urlopen(f"{base}/api/sessions", timeout=10) as r:
+        sessions = json.loads(r.read())
+    for sess in sessions:
+        req = urllib.request.Request(f"{base}/api/sessions/{sess['id']}", method="DELETE")
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(req, timeout=30).close()
+    with urllib.request.urlopen(f"{base}/api/kernels", timeout=10) as r:
+        kernels = json.loads(r.read())
+    for k in kernels:  # kernels without a session (started from a console, an API client...)
+        req = urllib.request.Request(f"{base}/api/kernels/{k['id']}", method="DELETE")
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(req, timeout=30).close()
+    return len(sessions) + len(kernels)
+
+
+def _norm(text: str) -> str:
+    return " ".join(_ANSI.sub("", text).split())
+
+
 def _describe_errors(relpath: str, st: dict, dom_stderr: list[str], console: list[str]) -> str:
     lines = [f"notebook {relpath!r} failed in JupyterLab:"]
     for c in st.get("cells", []):
@@ -563,8 +594,10 @@ def _describe_errors(relpath: str, st: dict, dom_stderr: list[str], console: lis
             lines.append(f"--- cell #{c['index']} raised {e['ename']}: {e['evalue']}")
             lines.append("    source: " + c["source"].replace("\n", "\n            "))
             lines.append(_ANSI.sub("", e["traceback"]))
+    shown = {_norm(e["traceback"]) for c in st.get("cells", []) for e in c["errors"]}
+    dom_stderr = [t for t in dom_stderr if _norm(t) not in shown]
     if dom_stderr:
-        lines.append("--- stderr / tracebacks rendered in the page:")
+        lines.append("--- other stderr rendered in the page:")
         lines.extend(_ANSI.sub("", t) for t in dom_stderr)
     errs = [m for m in console if m.startswith(("[error]", "[pageerror]"))]
     if errs:
@@ -581,21 +614,34 @@ def run_notebook_in_lab(
     *,
     kernel_timeout_s: float = 120.0,
     settle_s: float = 1.0,
+    fresh: bool = True,
 ) -> NotebookRun:
     """Open ``notebook_relpath`` (relative to the server root) in JupyterLab, Run All, wait, check.
 
     Waits for the kernel to be idle, executes the ``notebook:run-all-cells`` command and waits (up to
     ``timeout_s``) until it finished, every code cell has an execution count and the kernel is idle
-    again; then waits ``settle_s`` more for late widget rendering.  Raises :class:`NotebookRunError`
+    again; then waits ``settle_s`` more for late widget rendering.  With ``fresh`` (default) every
+    running kernel/session of the server is shut down first and the workspace is reset (``?reset``), so
+    only this notebook is open and only its kernel uses memory.  The run is not saved (autosave is off).  Raises :class:`NotebookRunError`
     (an ``AssertionError``) with the tracebacks (from the notebook model), the stderr texts rendered in
     the DOM and browser console errors if a cell errored, a cell was not executed, or a timeout hit.
     """
     relpath = Path(notebook_relpath).as_posix().lstrip("/")
     t0 = time.monotonic()
-    page.goto(f"{base_url.rstrip('/')}/lab/tree/{quote(relpath)}", wait_until="domcontentloaded")
+    url = f"{base_url.rstrip('/')}/lab/tree/{quote(relpath)}"
+    if fresh:
+        page.goto("about:blank")
+        shutdown_kernels(base_url)
+        url += "?reset"
+    page.goto(url, wait_until="domcontentloaded")
 
     def state() -> dict:
-        return page.evaluate(_STATE_JS, relpath)
+        try:
+            return page.evaluate(_STATE_JS, relpath)
+        except Exception as e:  # e.g. "Execution context was destroyed" while the page (re)loads
+            if "closed" in str(e).lower():
+                raise
+            return {"state": "navigating", "dialog": None, "detail": str(e)[:200]}
 
     def fail(msg: str, st: dict | None = None) -> NotebookRunError:
         st = st or {}

@@ -4,11 +4,13 @@
 #     we never run `playwright install`, which would download its own browser builds);
 #   * the Python package `playwright` in the project venv.
 # Usage: tests/browser/install_browser.sh        (run as root, or with sudo available)
-# Env:   VENV=/path/to/venv (default: <repo>/.venv)   CHROMIUM=/usr/bin/chromium
+# Env:   VENV=/path/to/venv (default: <repo>/.venv), or PYTHON=/path/to/python (default: $VENV/bin/python)
+#        CHROMIUM=/usr/bin/chromium
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO/.venv}"
+PYTHON="${PYTHON:-$VENV/bin/python}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 
 SUDO=""
@@ -34,12 +36,12 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 
 # --- playwright (pip, in the venv) -------------------------------------------------
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "install_browser.sh: no venv python at $VENV/bin/python" >&2
+if [ ! -x "$PYTHON" ]; then
+    echo "install_browser.sh: no python at $PYTHON" >&2
     exit 1
 fi
-if ! "$VENV/bin/python" -c "import playwright.sync_api" >/dev/null 2>&1; then
-    echo "install_browser.sh: pip install playwright into $VENV" >&2
-    "$VENV/bin/python" -m pip install -q playwright
-    "$VENV/bin/python" -c "import playwright.sync_api"
+if ! "$PYTHON" -c "import playwright.sync_api" >/dev/null 2>&1; then
+    echo "install_browser.sh: pip install playwright for $PYTHON" >&2
+    "$PYTHON" -m pip install -q playwright
+    "$PYTHON" -c "import playwright.sync_api"
 fi

@@ -1,0 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny run shared by the tests that only read it (built in ~20 s)."""
+    from monosemantic import preset, run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny") / "run"
+    return run_pipeline(root, preset("tiny"), progress=False, log=lambda s: None)
+
+
+@pytest.fixture
+def python_exe():
+    return sys.executable

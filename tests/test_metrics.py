@@ -1,0 +1,72 @@
+"""Metrics on hand-computed cases, and the evaluation over a real (tiny) run."""
+import numpy as np
+import pytest
+import torch
+
+from monosemantic import DictionaryConfig, EvalConfig, make_dictionary
+from monosemantic.metrics import density_histogram, evaluate_dictionary, fvu, l0, loss_recovered
+
+
+def test_fvu_hand_computed():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])          # mean (2, 1); total SS = 1+1+1+1 = 4
+    x_hat = torch.tensor([[1.0, 1.0], [3.0, 2.0]])      # residual SS = 1
+    assert fvu(x, x_hat) == pytest.approx(0.25)
+    assert fvu(x, x) == 0.0
+    assert fvu(x, x.mean(0).expand_as(x)) == pytest.approx(1.0)
+
+
+def test_loss_recovered_hand_computed():
+    assert loss_recovered(clean=2.0, zero=4.0, spliced=2.5) == pytest.approx(0.75)
+    assert loss_recovered(clean=2.0, zero=4.0, spliced=4.0) == 0.0
+    assert loss_recovered(clean=2.0, zero=4.0, spliced=2.0) == 1.0
+    assert np.isnan(loss_recovered(2.0, 2.0, 2.0))
+
+
+def test_l0_hand_computed():
+    f = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert l0(f) == pytest.approx(1.0)
+
+
+def test_density_histogram_counts():
+    d = np.array([0.0, 0.0, 1e-3, 1e-3, 0.1, 2e-7])
+    h = density_histogram(d, bins=8, lo=-8, hi=0)
+    assert h["dead"] == 2 and sum(h["counts"]) == 4
+    assert h["counts"][5] == 2 and h["counts"][7] == 1 and h["counts"][1] == 1  # log10 bins of width 1
+
+
+def _identity_dictionary(d):
+    sae = make_dictionary(DictionaryConfig(d_in=d, d_sae=d))
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(torch.eye(d))
+        sae.W_dec_FD.copy_(torch.eye(d))
+        sae.b_enc_F.zero_()
+        sae.b_dec_D.zero_()
+    return sae
+
+
+def test_identity_dictionary_on_real_model_is_perfect(tiny_run):
+    """MLP activations are post-ReLU (≥ 0), so the identity dictionary reconstructs them exactly."""
+    model = tiny_run.model("A")
+    split = tiny_run.split("val")
+    m = evaluate_dictionary(_identity_dictionary(model.d_mlp), model, split, EvalConfig(contexts=16), progress=False)
+    assert m["fvu"] == pytest.approx(0.0, abs=1e-10) and m["mse"] == pytest.approx(0.0, abs=1e-10)
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert m["loss_spliced"] == pytest.approx(m["loss_clean"], abs=1e-5)
+    assert m["loss_zero_ablated"] > m["loss_clean"]
+    # the identity's L0 is the number of neurons firing per token; density = each neuron's firing rate
+    from monosemantic.metrics import neuron_density
+    nd = neuron_density(model, split, EvalConfig(contexts=16))
+    assert m["l0"] == pytest.approx(nd.sum(), rel=1e-6)
+    assert m["tokens"] == 16 * (tiny_run.cfg.model.n_ctx - 1)
+    assert m["dead"] == int((nd == 0).sum())
+
+
+def test_zero_dictionary_recovers_nothing(tiny_run):
+    model = tiny_run.model("A")
+    sae = _identity_dictionary(model.d_mlp)
+    with torch.no_grad():
+        sae.b_enc_F.fill_(-1e6)   # nothing fires → x̂ = b_dec = 0 → the MLP output is W_out·0 + b_out
+        sae.W_dec_FD.zero_()
+    m = evaluate_dictionary(sae, model, tiny_run.split("val"), EvalConfig(contexts=8), progress=False)
+    assert m["l0"] == 0 and m["dead"] == model.d_mlp and m["dead_fraction"] == 1.0
+    assert m["fvu"] > 0.99
