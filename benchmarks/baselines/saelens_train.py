@@ -399,6 +399,17 @@ def _synthetic_mlp_acts(n: int, d: int = 512, seed: int = 0) -> torch.Tensor:
     return torch.relu(z @ mix + bias)
 
 
+def _matmul_gflops(reps: int = 5) -> float:
+    """Reference CPU throughput: fp32 (4096x512)@(512x4096) GFLOP/s right now.
+    Printed next to tokens/s because this shared machine's speed drifts."""
+    a, b = torch.randn(4096, 512), torch.randn(512, 4096)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * 4096 * 512 * 4096 * reps / (time.perf_counter() - t) / 1e9
+
+
 def _main() -> None:
     import argparse
     import json
@@ -427,8 +438,10 @@ def _main() -> None:
             train_saelens(acts, d_sae=args.d_sae, l1_coefficient=args.l1, lr=args.lr,
                           batch_size=args.batch_size, steps=args.warmup_steps,
                           autocast=ac)
+        gflops_before = _matmul_gflops()
         r = train_saelens(acts, d_sae=args.d_sae, l1_coefficient=args.l1, lr=args.lr,
                           batch_size=args.batch_size, steps=args.steps, autocast=ac)
+        gflops_after = _matmul_gflops()
         x = acts[:8192]
         xh = saelens_reconstruct(r["sae"], x)
         f = saelens_encode(r["sae"], x)
@@ -441,6 +454,7 @@ def _main() -> None:
             "final_losses": {k: round(v, 4) for k, v in r["final_losses"].items()},
             "l0_eval": round(float((f > 0).float().sum(-1).mean()), 1),
             "fvu_eval": round(fvu, 4),
+            "ref_matmul_gflops": round((gflops_before + gflops_after) / 2, 1),
         }
         print(f"{mode}: {results[mode]}")
     print(json.dumps({"d_in": acts.shape[1], "d_sae": args.d_sae,

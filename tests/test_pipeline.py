@@ -1,0 +1,122 @@
+"""The one command: the tiny run end to end, summary JSON, resume after a kill, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from monosemantic import CheckpointMismatchError, ConfigError, preset, run_pipeline
+from monosemantic.runs import Run
+
+CLI = [sys.executable, "-m", "monosemantic.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_summary_json_has_every_documented_key(tiny_run):
+    out = subprocess.run(CLI + ["summary", str(tiny_run.root), "--json"], capture_output=True, text=True, env=ENV,
+                         check=True)
+    s = json.loads(out.stdout)
+    assert all(v["status"] == "done" for v in s["stages"].values())
+    assert set(s["stages"]) == {"corpus", "tokenize", "transformer:A", "transformer:B", "harvest:A", "harvest:B",
+                                "dictionary:A/0", "dictionary:A/1", "dictionary:B/1"}
+    for t in ("A", "B"):
+        assert 0 < s["transformers"][t]["eval_loss"] < 7.0  # below uniform over 512 tokens (ln 512 = 6.24)
+    for d in ("A/0", "A/1", "B/1"):
+        m = s["dictionaries"][d]
+        for k in ("d_sae", "l0", "mse", "fvu", "loss_recovered", "dead_fraction", "ultralow_fraction"):
+            assert k in m, (d, k)
+        assert 0 < m["fvu"] < 1 and 0 < m["l0"] < m["d_sae"] and 0 <= m["dead_fraction"] <= 1
+        assert m["loss_recovered"] > 0.5
+    assert s["dictionaries"]["A/1"]["d_sae"] == 512
+    # transformers A and B differ only by their seed
+    assert json.loads((tiny_run.root / "transformers/A/config.json").read_text())["tl_config"]["seed"] != \
+        json.loads((tiny_run.root / "transformers/B/config.json").read_text())["tl_config"]["seed"]
+
+
+def test_training_curves_are_logged_per_step(tiny_run):
+    log = [r for r in tiny_run.train_log("A/1") if "loss" in r]
+    assert [r["step"] for r in log] == list(range(1, tiny_run.cfg.sae_train.steps + 1))
+    lm = tiny_run.train_log("A")
+    assert len(lm) == tiny_run.cfg.lm_train.steps and lm[-1]["loss"] < lm[0]["loss"]
+    assert any("eval_loss" in r for r in lm)
+
+
+def test_rerun_skips_done_stages(tiny_run):
+    logs = []
+    run_pipeline(tiny_run.root, preset("tiny"), progress=False, log=logs.append)
+    assert all(line.endswith("done, skipped") for line in logs) and len(logs) == len(tiny_run.stages())
+
+
+def test_config_mismatch_refuses_and_changes_nothing(tiny_run):
+    before = (tiny_run.root / "run.json").read_bytes(), (tiny_run.root / "status.json").read_bytes()
+    cfg = preset("tiny")
+    cfg.lm_train.steps = 61
+    with pytest.raises(CheckpointMismatchError, match=r"lm_train.steps: 60 → 61"):
+        run_pipeline(tiny_run.root, cfg, progress=False, log=lambda s: None)
+    assert before == ((tiny_run.root / "run.json").read_bytes(), (tiny_run.root / "status.json").read_bytes())
+
+
+def test_unknown_preset_is_a_clear_cli_error(tmp_path):
+    out = subprocess.run(CLI + ["run", "--preset", "huge", "--out", str(tmp_path / "x")], capture_output=True,
+                         text=True, env=ENV)
+    assert out.returncode == 2
+    assert "unknown preset 'huge'; choose one of ['default', 'paper', 'tiny']" in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_corpus_spec_is_a_clear_cli_error(tmp_path):
+    out = subprocess.run(CLI + ["run", "--preset", "tiny", "--corpus", "nonsense", "--out", str(tmp_path / "x"),
+                                "--quiet"], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2 and "unknown corpus spec 'nonsense'" in out.stderr
+
+
+def test_summary_of_a_non_run_directory(tmp_path):
+    out = subprocess.run(CLI + ["summary", str(tmp_path)], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 2 and "is not a run directory" in out.stderr
+
+
+def test_presets_validate_and_carry_the_papers_sizes():
+    d = preset("default")
+    assert [x.id for x in d.dictionaries] == ["A/0", "A/1", "A/2", "B/1"]
+    assert [x.d_sae for x in d.dictionaries] == [512, 4096, 16384, 4096]
+    assert (d.model.n_layers, d.model.d_model, d.model.d_mlp, d.model.act_fn, d.model.n_ctx) == (1, 128, 512, "relu", 128)
+    p = preset("paper")
+    assert p.sae_train.batch_size == 8192 and p.sae_train.steps == 1_000_000
+    assert max(x.d_sae for x in p.dictionaries) == 131072 and p.dictionaries[0].l1_coefficient == 0.004
+    bad = preset("tiny")
+    bad.dictionaries[0].id = "C/0"
+    with pytest.raises(ConfigError, match="transformer 'C', which this run does not train"):
+        bad.validate()
+
+
+def test_killed_run_resumes(tmp_path):
+    """SIGKILL the CLI in the middle of a stage, then run the same command again: it finishes, skipping what
+    was done and resuming the killed stage from its checkpoint."""
+    out = tmp_path / "run"
+    cmd = CLI + ["run", "--preset", "tiny", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    ckpt = out / "transformers/B/ckpt/progress.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = json.loads((out / "status.json").read_text())
+    assert status["transformer:B"]["status"] == "running" and status["transformer:A"]["status"] == "done"
+    step_at_kill = json.loads(ckpt.read_text())["step"]
+    assert 0 < step_at_kill < 60
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "transformer:A: done, skipped" in res.stdout and "transformer:B: resuming" in res.stdout
+    s = Run.open(out).summary()
+    assert all(v["status"] == "done" for v in s["stages"].values())
+    log = Run.open(out).train_log("B")
+    assert [r["step"] for r in log] == list(range(1, 61))  # every step logged exactly once across the kill
