@@ -121,20 +121,27 @@ class ActivationStore:
         return torch.from_numpy(np.concatenate(out))
 
     def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, buffer_shards: int = 4,
-                epochs: int | None = None, with_meta: bool = False) -> Iterator[torch.Tensor]:
+                epochs: int | None = None, with_meta: bool = False, rank: int = 0,
+                world: int = 1) -> Iterator[torch.Tensor]:
         """Yield float32 batches (B, d) forever (or ``epochs`` times), shuffled without replacement per epoch.
 
-        ``start_batch`` skips that many batches deterministically (resume); skipped buffers are not loaded.
+        ``start_batch`` skips that many batches deterministically (resume).  ``rank``/``world`` shard the store for
+        data parallelism: rank r reads only shards r, r+world, … (disjoint rows on every rank).
         """
-        if batch_size > self.rows:
-            raise ConfigError(f"batch size {batch_size} exceeds the {self.rows} rows in {self.dir}; harvest more "
-                              f"rows or use a smaller batch")
-        per_epoch = self.rows // batch_size
+        mine = [i for i in range(len(self.shards)) if i % world == rank]
+        if not mine:
+            raise ConfigError(f"{self.dir} has {len(self.shards)} shards, fewer than the {world} data-parallel "
+                              f"ranks; harvest with a smaller harvest.shard_rows")
+        rows = sum(self.shards[i]["rows"] for i in mine)
+        if batch_size > rows:
+            raise ConfigError(f"batch size {batch_size} exceeds the {rows} rows in {self.dir}"
+                              f"{' on this rank' if world > 1 else ''}; harvest more rows or use a smaller batch")
+        per_epoch = rows // batch_size
         epoch = start_batch // per_epoch
         skip = start_batch % per_epoch
         while epochs is None or epoch < epochs:
-            rng = np.random.default_rng([seed, epoch])
-            order = rng.permutation(len(self.shards))
+            rng = np.random.default_rng([seed, epoch, rank])
+            order = np.asarray(mine)[rng.permutation(len(mine))]
             carry_a = np.zeros((0, self.d), np.float32)
             carry_m = np.zeros((0, 3), np.int64)
             emitted = 0

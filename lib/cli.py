@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", nargs="*", default=None, help="only these stages (e.g. dictionary:A/1)")
     r.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the preset's, auto)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    t = sub.add_parser("train-dictionary", help="train + evaluate one dictionary of a run (works under torchrun)")
+    t.add_argument("dir")
+    t.add_argument("dict_id", help="e.g. A/1")
+    t.add_argument("--device", default=None, help="auto | cpu | cuda (under torchrun each rank takes LOCAL_RANK)")
+    t.add_argument("--quiet", action="store_true")
     s = sub.add_parser("summary", help="stage status and every metric of a run")
     s.add_argument("dir")
     s.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
@@ -50,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg.validate()
             run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet)
             print(json.dumps(run.summary(), indent=2))
+            return 0
+        if args.cmd == "train-dictionary":
+            from .pipeline import train_dictionary_stage
+
+            run = train_dictionary_stage(args.dir, args.dict_id, device=args.device, progress=not args.quiet)
+            from . import distributed as D
+
+            if D.is_main():
+                print(json.dumps(run.summary()["dictionaries"].get(args.dict_id, {}), indent=2))
             return 0
         if args.cmd == "summary":
             from .runs import Run

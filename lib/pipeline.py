@@ -83,6 +83,10 @@ def _stage_dictionary(dict_id: str) -> Callable:
         sae = train_dictionary(run.store(spec.transformer), dcfg, train, out_dir=out, device=dev,
                                seed=spec.seed, progress=progress)
         train_s = time.time() - t0
+        from . import distributed as D
+
+        if not D.is_main():  # under torchrun, rank 0 evaluates and writes
+            return
         m = evaluate_dictionary(sae, model, run.split("val"), run.cfg.eval, progress=progress)
         atomic_save_npy(out / "density.npy", m.pop("_density"))
         m["train_seconds"] = train_s
@@ -100,6 +104,30 @@ def stage_fn(name: str) -> Callable:
     if kind not in table or not arg:
         raise ConfigError(f"unknown stage {name!r}")
     return table[kind](arg)
+
+
+def train_dictionary_stage(root: str | Path, dict_id: str, device: str | None = None, progress: bool = True) -> Run:
+    """Train and evaluate one dictionary of an existing run — the entry point that also works under torchrun
+    (every rank trains on its shard of the store; rank 0 evaluates, writes and marks the stage done)."""
+    from . import distributed as D
+
+    run = Run.open(root)
+    if device:
+        run.cfg.device = device
+    stage = f"dictionary:{dict_id}"
+    spec = run.cfg.dictionary(dict_id)
+    if not run.is_done(f"harvest:{spec.transformer}"):
+        raise ConfigError(f"{stage} needs the activations of transformer {spec.transformer}: run "
+                          f"`monosemantic run --out {root} --stages harvest:{spec.transformer}` first")
+    D.init_from_env(resolve_device(run.cfg.device))
+    t0 = time.time()
+    if D.is_main():
+        run.mark(stage, "running", world_size=D.world())
+    stage_fn(stage)(run, progress and D.is_main())
+    if D.is_main():
+        run.mark(stage, "done", seconds=round(time.time() - t0, 2), world_size=D.world())
+    D.barrier()
+    return run
 
 
 def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = None, progress: bool = True,

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from . import distributed as D
 from .activations import ActivationStore
 from .config import SAETrainConfig
 from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
@@ -39,16 +40,21 @@ class TensorSource:
         g = torch.Generator().manual_seed(seed + 99)
         return self.x[torch.randperm(len(self.x), generator=g)[:n]].float()
 
-    def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, **_) -> Iterator[torch.Tensor]:
+    def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, rank: int = 0, world: int = 1,
+                **_) -> Iterator[torch.Tensor]:
+        """Global batches of ``batch_size``; under data parallelism rank r gets the r-th equal slice of each, so
+        the ranks together see exactly the single-process batch."""
         if batch_size > len(self.x):
             raise ConfigError(f"batch size {batch_size} exceeds the {len(self.x)} activation rows given; "
                               f"pass more rows or lower batch_size")
         per_epoch = len(self.x) // batch_size
+        share = batch_size // world
         b = start_batch
         while True:
             epoch, k = divmod(b, per_epoch)
             perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-            yield self.x[perm[k * batch_size:(k + 1) * batch_size]].float()
+            rows = perm[k * batch_size:(k + 1) * batch_size][rank * share:(rank + 1) * share]
+            yield self.x[rows].float()
             b += 1
 
 
@@ -107,8 +113,10 @@ class StoreSource:
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         return self.store.sample(n, seed)
 
-    def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, **_):
-        return self.store.batches(batch_size, seed=seed, start_batch=start_batch, buffer_shards=self.buffer_shards)
+    def batches(self, batch_size: int, seed: int = 0, start_batch: int = 0, rank: int = 0, world: int = 1, **_):
+        """Under data parallelism the store is sharded: rank r reads shards r, r+W, … in batches of B/W."""
+        return self.store.batches(batch_size // world, seed=seed, start_batch=start_batch,
+                                  buffer_shards=self.buffer_shards, rank=rank, world=world)
 
 
 def as_source(data, buffer_shards: int = 4):
@@ -161,6 +169,10 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
 
     train = train or SAETrainConfig()
     device = torch.device(device)
+    D.init_from_env(device)
+    rank, world, main = D.rank(), D.world(), D.is_main()
+    if train.batch_size % world:
+        raise ConfigError(f"batch_size {train.batch_size} must divide evenly over {world} data-parallel ranks")
     source = as_source(data, train.shuffle_buffer_shards)
     sae = make_dictionary(dictionary) if isinstance(dictionary, DictionaryConfig) else dictionary
     if source.d != sae.d_in:
@@ -178,6 +190,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
     ckpt = out_dir / "ckpt" if out_dir else None
     fingerprint = {"dictionary": sae.cfg.to_dict(), "train": _jsonable(train.__dict__), "seed": seed, "d": source.d}
     prog = read_json(ckpt / "progress.json") if ckpt else None
+    progress = progress and main
     if prog is not None:
         if prog["fingerprint"] != fingerprint:
             raise CheckpointMismatchError(
@@ -192,8 +205,9 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
     elif init_b_dec:
         with torch.no_grad():
             sae.b_dec_D.copy_(geometric_median(source.sample(train.geometric_median_rows, seed).to(device)))
+    D.broadcast_module(sae)  # every rank starts from rank 0's dictionary
     gen = torch.Generator().manual_seed(seed + 5)
-    batches = source.batches(train.batch_size, seed=seed, start_batch=start)
+    batches = source.batches(train.batch_size, seed=seed, start_batch=start, rank=rank, world=world)
     log_rows: list[dict] = []
     t0 = time.time()
     bar = tqdm(range(start, train.steps), desc=f"train dictionary {sae.d_in}→{sae.d_sae}", initial=start,
@@ -211,11 +225,12 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
                 + (f"; the last checkpoint in {ckpt} is kept" if ckpt else ""))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        D.all_reduce_mean_grads(params)
         sae.before_optimizer_step()
         opt.step()
         sae.after_optimizer_step()
         with torch.no_grad():
-            fired_F = (out["f_BF"] > 0).any(0).cpu()
+            fired_F = D.all_reduce_((out["f_BF"] > 0).any(0).to(torch.uint8), "max").bool().cpu()
             last_fired[fired_F] = step + 1
             ever_fired |= fired_F
             l0 = float((out["f_BF"] > 0).float().sum(-1).mean())
@@ -223,6 +238,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             dead = (step + 1 - last_fired) >= window
             pool = source.sample(train.resample_inputs, seed + step + 1).to(device)
             n = sae.resample(dead.to(device), pool, opt, generator=gen)
+            D.broadcast_module(sae)  # rank 0's resampled rows win; every rank reset the same Adam slices
             last_fired[dead] = step + 1  # a resampled feature gets a fresh window
             log_rows.append({"step": step + 1, "event": "resample", "resampled": n})
         if (step + 1) % train.log_every == 0 or step + 1 == train.steps:
@@ -232,7 +248,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
                    "never_fired": int((~ever_fired).sum()), "tokens": (step + 1) * train.batch_size}
             log_rows.append(row)
             bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{l0:.1f}")
-        if ckpt and ((step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps):
+        if ckpt and main and ((step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps):
             append_jsonl(out_dir / "train_log.jsonl", log_rows)
             log_rows = []
             tensors, scalars = optimizer_state_tensors(opt, params)
@@ -243,7 +259,8 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             atomic_write_json(ckpt / "progress.json", {"step": step + 1, "opt_scalars": scalars,
                                                        "fingerprint": fingerprint})
     bar.close()
-    if out_dir is not None:
+    D.barrier()
+    if out_dir is not None and main:
         append_jsonl(out_dir / "train_log.jsonl", log_rows)
         sae.save(out_dir, extra={"train": _jsonable(train.__dict__), "seed": seed,
                                  "train_seconds_this_session": time.time() - t0})
