@@ -16,7 +16,7 @@ __all__ = [
     "SAETrainConfig", "TokenizerConfig", "preset", "CheckpointMismatchError", "ConfigError", "CorpusError",
     "MonosemanticError", "TrainingDivergedError", "Dictionary", "DictionaryConfig", "available_kinds",
     "geometric_median", "make_dictionary", "register_kind", "train_dictionary", "run_pipeline", "Run",
-    "SubjectModel", "ActivationStore",
+    "SubjectModel", "ActivationStore", "export_saelens", "import_saelens",
 ]
 
 
@@ -36,4 +36,7 @@ def __getattr__(name):  # heavy modules (torch-heavy trainers, TransformerLens) 
     if name == "ActivationStore":
         from .activations import ActivationStore
         return ActivationStore
+    if name in ("export_saelens", "import_saelens"):
+        from . import interop
+        return getattr(interop, name)
     raise AttributeError(name)

@@ -197,7 +197,8 @@ class Dictionary(nn.Module):
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous().cpu()
+                   for k, v in self.state_dict().items()}
         save_safetensors(tensors, directory / "sae.safetensors")
         atomic_write_json(directory / "cfg.json", {"dictionary": self.cfg.to_dict(), **(extra or {})})
         return directory
@@ -262,3 +263,6 @@ def geometric_median(x_ND: torch.Tensor, max_iter: int = 200, tol: float = 1e-7)
             break
         y = y_new
     return y.to(x_ND.dtype)
+
+
+from . import kinds  # noqa: E402,F401  (registers topk, batchtopk, jumprelu)

@@ -87,6 +87,12 @@ feature-centric layout; all statistics over ALL n_seqs x seq_len tokens)
    view): max activation, fraction nonzero (>1e-6), and ``torch.quantile`` at
    2,351 quantile levels (0..0.95 step 1e-3, 0.95..0.99 step 1e-4, 0.99..1
    step 1e-5, plus 1.0).  skew/kurtosis are left empty.
+Cost caveat (sae-dashboard 0.8.0 bug): ``HistogramData.from_data`` picks tick
+spacing ``0.1 * int(max_abs / 0.3) + 1e-6``; when |max| and |min| are both below
+0.3 that is 1e-6 and it builds a Python list of ``int(-min / 1e-6)`` ticks
+(e.g. 100k for min=-0.1) per histogram.  Logit vectors of an untrained model
+hit this and the whole run becomes ~10x slower; trained models (logit effects
+O(1)) do not.  The self-test fixture rescales W_U so it does not either.
 Not computed by default: loss/ablation effects (``perform_ablation_experiments``
 raises NotImplementedError in 0.8.0), DFA (attention ``hook_z`` only), prompt
 -centric data, decoder-weights-per-head plots.
@@ -397,10 +403,12 @@ def make_fixture(
                      d_vocab=d_vocab, n_ctx=n_ctx, act_fn="relu", normalization_type="LN",
                      seed=seed, default_prepend_bos=False, positional_embedding_type="standard")
     model = HookedTransformer(HookedTransformerConfig(**tl_config, device="cpu"))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(out / "model" / "model.safetensors"))
-    (out / "model" / "config.json").write_text(
-        json.dumps({"tl_config": tl_config, "hook": DEFAULT_HOOK, "layer": 0}))
+    with torch.no_grad():
+        # Give feature logit effects (unit W_dec row @ W_out @ W_U) a trained-like
+        # scale (std 1) instead of the ~0.01 of a fresh init: sae-dashboard's
+        # histogram tick code degenerates on tiny-range data (see docstring).
+        u = torch.nn.functional.normalize(torch.randn(256, d_mlp), dim=-1)
+        model.W_U.mul_(1.0 / (u @ model.W_out[0] @ model.W_U).std())
 
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, d_vocab, size=(n_seqs, seq_len), dtype=np.int32)
@@ -419,6 +427,11 @@ def make_fixture(
         sae.b_enc.copy_(-torch.quantile(pre, 0.98, dim=0))
     sae.cfg.metadata.hook_name = DEFAULT_HOOK
     sae.save_model(str(out / "sae"))
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(out / "model" / "model.safetensors"))
+    (out / "model" / "config.json").write_text(
+        json.dumps({"tl_config": tl_config, "hook": DEFAULT_HOOK, "layer": 0}))
     return {"model_dir": str(out / "model"), "sae_dir": str(out / "sae"),
             "tokens": str(out / "tokens.npy")}
 
