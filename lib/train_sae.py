@@ -179,7 +179,10 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         raise ConfigError(f"activation width {source.d} does not fit the dictionary's d_in={sae.d_in}; build the "
                           f"dictionary with d_in={source.d} (DictionaryConfig(d_in={source.d}, ...))")
     sae.to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))
+    from .fast import fast_loss, fast_supported, make_adam
+
+    use_fast = train.fast and fast_supported(sae)
+    opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
     params = list(sae.parameters())
     resample_steps, window = resample_schedule(train)
     F = sae.d_sae
@@ -216,7 +219,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         x = next(batches).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train)
-        out = sae.loss(x, step=step)
+        out = fast_loss(sae, x, bf16=train.bf16, step=step) if use_fast else sae.loss(x, step=step)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
@@ -230,10 +233,11 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         opt.step()
         sae.after_optimizer_step()
         with torch.no_grad():
-            fired_F = D.all_reduce_((out["f_BF"] > 0).any(0).to(torch.uint8), "max").bool().cpu()
+            fired = out["fired_F"] if "fired_F" in out else (out["f_BF"] > 0).any(0)
+            fired_F = D.all_reduce_(fired.to(torch.uint8), "max").bool().cpu()
             last_fired[fired_F] = step + 1
             ever_fired |= fired_F
-            l0 = float((out["f_BF"] > 0).float().sum(-1).mean())
+            l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
         if (step + 1) in resample_steps:
             dead = (step + 1 - last_fired) >= window
             pool = source.sample(train.resample_inputs, seed + step + 1).to(device)
