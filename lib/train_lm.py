@@ -28,6 +28,16 @@ def lr_at(step: int, cfg: LMTrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def use_autocast(cfg: LMTrainConfig, device: torch.device) -> bool:
+    if cfg.autocast == "off":
+        return False
+    if cfg.autocast == "bf16" or device.type == "cuda":
+        return True
+    from .fast import _bf16_hardware
+
+    return _bf16_hardware()
+
+
 def batch_indices(step: int, batch: int, n: int, seed: int) -> np.ndarray:
     per_epoch = n // batch
     if per_epoch == 0:
@@ -66,8 +76,12 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # the single-kernel implementation: same update, one pass per tensor
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    autocast = use_autocast(cfg, torch.device(device))
     ordered = decay + no_decay
     start = 0
     prog = read_json(ckpt_dir / "progress.json")
@@ -95,13 +109,14 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         toks = torch.from_numpy(train.contexts(batch_indices(step, cfg.batch_size, train.n_contexts, seed))).to(device)
-        loss = model.loss(toks)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model.loss(toks)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"transformer {out_dir.name}: loss became {float(loss)} at step {step}; lower lm_train.lr "
                 f"(now {cfg.lr}) or raise warmup_steps; the last checkpoint in {ckpt_dir} is kept")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.float().backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         row = {"step": step + 1, "loss": float(loss), "lr": opt.param_groups[0]["lr"], "grad_norm": float(gn),
