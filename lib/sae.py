@@ -144,7 +144,7 @@ class Dictionary(nn.Module):
         if self.W_dec_FD.grad is None:
             return
         W, G = self.W_dec_FD, self.W_dec_FD.grad
-        G.sub_((G * W).sum(-1, keepdim=True) * W)
+        G.addcmul_(torch.linalg.vecdot(G, W).unsqueeze(-1), W, value=-1)  # G −= (G·w) w, without a B×F temporary
 
     def before_optimizer_step(self) -> None:
         self.remove_parallel_decoder_grad()

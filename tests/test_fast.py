@@ -1,0 +1,260 @@
+"""The sparse-aware training step (monosemantic.fast) against the dense ReluDictionary.loss + autograd.
+
+Tolerances: loss/mse/sparsity relative error < 1e-5, gradients relative error (‖Δ‖/‖ref‖) < 1e-4, l0 and the fired
+mask exact — in fp32 mode *and* bf16 mode (bf16 is only a filter there; values and gradients are fp32).
+"""
+import math
+
+import pytest
+import torch
+
+from monosemantic.fast import _candidates_bf16, bf16_default, fast_loss, fast_supported, fast_train_step, make_adam
+from monosemantic.sae import Dictionary, DictionaryConfig, make_dictionary
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These shapes are tiny: one intra-op thread keeps them fast and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+MODES = [pytest.param(False, id="fp32"), pytest.param(True, id="bf16")]
+PARAMS = ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D")
+
+
+def make(D, F, lam=0.01, seed=0, bias=(-0.5, 0.3)):
+    sae = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=lam, seed=seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        sae.b_dec_D.copy_(torch.randn(D, generator=g) * 0.5)
+        sae.b_enc_F.copy_(torch.randn(F, generator=g) * bias[1] + bias[0])
+    return sae
+
+
+def run(sae, x, fn, objective=lambda o: o["loss"]):
+    for p in sae.parameters():
+        p.grad = None
+    out = fn(sae, x)
+    objective(out).backward()
+    return out, {n: getattr(sae, n).grad.detach().clone() for n in PARAMS}
+
+
+def dense(sae, x):
+    return sae.loss(x)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check(sae, x, bf16, objective=lambda o: o["loss"], grad_tol=1e-4):
+    od, gd = run(sae, x, dense, objective)
+    of, gf = run(sae, x, lambda s, xx: fast_loss(s, xx, bf16=bf16), objective)
+    f_dense = od["f_BF"].detach()
+    for k in ("loss", "mse", "sparsity"):
+        assert of[k].shape == ()
+        assert abs(of[k].item() - od[k].item()) <= 1e-5 * max(abs(od[k].item()), 1e-6), k
+    assert float(of["l0"]) == pytest.approx(float((f_dense > 0).float().sum(-1).mean()), abs=1e-6)
+    assert torch.equal(of["fired_F"], (f_dense > 0).any(0))
+    assert of["fired_F"].dtype == torch.bool and of["fired_F"].shape == (sae.d_sae,)
+    assert of["bf16"] is bf16
+    f = of["f_BF"]
+    assert f.layout == torch.sparse_csr and f.shape == f_dense.shape
+    assert bool((f.values() > 0).all())
+    torch.testing.assert_close(f.to_dense(), f_dense, rtol=1e-5, atol=1e-5)
+    for n in PARAMS:
+        if gd[n].norm() == 0:
+            assert gf[n].norm() == 0, n
+        else:
+            assert rel(gf[n], gd[n]) < grad_tol, (n, rel(gf[n], gd[n]))
+    return of
+
+
+@pytest.mark.parametrize("bf16", MODES)
+@pytest.mark.parametrize("B,D,F", [(256, 64, 300), (64, 16, 37), (3, 5, 7), (1, 1, 1), (200, 32, 1000), (40, 24, 8)])
+def test_matches_dense(B, D, F, bf16):
+    sae = make(D, F, seed=B + F)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(F)) + sae.b_dec_D.detach()
+    check(sae, x, bf16)
+
+
+@pytest.mark.parametrize("bf16", MODES)
+def test_empty_rows_and_a_feature_on_every_row(bf16):
+    D, F, B = 16, 45, 32
+    sae = make(D, F, bias=(-3.0, 0.1))
+    with torch.no_grad():
+        sae.b_enc_F[7] = 50.0  # always on
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(3)) + sae.b_dec_D.detach()
+    x[:5] = sae.b_dec_D.detach()  # x̄ = 0: only feature 7 is active on these rows
+    out = check(sae, x, bf16)
+    assert bool(out["fired_F"][7])
+    assert (out["f_BF"].to_dense()[:, 7] > 0).all()
+    with torch.no_grad():
+        sae.b_enc_F[7] = -3.0  # now those rows have no active feature at all
+    out = check(sae, x, bf16)
+    crow = out["f_BF"].crow_indices()
+    assert bool((crow[1:6] - crow[:5] == 0).all())
+
+
+@pytest.mark.parametrize("bf16", MODES)
+def test_nothing_active(bf16):
+    sae = make(8, 20, bias=(-100.0, 0.0))
+    x = torch.randn(16, 8)
+    od, gd = run(sae, x, dense)
+    of, gf = run(sae, x, lambda s, xx: fast_loss(s, xx, bf16=bf16))
+    assert float(of["l0"]) == 0 and not of["fired_F"].any() and of["f_BF"].values().numel() == 0
+    assert of["loss"].item() == pytest.approx(od["loss"].item(), rel=1e-6)
+    for n in PARAMS:
+        torch.testing.assert_close(gf[n], gd[n], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("bf16", MODES)
+def test_other_objectives_and_input_grad(bf16):
+    """Gradients of mse and sparsity separately (not just loss), and d/dx when x requires grad."""
+    sae = make(24, 50)
+    x0 = torch.randn(48, 24, generator=torch.Generator().manual_seed(5)) + sae.b_dec_D.detach()
+    check(sae, x0, bf16, objective=lambda o: 3.0 * o["mse"] - 0.5 * o["sparsity"] + o["loss"])
+    xd = x0.clone().requires_grad_(True)
+    xf = x0.clone().requires_grad_(True)
+    sae.loss(xd)["loss"].backward()
+    fast_loss(sae, xf, bf16=bf16)["loss"].backward()
+    assert rel(xf.grad, xd.grad) < 1e-4
+
+
+def test_empty_batch_behaves_like_dense():
+    sae = make(8, 16)
+    out = fast_loss(sae, torch.zeros(0, 8))
+    assert math.isnan(out["loss"].item()) and out["f_BF"].shape == (0, 16) and not out["fired_F"].any()
+
+
+def test_noncontiguous_and_no_grad():
+    sae = make(16, 40)
+    x = torch.randn(16, 40).t()[:, :16] + sae.b_dec_D.detach()
+    assert not x.is_contiguous()
+    check(sae, x, False)
+    with torch.no_grad():
+        out = fast_loss(sae, x)
+    assert out["loss"].grad_fn is None
+    assert out["loss"].item() == pytest.approx(sae.loss(x)["loss"].item(), rel=1e-5)
+
+
+def _adversarial(kind, B, D, F, g):
+    if kind == "coherent":  # near-constant vectors: every rounding error has the same sign
+        x = (1.0 + 1e-3 * torch.randn(B, D, generator=g)) * torch.logspace(-3, 3, B)[:, None] / 3.0
+        W = (1.0 + 1e-3 * torch.randn(D, F, generator=g)) * torch.logspace(-3, 3, F)[None, :] / 7.0
+    else:  # "halfway": every entry halfway between two bf16 numbers (the largest rounding error)
+        x = torch.randn(B, D, generator=g).bfloat16().float() * (1 + 2 ** -9)
+        W = torch.randn(D, F, generator=g).bfloat16().float() * (1 + 2 ** -9)
+    s = x.double() @ W.double()
+    row = torch.randint(0, B, (F,), generator=g)
+    j = torch.arange(F)
+    sign = torch.where(j % 2 == 0, 1.0, -1.0).double()
+    scale = x.double().norm(dim=1)[row] * W.double().norm(dim=0)
+    b = (-s[row, j] + sign * 1e-5 * scale).float()  # entry (row_j, j) sits ±1e-5·‖x‖‖w‖ from 0
+    return x, W, b
+
+
+@pytest.mark.parametrize("kind", ["coherent", "halfway"])
+def test_bf16_filter_is_a_superset_under_adversarial_rounding(kind):
+    """Pre-activations a hair above/below 0 where bf16 rounding errors are largest or all of one sign: the bf16
+    candidate set must contain every fp32-positive entry, and bf16 mode must pick exactly the fp32 set."""
+    g = torch.Generator().manual_seed(0)
+    B, D, F = 64, 128, 96
+    x, W, b = _adversarial(kind, B, D, F, g)
+    pre32 = x @ W + b
+    fl, _ = _candidates_bf16(x, W, b)
+    cand = torch.zeros(B * F, dtype=torch.bool)
+    cand[fl] = True
+    assert bool(cand[(pre32 > 0).view(-1)].all())
+    naive = (x.bfloat16() @ W.bfloat16()).float() + b
+    assert ((naive > 0) != (pre32 > 0)).any()  # the naive bf16 decision does flip some of them
+
+    sae = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=0.01))
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(W)
+        sae.b_enc_F.copy_(b)
+        sae.b_dec_D.zero_()
+    a = fast_loss(sae, x, bf16=False)["f_BF"]
+    c = fast_loss(sae, x, bf16=True)["f_BF"]
+    assert torch.equal(a.crow_indices(), c.crow_indices()) and torch.equal(a.col_indices(), c.col_indices())
+    # the tiny values come from cancelling large dot products: compare them on the scale of the products
+    rows = torch.repeat_interleave(torch.arange(B), a.crow_indices().diff())
+    scale = x.norm(dim=1)[rows] * W.norm(dim=0)[a.col_indices()]
+    assert bool(((a.values() - c.values()).abs() <= 1e-6 * scale).all())
+
+
+def test_nan_weights_give_nan_loss():
+    sae = make(8, 16)
+    with torch.no_grad():
+        sae.W_enc_DF[0, 0] = float("nan")
+    for bf16 in (False, True):
+        assert math.isnan(fast_loss(sae, torch.randn(4, 8), bf16=bf16)["loss"].item())
+
+
+def test_supported_and_bf16_default(monkeypatch):
+    sae = make(8, 16)
+    assert fast_supported(sae)
+    assert not fast_supported(make(8, 16).double())
+
+    class Other(Dictionary):
+        kind = "other-test"
+
+        def encode(self, x):
+            return torch.relu(self.pre_acts(x)).clamp_max(1.0)
+
+    assert not fast_supported(Other(DictionaryConfig(d_in=8, d_sae=16)))
+    monkeypatch.delenv("MONOSEMANTIC_FAST_BF16", raising=False)
+    assert bf16_default(512) is False  # small F: fp32 is faster
+    assert fast_loss(sae, torch.randn(4, 8))["bf16"] is False
+    assert bf16_default(4096) is bf16_default()
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "0")
+    assert bf16_default(4096) is False
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "1")
+    assert bf16_default() is True and fast_loss(sae, torch.randn(4, 8))["bf16"] is True
+
+
+def planted(n=4096, d=32, k=48, active=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(k, d, generator=g)
+    dirs /= dirs.norm(dim=-1, keepdim=True)
+    idx = torch.stack([torch.randperm(k, generator=g)[:active] for _ in range(n)])
+    coef = torch.rand(n, active, generator=g) * 2 + 0.5
+    return (coef[:, :, None] * dirs[idx]).sum(1)
+
+
+@pytest.mark.parametrize("bf16", MODES)
+def test_training_trajectory_matches_dense(bf16):
+    """50 Adam steps from the same init on the same batches: the fast path ends where the dense path ends."""
+    x_all = planted()
+    cfg = DictionaryConfig(d_in=32, d_sae=96, l1_coefficient=3e-3, seed=1)
+    results = []
+    for use_fast in (False, True):
+        sae = make_dictionary(cfg)
+        with torch.no_grad():
+            sae.b_dec_D.copy_(x_all.mean(0))
+        opt = make_adam(sae.parameters(), lr=3e-3)
+        for step in range(50):
+            x = x_all[(step * 256) % 4096:][:256]
+            if use_fast:
+                fast_train_step(sae, opt, x, bf16=bf16)
+            else:
+                opt.zero_grad(set_to_none=True)
+                sae.loss(x)["loss"].backward()
+                sae.before_optimizer_step()
+                opt.step()
+                sae.after_optimizer_step()
+        with torch.no_grad():
+            out = sae.loss(x_all[:1024])
+            results.append((float(out["mse"]), float((out["f_BF"] > 0).float().sum(-1).mean()),
+                            sae.W_dec_FD.detach().clone()))
+    (mse_d, l0_d, Wd), (mse_f, l0_f, Wf) = results
+    with torch.no_grad():
+        init_mse = float(make_dictionary(cfg).loss(x_all[:1024])["mse"])
+    assert mse_d < 0.5 * init_mse  # it learned something
+    # measured: identical to ~1e-7 (fp32 summation order); the bounds leave ~1000× headroom
+    assert mse_f == pytest.approx(mse_d, rel=1e-4)
+    assert l0_f == pytest.approx(l0_d, abs=0.05)
+    assert rel(Wf, Wd) < 1e-4
