@@ -1,0 +1,223 @@
+"""Notebook 03 in a real JupyterLab + headless Chromium: the feature card, the heatmap and the browser render with
+data, clicking a browser row (and ◀/▶) changes the card, hostile tokens stay text, and the exported static pages
+work without a kernel.
+
+Run:  .venv/bin/python -m pytest tests/browser/test_notebook03_browser.py -x -q
+Screenshots: <pytest tmp dir>/screenshots03 and artifacts/screenshots/ (git-ignored).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = harness.REPO_ROOT
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+NB = "03_inspect_features.ipynb"
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_run, tmp_path_factory):
+    harness.ensure_browser_installed()  # installs chromium/playwright when missing; fails if it can't
+    root = tmp_path_factory.mktemp("lab03")
+    shutil.copy(ROOT / "notebooks" / NB, root / NB)
+    # a copy of the session's tiny run: every pipeline stage is done, the notebook computes the statistics
+    run_dir = root / "run"
+    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
+        "acts", "ckpt", "feature_stats", "neuron_stats", "exports", "scratch"))
+    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab"}
+    shots = tmp_path_factory.mktemp("screenshots03")
+    try:
+        with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
+            yield root, run_dir, base_url, page, shots
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy2(png, ARTIFACTS / png.name)
+
+
+def _element_shot(page, locator, path: Path) -> None:
+    """Screenshot one output in full: JupyterLab scrolls inside its own panel, so grow the viewport first."""
+    old = page.viewport_size
+    h = int(locator.evaluate("e => e.getBoundingClientRect().height"))
+    page.set_viewport_size({"width": old["width"], "height": max(old["height"], h + 300)})
+    page.wait_for_timeout(400)
+    locator.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    try:
+        locator.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size(old)
+
+
+def _title(page, scope: str) -> str:
+    return page.locator(f"{scope} .ms-card .ms-title").first.inner_text()
+
+
+def test_notebook03_card_heatmap_and_browser(lab):
+    root, run_dir, base_url, page, shots = lab
+    run = harness.run_notebook_in_lab(page, base_url, NB, timeout_s=420)
+    assert all(isinstance(n, int) for n in run.execution_counts)
+
+    # ---- feature cards: the big one, and three pairs side by side (feature | neuron) --------------------------
+    cards = page.locator(".ms-card-widget .ms-card")
+    cards.first.wait_for(state="visible", timeout=60_000)
+    assert cards.count() == 7
+    assert page.locator(".ms-card-widget .ms-card[data-kind='neuron']").count() == 3
+    big = cards.first
+    assert big.locator(".ms-title").inner_text().startswith("Feature A/1/")
+    assert big.locator(".ms-seq").count() >= 12                        # top activations + interval samples
+    toks = big.locator(".ms-tok[data-act]")
+    assert toks.count() > 100
+    acts = [float(a) for a in toks.evaluate_all("els => els.map(e => e.dataset.act)") if a]
+    assert max(acts) > 0
+    assert "·" in toks.first.get_attribute("title")                    # activation on hover
+    assert big.locator(".ms-group-title", has_text="Interval").count() >= 3
+    assert big.locator(".ms-logit-row").count() >= 10
+    # the activation histograms are drawn by plotly (fetched once from the kernel, offline)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.ms-card .ms-hist[data-rendered=\"1\"] .main-svg').length >= 7",
+        timeout=90_000)
+    assert big.locator(".ms-hist .bars path").count() > 3
+    # the proxy figure (plotly, jupyterlab renderer): histograms by proxy and the scores side by side
+    proxy = page.locator(".js-plotly-plot", has_text="scores against base64")
+    assert proxy.count() == 1 and proxy.locator(".bars path").count() > 10
+    _element_shot(page, big, shots / "nb03-feature-card.png")
+    pair = page.locator(".jp-OutputArea-output .widget-hbox:has(.ms-card)").first   # feature | its neuron
+    assert pair.locator(".ms-card").count() == 2
+    _element_shot(page, pair, shots / "nb03-feature-vs-neuron.png")
+    _element_shot(page, proxy, shots / "nb03-proxy.png")
+
+    # ---- heatmap: three texts, markup in the code row stays text -----------------------------------------------
+    hm = page.locator(".ms-heatmap").first
+    hm.scroll_into_view_if_needed()
+    rows = hm.locator(".ms-hrow")
+    assert rows.count() == 3
+    code = rows.nth(1).locator(".ms-seq-toks").inner_text()
+    assert '"<b>"' in code and "<script>alert(1)</script>" in code
+    assert hm.locator("script, b, img").count() == 0
+    chips = hm.locator(".ms-chip")
+    assert chips.count() >= 3 and hm.locator(".ms-chip-on").count() == 1
+    page.wait_for_function("() => !!document.querySelector('.ms-heatmap .ms-heat-plot .main-svg')", timeout=60_000)
+    before = rows.nth(0).locator(".ms-tok").evaluate_all("els => els.map(e => e.dataset.act).join(',')")
+    chips.nth(1).click()                                                  # colour by another feature
+    page.wait_for_function(
+        "() => document.querySelectorAll('.ms-heatmap .ms-chip')[1].classList.contains('ms-chip-on')", timeout=20_000)
+    after = hm.locator(".ms-hrow").nth(0).locator(".ms-tok").evaluate_all(
+        "els => els.map(e => e.dataset.act).join(',')")
+    assert before != after
+    _element_shot(page, hm, shots / "nb03-heatmap.png")
+
+    # ---- the browser: rows, click → card, next ▶ → the following row -------------------------------------------
+    br = page.locator(".ms-browser").first
+    br.scroll_into_view_if_needed()
+    rows = br.locator("tr.ms-row")
+    assert rows.count() == 25
+    assert br.locator("th.ms-sorted").inner_text().startswith("proxy corr")
+    first_unit = rows.nth(0).get_attribute("data-unit")
+    assert _title(page, ".ms-browser") == f"Feature A/1/{first_unit}"
+    target = rows.nth(4).get_attribute("data-unit")
+    rows.nth(4).click()
+    page.wait_for_function(
+        "u => document.querySelector('.ms-browser .ms-card .ms-title').textContent === 'Feature A/1/' + u",
+        arg=target, timeout=30_000)
+    assert br.locator("tr.ms-row-on").get_attribute("data-unit") == target
+    assert br.locator(".ms-card .ms-seq").count() >= 5
+    following = rows.nth(5).get_attribute("data-unit")
+    br.locator(".ms-next").click()
+    page.wait_for_function(
+        "u => document.querySelector('.ms-browser .ms-card .ms-title').textContent === 'Feature A/1/' + u",
+        arg=following, timeout=30_000)
+    # sorting by a header click re-orders the rows (kernel round trip)
+    br.locator("th", has_text="density").click()
+    page.wait_for_function("() => document.querySelector('.ms-browser th.ms-sorted').textContent.startsWith('density')",
+                           timeout=30_000)
+    dens = [float(t.rstrip("%")) for t in br.locator("tr.ms-row td:nth-child(2)").all_inner_texts()
+            if t.endswith("%") and "e" not in t]
+    assert dens == sorted(dens, reverse=True) and len(dens) > 5
+    _element_shot(page, br, shots / "nb03-browser.png")
+    harness.save_screenshot(page, "nb03-notebook.png")
+
+    errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
+    assert not errors, errors
+
+    # ---- the static export written by the notebook works without a kernel ---------------------------------------
+    exported = sorted((run_dir / "exports").glob("feature_*.html"))
+    assert len(exported) == 1
+    page.goto(exported[0].as_uri())
+    page.locator(".ms-card .ms-title").wait_for(timeout=30_000)
+    assert page.locator(".ms-card .ms-title").inner_text().startswith("Feature A/1/")
+    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] .main-svg')",
+                           timeout=30_000)
+    page.screenshot(path=str(shots / "nb03-static-card.png"), full_page=True)
+
+
+HOSTILE = ["<script>window.__pwned=1</script>", '"><img src=x onerror="window.__pwned=2">', "\u202eevil", "nul\x00",
+           "</script><!--"]
+
+
+def test_static_pages_keep_hostile_tokens_as_text(lab, tmp_path):
+    """A card and a browser exported with hostile token strings: nothing executes, every token shows as text,
+    and the static browser switches cards on a click."""
+    import numpy as np
+
+    from monosemantic.features import Example, Histogram, UnitStats
+    from monosemantic.widgets.card import card_spec
+    from monosemantic.widgets.html import write_static_page
+
+    root, run_dir, base_url, page, shots = lab
+
+    def unit(u):
+        ex = [Example(section=-1, rank=0, act=1.0, context=0, pos=3, token_ids=list(range(len(HOSTILE))),
+                      tokens=HOSTILE, acts=[0.1, 0.2, 1.0, 0.3, 0.0], center=2)]
+        counts = np.zeros((142, 4), np.int64)
+        counts[80:90, 2] = 4
+        row = {"density": 0.01, "count": 40, "max_act": 1.0, "mean_act": 0.5, "dead": False, "ultralow": False,
+               "top_domain": "base64", "top_tokens": HOSTILE[:2], "proxy_specificity": 0.9, "proxy_corr": 0.5}
+        return UnitStats(kind="feature", source="A/1", unit=u, row=row,
+                         histogram=Histogram(edges=10.0 ** np.linspace(-4, 3, 141), counts=counts, zero=60,
+                                             domains=["python", "bible", "base64", "text"]),
+                         top=ex, intervals=[], logits_top=[(t, 0.5) for t in HOSTILE], logits_bottom=[],
+                         neurons=[(1, 0.5)], n_tokens=100, proxy_domain="base64",
+                         domains=["python", "bible", "base64", "text"],
+                         domain_tokens={"python": 10, "bible": 10, "base64": 10, "text": 10})
+
+    card = write_static_page(tmp_path / "hostile_card.html", "card", {"card": card_spec(unit(7))}, "hostile")
+    page.goto(card.as_uri())
+    page.locator(".ms-card .ms-seq").wait_for(timeout=30_000)
+    seq = page.locator(".ms-card .ms-seq-toks").first.inner_text()
+    assert "<script>window.__pwned=1</script>" in seq and 'onerror="window.__pwned=2"' in seq
+    assert "⟨U+202E⟩evil" in seq and "nul␀" in seq
+    assert page.locator(".ms-card img, .ms-card script").count() == 0
+    assert page.evaluate("() => window.__pwned === undefined")
+    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] .main-svg')", timeout=30_000)
+    page.screenshot(path=str(shots / "hostile-card.png"), full_page=True)
+
+    rows = [{"unit": u, "density": 0.01 * (u + 1), "max_act": 1.0, "top_tokens": HOSTILE[:2], "top_domain": "base64",
+             "proxy_specificity": 0.9, "proxy_sensitivity": 0.1, "proxy_corr": 0.5, "dead": False, "ultralow": False,
+             "search": "x"} for u in (3, 5)]
+    from monosemantic.widgets.browser import COLUMNS
+
+    state = {"columns": COLUMNS, "rows": rows, "static_rows": rows,
+             "static_cards": {str(u): card_spec(unit(u)) for u in (3, 5)}, "n_total": 2, "n_matching": 2,
+             "n_pages": 1, "page": 0, "page_size": 25, "query": "", "sort_by": "density", "descending": True,
+             "filter": "all", "selected": 5, "card": card_spec(unit(5)), "unit_kind": "feature"}
+    br = write_static_page(tmp_path / "hostile_browser.html", "browser", state, "hostile browser")
+    page.goto(br.as_uri())
+    page.locator(".ms-browser tr.ms-row").first.wait_for(timeout=30_000)
+    assert page.locator(".ms-browser tr.ms-row").count() == 2
+    assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/5"
+    page.locator(".ms-browser tr.ms-row[data-unit='3']").click()
+    assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/3"
+    page.locator(".ms-browser .ms-prev").click()
+    assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/5"
+    assert page.locator(".ms-browser img, .ms-browser script").count() == 0
+    assert page.evaluate("() => window.__pwned === undefined")

@@ -1,0 +1,403 @@
+"""FeatureCard / NeuronCard: the paper's feature page, live in the notebook.
+
+A card is data: a few small panel dataclasses (header, activation histogram, logit effects, the units it is built
+from, domain / proxy scores, top examples, interval samples) and a ``CardLayout`` saying which panel goes in
+which column — as in sae_vis.  ``card_spec`` turns a ``monosemantic.features.UnitStats`` into that data; the
+widget syncs it as one trait (``card``) and the front-end (``card.js``) draws it.  ``unit`` is a synced trait:
+set it (or ``card.unit = 17``) and the card redraws.
+
+    card = FeatureCard.from_run("data/runs/default", "A/1", 123)
+    card.unit = 124                               # another feature
+    card.to_html("feature_124.html")              # a self-contained page for slides
+    NeuronCard.from_run("data/runs/default", "A", 7, features_from="A/1")
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anywidget
+import numpy as np
+import traitlets
+
+from .html import css, display_token, escape_html, esm, plotly_js, write_static_page
+
+DOMAIN_COLORS = {"python": "#3b7dd8", "bible": "#b8860b", "base64": "#2e9e5b", "text": "#8c8c8c"}
+
+
+class MsWidget(anywidget.AnyWidget):
+    """Base of the monosemantic widgets: hands plotly.js (offline, from the plotly package) to the front-end
+    the first time a page asks for it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.on_msg(self._on_custom_msg)
+
+    def _on_custom_msg(self, _widget, content, buffers):
+        if isinstance(content, dict) and content.get("type") == "need-plotly":
+            self.send({"type": "plotly-js"}, [plotly_js()])
+        else:
+            self._handle(content)
+
+    def _handle(self, content) -> None:  # widget-specific messages
+        pass
+
+
+# ---- panels -----------------------------------------------------------------------------------------------
+
+@dataclass
+class HeaderPanel:
+    title: str
+    subtitle: str = ""
+    badges: list[dict] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    kind: str = "header"
+
+
+@dataclass
+class HistogramPanel:
+    title: str
+    figure: dict
+    subtitle: str = ""
+    kind: str = "histogram"
+
+
+@dataclass
+class LogitsPanel:
+    positive: list[tuple[str, float]]
+    negative: list[tuple[str, float]]
+    title: str = "Logit effects"
+    subtitle: str = "decoder → W_out → LayerNorm → W_U, median 0"
+    kind: str = "logits"
+
+
+@dataclass
+class UnitsPanel:
+    title: str
+    rows: list[tuple[int, float]]
+    unit_kind: str = "neuron"
+    subtitle: str = ""
+    kind: str = "units"
+
+
+@dataclass
+class DomainsPanel:
+    rows: list[dict]
+    title: str = "Domains"
+    subtitle: str = "specificity: share of activation · sensitivity: share of the domain's tokens it fires on"
+    kind: str = "domains"
+
+
+@dataclass
+class ExamplesPanel:
+    title: str
+    groups: list[dict]
+    max_act: float
+    subtitle: str = ""
+    empty: str = "never fires on the token set"
+    kind: str = "examples"
+
+
+@dataclass
+class CardLayout:
+    """Which panels, in which columns (the header always spans the top), and how many examples."""
+
+    columns: list[list[str]] = field(default_factory=lambda: [["histogram", "logits", "units", "domains"],
+                                                              ["top", "intervals"]])
+    n_top: int = 12
+    n_per_interval: int = 5
+    window_before: int = 8
+    window_after: int = 4
+
+    @classmethod
+    def compact(cls) -> "CardLayout":
+        """One column, no interval samples: for cards side by side."""
+        return cls(columns=[["histogram", "top", "logits", "units"]], n_top=8, window_before=6, window_after=3)
+
+
+# ---- building a card spec from the library's data ------------------------------------------------------------
+
+def _pct(v: float) -> str:
+    if v == 0:
+        return "0%"
+    return f"{100 * v:.2e}%" if v < 1e-4 else f"{100 * v:.3g}%"
+
+
+def _num(v: float) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
+
+def _seq(ex, layout: CardLayout) -> dict:
+    lo = max(0, ex.center - layout.window_before)
+    hi = min(len(ex.tokens), ex.center + layout.window_after + 1)
+    return {"tokens": [display_token(t) for t in ex.tokens[lo:hi]], "acts": [float(a) for a in ex.acts[lo:hi]],
+            "center": ex.center - lo, "act": float(ex.act)}
+
+
+def histogram_figure(hist, title: str = "", height: int = 210) -> dict:
+    """Plotly JSON of a log-binned activation histogram, stacked by domain (a ``features.Histogram``)."""
+    counts = hist.counts                                   # (G+2, K): underflow, G bins, overflow
+    edges = np.log10(hist.edges)
+    step = edges[1] - edges[0]
+    lo_edges = np.concatenate([[edges[0] - step], edges])  # under/overflow drawn as one bin beyond each end
+    centers = lo_edges + step / 2
+    nz = np.nonzero(counts.sum(1))[0]
+    data = []
+    if len(nz):
+        a, b = max(0, nz[0] - 1), min(len(counts) - 1, nz[-1] + 1)
+        x = centers[a:b + 1].tolist()
+        lo_v, hi_v = 10 ** lo_edges[a:b + 1], 10 ** (lo_edges[a:b + 1] + step)
+        ranges = [f"{l:.3g} – {h:.3g}" for l, h in zip(lo_v, hi_v)]
+        for k, d in enumerate(hist.domains):
+            y = counts[a:b + 1, k]
+            if y.sum() == 0:
+                continue
+            data.append({"type": "bar", "x": x, "y": y.tolist(), "name": escape_html(d),
+                         "marker": {"color": DOMAIN_COLORS.get(d, "#999")}, "customdata": ranges,
+                         "hovertemplate": "%{customdata}: %{y} tokens<extra>" + escape_html(d) + "</extra>"})
+        span = x[-1] - x[0]
+        mult = (1,) if span > 3 else (1, 3) if span > 1.5 else (1, 2, 5)
+        ticks = [math.log10(m * 10.0 ** e) for e in range(int(math.floor(x[0])) - 1, int(math.ceil(x[-1])) + 1)
+                 for m in mult if x[0] - step <= math.log10(m * 10.0 ** e) <= x[-1] + step]
+    else:
+        ticks = []
+    return {"data": data, "layout": {
+        "barmode": "stack", "bargap": 0.05, "height": height, "margin": {"l": 45, "r": 10, "t": 28 if title else 8,
+                                                                           "b": 35},
+        "title": {"text": escape_html(title), "font": {"size": 12}} if title else None,
+        "xaxis": {"title": {"text": "activation (log scale)", "font": {"size": 11}}, "tickmode": "array",
+                  "tickvals": ticks, "ticktext": [f"{10 ** t:.3g}" for t in ticks], "tickfont": {"size": 10}},
+        "yaxis": {"title": {"text": "tokens", "font": {"size": 11}}, "tickfont": {"size": 10}},
+        "legend": {"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right", "font": {"size": 10}},
+        "showlegend": True}}
+
+
+def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tuple[int, float]] | None = None,
+              features_source: str | None = None) -> dict:
+    """The card of one unit (a ``monosemantic.features.UnitStats``) as JSON-able data."""
+    layout = layout or CardLayout()
+    r = us.row
+    kind = us.kind
+    badges = [{"kind": "kind", "text": f"{us.source} · {kind} {us.unit}"}]
+    if r["dead"]:
+        badges.append({"kind": "dead", "text": "dead: never fires on the token set"})
+    elif r["ultralow"]:
+        badges.append({"kind": "ultralow", "text": "ultralow density"})
+    if r.get("top_domain"):
+        badges.append({"kind": "domain", "text": f"mostly {r['top_domain']}"})
+    if r.get("proxy_specificity", 0) >= 0.5:
+        badges.append({"kind": "proxy", "text": f"{us.proxy_domain} (exact proxy): {_pct(r['proxy_specificity'])} "
+                                                 f"of its activation"})
+    top_toks = [display_token(t) for t in r.get("top_tokens", [])]
+    header = HeaderPanel(
+        title=f"{'Feature' if kind == 'feature' else 'Neuron'} {us.source}/{us.unit}",
+        subtitle=("top tokens: " + "  ".join(f"‹{t}›" for t in top_toks)) if top_toks else "",
+        badges=badges,
+        facts=[("density", _pct(r["density"])), ("tokens fired", f"{int(r['count']):,} / {us.n_tokens:,}"),
+               ("max activation", _num(r["max_act"])), ("mean when firing", _num(r["mean_act"])),
+               (f"{us.proxy_domain} corr", _num(r.get("proxy_corr", float("nan"))))])
+    hist = HistogramPanel(title="Activation histogram", subtitle=f"density {_pct(r['density'])}, by domain",
+                          figure=histogram_figure(us.histogram))
+    logits = LogitsPanel(positive=[(display_token(t), v) for t, v in us.logits_top],
+                         negative=[(display_token(t), v) for t, v in us.logits_bottom])
+    if kind == "feature":
+        units = UnitsPanel(title="Built from neurons", subtitle="largest decoder weights", rows=us.neurons,
+                           unit_kind="neuron")
+    elif features_of_neuron:
+        units = UnitsPanel(title=f"Features of {features_source} built from it",
+                           subtitle="largest decoder weights on this neuron", rows=features_of_neuron,
+                           unit_kind="feature")
+    else:
+        units = None
+    doms = DomainsPanel(rows=[{"domain": d, "specificity": float(r.get(f"act_share_{d}", 0.0)),
+                               "sensitivity": float(r.get(f"sensitivity_{d}", 0.0)),
+                               "corr": float(r.get(f"corr_{d}", 0.0)), "proxy": d == us.proxy_domain}
+                              for d in us.domains if us.domain_tokens.get(d, 0) > 0])
+    max_act = float(r["max_act"]) or 1.0
+    top = ExamplesPanel(title="Top activations", subtitle=f"{min(layout.n_top, len(us.top))} of the largest",
+                        max_act=max_act,
+                        groups=[{"title": "", "seqs": [_seq(e, layout) for e in us.top[:layout.n_top]]}] if us.top
+                        else [])
+    groups = []
+    n_fire = max(1, int(r["count"]))
+    for iv in reversed(us.intervals):
+        if iv["count"] == 0 and not iv["examples"]:
+            continue
+        groups.append({"title": f"Interval {iv['index']}: {iv['lo']:.3g} – {iv['hi']:.3g}",
+                       "subtitle": f"{iv['count']:,} tokens ({_pct(iv['count'] / n_fire)} of firings), "
+                                   f"{len(iv['examples'][:layout.n_per_interval])} sampled",
+                       "seqs": [_seq(e, layout) for e in iv["examples"][:layout.n_per_interval]]})
+    intervals = ExamplesPanel(title="Subsample intervals", subtitle="evenly spaced fractions of the max activation",
+                              groups=groups, max_act=max_act, empty="no interval samples")
+    panels = {"header": header, "histogram": hist, "logits": logits, "domains": doms, "top": top,
+              "intervals": intervals}
+    if units is not None:
+        panels["units"] = units
+    return {"kind": kind, "source": us.source, "unit": us.unit, "title": header.title,
+            "panels": {k: dataclasses.asdict(v) for k, v in panels.items()},
+            "layout": {"columns": [list(c) for c in layout.columns]}}
+
+
+def _open_run(run):
+    from monosemantic.runs import Run
+
+    return Run.open(run) if isinstance(run, (str, Path)) else run
+
+
+def default_dictionary(run, transformer: str) -> str | None:
+    """The dictionary a neuron's page links to: ``T/1`` (the paper's) if it has statistics, then any with
+    statistics, then ``T/1``, then any trained dictionary of ``transformer``."""
+    trained = [d.id for d in run.cfg.dictionaries if d.transformer == transformer
+               and (run.dict_dir(d.id) / "sae.safetensors").exists()]
+    with_stats = [d for d in trained if (run.dict_dir(d) / "feature_stats" / "meta.json").exists()]
+    paper = f"{transformer}/1"
+    for group in ([d for d in with_stats if d == paper], with_stats, [d for d in trained if d == paper], trained):
+        if group:
+            return group[0]
+    return None
+
+
+def neuron_features(run, dict_id: str, neuron: int, n: int = 8) -> list[tuple[int, float]]:
+    """The features of ``dict_id`` with the largest |decoder weight| on ``neuron``."""
+    from monosemantic.io import load_safetensors
+
+    W = load_safetensors(_open_run(run).dict_dir(dict_id) / "sae.safetensors")["W_dec_FD"][:, int(neuron)]
+    idx = W.abs().topk(min(n, W.numel())).indices
+    return [(int(i), float(W[i])) for i in idx]
+
+
+# ---- the widgets ------------------------------------------------------------------------------------------------
+
+class FeatureCard(MsWidget):
+    """One feature's (or neuron's) page.  ``unit`` and ``source`` are synced; the card follows them."""
+
+    _esm = esm("card")
+    _css = css()
+    card = traitlets.Dict().tag(sync=True)
+    unit = traitlets.Int(0).tag(sync=True)
+    source = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, stats, unit: int = 0, layout: CardLayout | None = None, features_from: str | None = None,
+                 **kwargs):
+        self._stats = stats
+        self._layout = layout or CardLayout()
+        self._features_from = features_from
+        super().__init__(source=stats.source, **kwargs)
+        self.unit = int(unit)
+        self._redraw()
+
+    @classmethod
+    def from_run(cls, run, source: str, unit: int, layout: CardLayout | None = None,
+                 features_from: str | None = None) -> "FeatureCard":
+        """``run`` a run directory (or ``Run``); ``source`` "A/1" (features) or "A" (neurons)."""
+        from monosemantic.features import FeatureStats
+
+        run = _open_run(run)
+        if features_from is None and "/" not in source:
+            features_from = default_dictionary(run, source)
+        return cls(FeatureStats.load(run, source), unit, layout=layout, features_from=features_from)
+
+    @property
+    def stats(self):
+        return self._stats
+
+    @traitlets.validate("unit")
+    def _check_unit(self, proposal):
+        u = int(proposal["value"])
+        if not 0 <= u < self._stats.n_units:
+            raise traitlets.TraitError(f"{self._stats.kind} {u} out of range: {self._stats.source} has "
+                                       f"{self._stats.n_units} (0 … {self._stats.n_units - 1})")
+        return u
+
+    @traitlets.observe("unit")
+    def _on_unit(self, change):
+        self._redraw()
+
+    def _redraw(self) -> None:
+        self.card = self.spec(self.unit)
+
+    def spec(self, unit: int) -> dict:
+        us = self._stats.unit(unit)
+        feats = None
+        if us.kind == "neuron" and self._features_from and self._stats.run is not None:
+            feats = neuron_features(self._stats.run, self._features_from, unit)
+        return card_spec(us, self._layout, features_of_neuron=feats, features_source=self._features_from)
+
+    def to_html(self, path, include_plotly: bool = True) -> Path:
+        """A self-contained static HTML page of this card (plotly.js inlined unless ``include_plotly=False``)."""
+        return write_static_page(path, "card", {"card": self.card}, title=self.card.get("title", "card"),
+                                 include_plotly=include_plotly)
+
+
+class NeuronCard(FeatureCard):
+    """A neuron's page: the same card, for an MLP neuron (``source`` a transformer name, e.g. "A"); with
+    ``features_from`` ("A/1") it lists the features built most from this neuron."""
+
+    @classmethod
+    def from_run(cls, run, source: str, unit: int, layout: CardLayout | None = None,
+                 features_from: str | None = None) -> "NeuronCard":
+        if "/" in source:
+            raise ValueError(f"{source!r} is a dictionary; a NeuronCard takes a transformer name such as 'A' "
+                             f"(use FeatureCard for features)")
+        return super().from_run(run, source, unit, layout=layout, features_from=features_from)
+
+
+def side_by_side(*widgets, titles: list[str] | None = None):
+    """Cards (or any widgets) next to each other, e.g. a feature beside its most correlated neuron."""
+    import ipywidgets as W
+
+    kids = []
+    for i, w in enumerate(widgets):
+        box = [w] if not titles else [W.HTML(f"<b>{escape_html(titles[i])}</b>"), w]
+        kids.append(W.VBox(box, layout=W.Layout(flex="1 1 0", min_width="0", overflow="hidden")))
+    return W.HBox(kids, layout=W.Layout(width="100%", align_items="flex-start", grid_gap="12px"))
+
+
+def proxy_figure(feature_stats, feature: int, neuron_stats, neuron: int, domain: str | None = None):
+    """Specificity and sensitivity against a domain (default: the exact proxy) for a feature and a neuron:
+    their activation histograms split into domain / other tokens, and the three scores side by side."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    d = domain or feature_stats.proxy_domain
+    fr, nr = feature_stats.table.loc[int(feature)], neuron_stats.table.loc[int(neuron)]
+    fig = make_subplots(rows=1, cols=3, column_widths=[0.37, 0.37, 0.26], horizontal_spacing=0.07, subplot_titles=(
+        f"{feature_stats.source} feature {feature}", f"{neuron_stats.source} neuron {neuron}",
+        f"scores against {d}"))
+    for col, (st, u) in enumerate(((feature_stats, int(feature)), (neuron_stats, int(neuron))), start=1):
+        h = st.histogram(u)
+        k = st.domains.index(d)
+        cnt = h.counts
+        edges = np.log10(h.edges)
+        step = edges[1] - edges[0]
+        x = np.concatenate([[edges[0] - step], edges]) + step / 2          # log10 bin centres (under/overflow too)
+        nz = np.nonzero(cnt.sum(1))[0]
+        sl = slice(max(0, nz[0] - 1), nz[-1] + 2) if len(nz) else slice(0, 0)
+        xs = x[sl].tolist()
+        inside, other = cnt[sl, k], cnt[sl].sum(1) - cnt[sl, k]
+        ranges = [f"{10 ** (c - step / 2):.3g} – {10 ** (c + step / 2):.3g}" for c in xs]
+        # stacked by hand (base=), so the score panel can group its bars
+        fig.add_trace(go.Bar(x=xs, y=inside.tolist(), name=f"{d} tokens", marker_color=DOMAIN_COLORS.get(d),
+                             offsetgroup=f"h{col}", legendgroup="in", showlegend=col == 1, customdata=ranges,
+                             hovertemplate="%{customdata}: %{y}<extra>" + d + "</extra>"), row=1, col=col)
+        fig.add_trace(go.Bar(x=xs, y=other.tolist(), base=inside.tolist(), name="other tokens",
+                             marker_color="#c9d1d9", offsetgroup=f"h{col}", legendgroup="out",
+                             showlegend=col == 1, customdata=ranges,
+                             hovertemplate="%{customdata}: %{y}<extra>other</extra>"), row=1, col=col)
+        ticks = [t for t in range(int(np.floor(xs[0])) if xs else 0, int(np.ceil(xs[-1])) + 1 if xs else 0)]
+        fig.update_xaxes(title_text="activation (log scale)", tickmode="array", tickvals=ticks,
+                         ticktext=[f"{10.0 ** t:g}" for t in ticks], row=1, col=col)
+        fig.update_yaxes(title_text="tokens" if col == 1 else None, row=1, col=col)
+    names = ["specificity", "sensitivity", "corr"]
+    for r, lab, color in ((fr, f"feature {feature}", "#ff7000"), (nr, f"neuron {neuron}", "#6e7781")):
+        vals = [float(r[f"act_share_{d}"]), float(r[f"sensitivity_{d}"]), float(r[f"corr_{d}"])]
+        fig.add_trace(go.Bar(x=names, y=vals, name=lab, marker_color=color, offsetgroup=lab,
+                             text=[f"{v:.2f}" for v in vals], textposition="outside"), row=1, col=3)
+    lo = min(0.0, float(fr[f"corr_{d}"]), float(nr[f"corr_{d}"]))
+    fig.update_yaxes(range=[lo - 0.05, 1.15], row=1, col=3)
+    fig.update_layout(barmode="group", bargap=0.02, height=360, legend=dict(orientation="h", y=-0.25),
+                      title=f"{d}: specificity (share of activation on {d}) and sensitivity (share of {d} tokens "
+                            f"it fires on)")
+    return fig
