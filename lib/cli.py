@@ -2,6 +2,7 @@
 
     monosemantic run --preset {tiny,default,paper} [--corpus SPEC] --out DIR [--stages S ...] [--device D]
     monosemantic summary DIR [--json]
+    monosemantic compare DIR A/1 B/1 [--tokens N] [--json]
 """
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="stage status and every metric of a run")
     s.add_argument("dir")
     s.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    c = sub.add_parser("compare", help="universality: correlate the features of two dictionaries (and, across "
+                                       "transformers, their neurons) over a shared token set")
+    c.add_argument("dir", help="run directory")
+    c.add_argument("a", help="dictionary id (e.g. A/1) or T/neurons")
+    c.add_argument("b", help="dictionary id (e.g. B/1) or T/neurons")
+    c.add_argument("--tokens", type=int, default=None, help="tokens in the shared set (default: the preset's, "
+                                                            "1,048,576 for default)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the context order")
+    c.add_argument("--device", default="cpu", help="cpu | cuda[:N]")
+    c.add_argument("--json", action="store_true", help="print the comparison summary as JSON")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -81,10 +93,37 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  dictionary {d}: " + ", ".join(f"{k} {_fmt(v[k])}" for k in
                           ("d_sae", "l0", "fvu", "loss_recovered", "dead", "ultralow") if k in v))
             return 0
+        if args.cmd == "compare":
+            return _compare(args)
     except (MonosemanticError, FileNotFoundError) as e:
         print(f"monosemantic: error: {e}", file=sys.stderr)
         return 2
     return 1
+
+
+def _compare(args) -> int:
+    from .runs import Run
+    from .universality import comparison_dir, compare
+
+    run = Run.open(args.dir)
+    comp = compare(run, args.a, args.b, n_tokens=args.tokens, seed=args.seed, device=args.device, write=True,
+                   progress=not (args.quiet or args.json))
+    s = comp.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    f = s["features"]
+    print(f"{comp.key}: {s['tokens']:,} tokens, written to {comparison_dir(run, f['a'], f['b'])}")
+    print(f"  features  median best-match correlation {_fmt(s['feature_median'])} "
+          f"(paper A/1~B/1: {s['paper']['feature_median']}); {f['alive_a']} alive, {f['dead_a']} dead, "
+          f"{f['ultralow_a']} ultralow of {f['units_a']}")
+    if s.get("neurons"):
+        print(f"  neurons   median best-match correlation {_fmt(s['neuron_median'])} "
+              f"(paper: {s['paper']['neuron_median']})")
+    for k in ("assignment_mean", "logit_corr_median", "decoder_mmcs"):
+        if f.get(k) is not None:
+            print(f"  {k:9s} {_fmt(f[k])}")
+    return 0
 
 
 if __name__ == "__main__":

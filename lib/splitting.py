@@ -1,0 +1,511 @@
+"""Feature splitting: how a feature of a small dictionary becomes a family of finer features in a larger one.
+
+The paper (Bricken et al. 2023, "Feature splitting") links features of dictionaries of different sizes trained on
+the same transformer (A/0 = 512 → A/1 = 4096 → A/2 = 16384) by the **masked cosine similarity** of their
+activations: the cosine of the two activation vectors restricted to the tokens where one of them fires, computed
+with each feature's mask in turn and the maximum taken; it draws an edge above ≈ 0.4.  With f, g ≥ 0,
+
+    cos_f(f, g) = Σ f·g / (‖f‖ · √Σ_{f≠0} g²)          (mask: tokens where f fires; Σ f·g needs no mask)
+    sim(f, g)   = max(cos_f(f, g), cos_g(f, g))
+
+so a child that fires on a subset of its parent's tokens, proportionally, scores ≈ 1 under its own mask even
+though it covers little of the parent.  All sums come from one streaming pass (``universality.CrossStats`` with
+``masked=True``: Σfg, Σ1[f≠0]g², Σf²1[g≠0] as sparse × sparse products).  Decoder cosine similarity is reported
+beside it.  A *family* is a feature of the smaller dictionary with its children (edges ≥ threshold) in the next
+size, their children in the next, and so on — a graph, since a child may have several parents.
+
+The geometry: ``feature_map`` embeds the decoder vectors of all sizes with UMAP (cosine metric, 15 neighbours,
+min_dist 0.05: the paper's settings) and clusters the embedding with HDBSCAN.
+
+API
+---
+``link_dictionaries(run, ["A/0", "A/1", "A/2"], n_tokens=None, threshold=0.4, write=True) -> Splitting``
+``link_activations(batches, dictionaries, threshold=0.4) -> Splitting``     the same on any activations
+``load_splitting(run, "A") -> Splitting``
+``Splitting.family(dict_id, idx) -> Family``; ``.families(dict_id)``; ``.children(...)``; ``.parents(...)``;
+``.summary()``; ``.edges`` / ``.nodes`` (DataFrames)
+``feature_map(run, dict_ids, ...) -> DataFrame`` (dict_id, idx, d_sae, x, y, cluster, density, top_tokens)
+
+``nodes`` has, per feature: fires and density on the token set, its top tokens (highest mean activation among
+tokens seen ≥ 3 times), and ``share_<domain>``: the share of its activation mass on each corpus domain (python,
+bible, base64 — the exact proxy —, text), which finds the paper's base64 family without a regex.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .errors import ConfigError
+from .io import atomic_write_json, read_json
+from .corpus import DOMAINS
+from .universality import (SPLIT_TOKENS, CrossStats, Side, _atomic_parquet, _safe, encode_sparse,
+                           iter_activation_batches, json_safe, token_set, update_analyses)
+
+__all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
+           "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]
+
+PAPER_THRESHOLD = 0.4
+
+
+def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of decoder vectors: the full (F_a, F_b) matrix, or of the pairs (i[k], j[k]) only."""
+    A = torch.nn.functional.normalize(sae_a.W_dec_FD.detach().float().cpu(), dim=1)
+    B = torch.nn.functional.normalize(sae_b.W_dec_FD.detach().float().cpu(), dim=1)
+    if i is None:
+        return (A @ B.T).numpy()
+    out = np.empty(len(i), np.float64)
+    step = 1 << 16
+    for k in range(0, len(i), step):
+        a, b = torch.as_tensor(i[k:k + step]), torch.as_tensor(j[k:k + step])
+        out[k:k + step] = (A[a] * B[b]).sum(1).double().numpy()
+    return out
+
+
+@dataclass
+class Family:
+    """A feature (``root``) and its descendants across dictionary sizes: nodes keyed ``"A/0:12"``."""
+
+    root: str
+    nodes: list[dict]
+    edges: list[dict]
+    threshold: float
+
+    def keys_at(self, dict_id: str) -> list[int]:
+        return [n["idx"] for n in self.nodes if n["dict_id"] == dict_id]
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "nodes": self.nodes, "edges": self.edges, "threshold": self.threshold}
+
+
+def _key(dict_id: str, idx: int) -> str:
+    return f"{dict_id}:{int(idx)}"
+
+
+@dataclass
+class Splitting:
+    """Links between consecutive dictionary sizes (``edges``) and per-feature facts (``nodes``)."""
+
+    dict_ids: list[str]                  # ascending size
+    sizes: dict[str, int]
+    edges: "object"                      # DataFrame: src, src_idx, dst, dst_idx, sim, cos_src_mask, cos_dst_mask, decoder_cos
+    nodes: "object"                      # DataFrame: dict_id, idx, d_sae, fires, density, top_tokens, top_token_ids
+    threshold: float = PAPER_THRESHOLD
+    tokens: int = 0
+    token_info: dict = field(default_factory=dict)
+
+    # ---- queries ----
+    def _edges_from(self, dict_id: str, idx: int, threshold: float, by: str):
+        e = self.edges
+        return e[(e["src"] == dict_id) & (e["src_idx"] == idx) & (e[by] >= threshold)].sort_values(by, ascending=False)
+
+    def children(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim"):
+        """Features of the next larger dictionary linked to (dict_id, idx) above ``threshold``, strongest first."""
+        return self._edges_from(dict_id, int(idx), self.threshold if threshold is None else threshold, by)
+
+    def parents(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim"):
+        e = self.edges
+        t = self.threshold if threshold is None else threshold
+        return e[(e["dst"] == dict_id) & (e["dst_idx"] == int(idx)) & (e[by] >= t)].sort_values(by, ascending=False)
+
+    def node(self, dict_id: str, idx: int) -> dict:
+        n = self.nodes
+        row = n[(n["dict_id"] == dict_id) & (n["idx"] == int(idx))]
+        if row.empty:
+            raise KeyError(f"no feature {dict_id}:{idx} in this splitting analysis ({self.dict_ids})")
+        r = row.iloc[0]
+        out = {"dict_id": dict_id, "idx": int(idx), "d_sae": int(r["d_sae"]), "fires": int(r["fires"]),
+               "density": float(r["density"]), "top_tokens": [str(t) for t in r["top_tokens"]]}
+        for c in row.columns:
+            if c.startswith("share_"):
+                out[c] = None if np.isnan(r[c]) else float(r[c])
+        return out
+
+    def family(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim",
+               max_depth: int | None = None, max_children: int | None = None) -> Family:
+        """(dict_id, idx) and its descendants: children above ``threshold`` in the next size, theirs in the next,
+        ...  A node reached from several parents keeps every edge (splits can merge)."""
+        t = self.threshold if threshold is None else threshold
+        if dict_id not in self.dict_ids:
+            raise ConfigError(f"{dict_id} is not one of the linked dictionaries {self.dict_ids}")
+        level0 = self.dict_ids.index(dict_id)
+        nodes = {_key(dict_id, idx): {**self.node(dict_id, idx), "level": 0}}
+        edges = []
+        frontier = [int(idx)]
+        for depth, (src, dst) in enumerate(zip(self.dict_ids[level0:], self.dict_ids[level0 + 1:]), start=1):
+            if max_depth is not None and depth > max_depth or not frontier:
+                break
+            e = self.edges
+            sel = e[(e["src"] == src) & e["src_idx"].isin(frontier) & (e[by] >= t)].sort_values(by, ascending=False)
+            if max_children is not None:
+                sel = sel.groupby("src_idx", sort=False).head(max_children)
+            nxt = []
+            for r in sel.itertuples(index=False):
+                k = _key(dst, r.dst_idx)
+                if k not in nodes:
+                    nodes[k] = {**self.node(dst, r.dst_idx), "level": depth}
+                    nxt.append(int(r.dst_idx))
+                edges.append({"src": _key(src, r.src_idx), "dst": k, "sim": float(r.sim),
+                              "cos_src_mask": float(r.cos_src_mask), "cos_dst_mask": float(r.cos_dst_mask),
+                              "decoder_cos": float(r.decoder_cos)})
+            frontier = nxt
+        for k, n in nodes.items():
+            n["key"] = k
+        return Family(_key(dict_id, idx), list(nodes.values()), edges, t)
+
+    def families(self, dict_id: str | None = None, threshold: float | None = None, min_children: int = 1,
+                 by: str = "sim") -> list[Family]:
+        """Families rooted at every feature of ``dict_id`` (default: the smallest) with ≥ ``min_children``
+        children, largest first."""
+        dict_id = dict_id or self.dict_ids[0]
+        t = self.threshold if threshold is None else threshold
+        e = self.edges
+        counts = e[(e["src"] == dict_id) & (e[by] >= t)].groupby("src_idx").size()
+        roots = counts[counts >= min_children].index
+        fams = [self.family(dict_id, int(r), t, by) for r in roots]
+        return sorted(fams, key=lambda f: -f.size)
+
+    def summary(self) -> dict:
+        out = {"dictionaries": self.dict_ids, "sizes": self.sizes, "threshold": self.threshold,
+               "tokens": self.tokens, "pairs": {}}
+        n = self.nodes
+        for src, dst in zip(self.dict_ids, self.dict_ids[1:]):
+            e = self.edges[(self.edges["src"] == src) & (self.edges["dst"] == dst)]
+            strong = e[e["sim"] >= self.threshold]
+            alive_src = int((n[(n["dict_id"] == src)]["fires"] > 0).sum())
+            alive_dst = int((n[(n["dict_id"] == dst)]["fires"] > 0).sum())
+            per_parent = strong.groupby("src_idx").size()
+            best_parent = e.groupby("dst_idx")["sim"].max() if len(e) else None
+            best_child = e.groupby("src_idx")["sim"].max() if len(e) else None
+            rec = {
+                "edges": int(len(strong)),
+                "alive_small": alive_src, "alive_large": alive_dst,
+                "parents_with_children": int(len(per_parent)),
+                "parents_split": int((per_parent >= 2).sum()),
+                "split_fraction": float((per_parent >= 2).sum() / alive_src) if alive_src else None,
+                "mean_children": float(per_parent.mean()) if len(per_parent) else 0.0,
+                "max_children": int(per_parent.max()) if len(per_parent) else 0,
+                "children_with_parent": int(strong["dst_idx"].nunique()),
+                "orphan_fraction": float(1 - strong["dst_idx"].nunique() / alive_dst) if alive_dst else None,
+                "children_with_several_parents": int((strong.groupby("dst_idx").size() >= 2).sum()),
+                "median_best_parent_sim": float(best_parent.median()) if best_parent is not None else None,
+                "median_best_child_sim": float(best_child.median()) if best_child is not None else None,
+                "median_decoder_cos_of_edges": float(strong["decoder_cos"].median()) if len(strong) else None,
+            }
+            if len(e) > 2:
+                rec["sim_decoder_cos_correlation"] = float(np.corrcoef(e["sim"], e["decoder_cos"])[0, 1])
+            out["pairs"][f"{src}->{dst}"] = rec
+        return json_safe(out)
+
+    # ---- persistence ----
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_parquet(self.edges, directory / "edges.parquet")
+        _atomic_parquet(self.nodes, directory / "nodes.parquet")
+        atomic_write_json(directory / "summary.json", {**self.summary(), "token_info": self.token_info})
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Splitting":
+        import pandas as pd
+
+        directory = Path(directory)
+        s = read_json(directory / "summary.json")
+        if s is None:
+            raise FileNotFoundError(f"no splitting analysis at {directory}; run splitting.link_dictionaries first")
+        nodes = pd.read_parquet(directory / "nodes.parquet")
+        nodes["top_tokens"] = nodes["top_tokens"].map(list)
+        nodes["top_token_ids"] = nodes["top_token_ids"].map(list)
+        return cls(s["dictionaries"], {k: int(v) for k, v in s["sizes"].items()},
+                   pd.read_parquet(directory / "edges.parquet"), nodes, float(s["threshold"]), int(s["tokens"]),
+                   s.get("token_info", {}))
+
+
+# ---- computing the links -----------------------------------------------------------------------------------
+
+def _top_tokens(mass: sp.csr_matrix, counts: np.ndarray | None, k: int, min_count: int = 3) -> list[np.ndarray]:
+    """Per row of a (F, vocab) activation-mass matrix: the ``k`` token ids on which the feature is most active on
+    average (mass / occurrences of the token, among tokens seen ≥ ``min_count`` times; by total mass when
+    ``counts`` is None or no token qualifies), largest first."""
+    out = []
+    for i in range(mass.shape[0]):
+        lo, hi = mass.indptr[i], mass.indptr[i + 1]
+        ids, v = mass.indices[lo:hi], mass.data[lo:hi]
+        if counts is not None:
+            c = counts[ids]
+            ok = c >= min_count
+            if ok.any():
+                ids, v = ids[ok], v[ok] / c[ok]
+        o = np.argsort(-v, kind="stable")[:k]
+        out.append(ids[o].astype(np.int64))
+    return out
+
+
+class _Linker:
+    """Streaming state of a splitting analysis over named sparse activation matrices."""
+
+    def __init__(self, sizes: dict[str, int], pairs: list[tuple[str, str]], vocab: int | None, top_k: int,
+                 domains: Sequence[str] = ()):
+        self.sizes, self.pairs, self.vocab, self.top_k, self.domains = sizes, pairs, vocab, top_k, list(domains)
+        K = len(self.domains)
+        self.dom_mass = {d: np.zeros((n, K)) for d, n in sizes.items()} if K else None
+        self.dom_tokens = np.zeros(K, np.int64) if K else None
+        self.stats = {p: CrossStats(sizes[p[0]], sizes[p[1]], pearson=False, masked=True) for p in pairs}
+        self.fires = {d: np.zeros(n, np.int64) for d, n in sizes.items()}
+        self.mass = {d: sp.csr_matrix((n, vocab), dtype=np.float64) for d, n in sizes.items()} if vocab else None
+        self.token_counts = np.zeros(vocab, np.int64) if vocab else None
+        self.n = 0
+
+    def update(self, feats: dict[str, sp.csr_matrix], token_ids: np.ndarray | None = None,
+               domain: np.ndarray | None = None) -> None:
+        if self.dom_mass is not None and domain is not None:
+            K = len(self.domains)
+            dom = np.minimum(np.asarray(domain, np.int64), K - 1)
+            self.dom_tokens += np.bincount(dom, minlength=K)
+            for d, f in feats.items():
+                rows = np.repeat(np.arange(f.shape[0]), np.diff(f.indptr))
+                flat = f.indices.astype(np.int64) * K + dom[rows]
+                self.dom_mass[d] += np.bincount(flat, weights=f.data.astype(np.float64),
+                                                minlength=self.sizes[d] * K).reshape(-1, K)
+        for a, b in self.pairs:
+            self.stats[(a, b)].update(feats[a], feats[b])
+        if self.token_counts is not None and token_ids is not None:
+            self.token_counts += np.bincount(token_ids, minlength=self.vocab)
+        for d, f in feats.items():
+            self.fires[d] += np.bincount(f.indices[f.data != 0], minlength=self.sizes[d])
+            if self.mass is not None and token_ids is not None:
+                rows = np.repeat(np.arange(f.shape[0]), np.diff(f.indptr))
+                m = sp.csr_matrix((f.data.astype(np.float64), (f.indices, token_ids[rows])),
+                                  shape=(self.sizes[d], self.vocab))
+                self.mass[d] = self.mass[d] + m
+        self.n += next(iter(feats.values())).shape[0]
+
+    def finish(self, dict_ids: list[str], decoder_cos: dict, threshold: float, keep_min: float, keep_top: int,
+               token_str=None, token_info: dict | None = None) -> Splitting:
+        import pandas as pd
+
+        rows = []
+        for (a, b), st in self.stats.items():
+            rows.append(_select_edges(st, decoder_cos.get((a, b)), a, b, keep_min, keep_top))
+        edges = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+            columns=["src", "src_idx", "dst", "dst_idx", "sim", "cos_src_mask", "cos_dst_mask", "decoder_cos"])
+        nodes = []
+        for d in dict_ids:
+            F = self.sizes[d]
+            top = _top_tokens(self.mass[d].tocsr(), self.token_counts, self.top_k) if self.mass is not None else [np.zeros(0, np.int64)] * F
+            cols = {
+                "dict_id": d, "idx": np.arange(F, dtype=np.int64), "d_sae": F, "fires": self.fires[d],
+                "density": self.fires[d] / max(self.n, 1),
+                "top_token_ids": [t.tolist() for t in top],
+                "top_tokens": [[token_str(int(x)) for x in t] if token_str else [str(int(x)) for x in t] for t in top],
+            }
+            if self.dom_mass is not None:   # share of the feature's activation mass on each corpus domain
+                tot = self.dom_mass[d].sum(1)
+                for k, name in enumerate(self.domains):
+                    cols[f"share_{name}"] = np.where(tot > 0, self.dom_mass[d][:, k] / np.maximum(tot, 1e-300), np.nan)
+            nodes.append(pd.DataFrame(cols))
+        return Splitting(dict_ids, {d: self.sizes[d] for d in dict_ids}, edges, pd.concat(nodes, ignore_index=True),
+                         threshold, self.n, token_info or {"tokens": self.n})
+
+
+def _select_edges(st: CrossStats, dc, a: str, b: str, keep_min: float, keep_top: int,
+                  block_elems: int = 1 << 24):
+    """The links kept for one pair: sim ≥ ``keep_min``, plus each row's and each column's ``keep_top`` strongest
+    (if they co-fire at all).  Computed in row blocks of ≤ ``block_elems`` entries, so a 4096 × 16384 pair never
+    holds more than one block of similarities besides the accumulators."""
+    import pandas as pd
+
+    P, Q = st.p, st.q
+    R = max(1, block_elems // max(Q, 1))
+    k_col = min(keep_top, P) if keep_top else 0
+    col_v = np.full((k_col, Q), -np.inf, np.float32)       # running top-k per column: values and rows
+    col_i = np.full((k_col, Q), -1, np.int64)
+    picked_i, picked_j = [], []
+    for r0 in range(0, P, R):
+        m = st.masked_cosine(rows=slice(r0, r0 + R))
+        filled = np.nan_to_num(m, nan=-1.0)
+        keep = filled >= keep_min
+        if keep_top:
+            k1 = min(keep_top, Q)
+            top_r = np.argpartition(-filled, k1 - 1, axis=1)[:, :k1]
+            keep[np.arange(m.shape[0])[:, None], top_r] = True
+            cand_v = np.concatenate([col_v, filled])
+            cand_i = np.concatenate([col_i, np.broadcast_to(np.arange(r0, r0 + m.shape[0])[:, None], m.shape)])
+            sel = np.argpartition(-cand_v, k_col - 1, axis=0)[:k_col]
+            col_v = np.take_along_axis(cand_v, sel, 0)
+            col_i = np.take_along_axis(cand_i, sel, 0)
+        keep &= filled > 0                                   # never an edge between features that never co-fire
+        i, j = np.nonzero(keep)
+        picked_i.append(i + r0)
+        picked_j.append(j)
+    if keep_top:
+        ok = col_v > 0
+        picked_i.append(col_i[ok])
+        picked_j.append(np.broadcast_to(np.arange(Q)[None, :], col_i.shape)[ok])
+    flat = np.unique(np.concatenate(picked_i).astype(np.int64) * Q + np.concatenate(picked_j)) if picked_i else np.zeros(0, np.int64)
+    i, j = flat // Q, flat % Q
+    # the similarities of the kept pairs, block by block again (cheap: elementwise on the sums)
+    sim, ca, cb = np.empty(len(i)), np.empty(len(i)), np.empty(len(i))
+    for r0 in range(0, P, R):
+        sel = (i >= r0) & (i < r0 + R)
+        if sel.any():
+            m, x, y = st.masked_cosine(directions=True, rows=slice(r0, r0 + R))
+            sim[sel], ca[sel], cb[sel] = m[i[sel] - r0, j[sel]], x[i[sel] - r0, j[sel]], y[i[sel] - r0, j[sel]]
+    return pd.DataFrame({"src": a, "src_idx": i, "dst": b, "dst_idx": j, "sim": sim, "cos_src_mask": ca,
+                         "cos_dst_mask": cb, "decoder_cos": dc(i, j) if dc is not None else np.nan})
+
+
+def _pairs(dict_ids: list[str], mode: str) -> list[tuple[str, str]]:
+    if mode == "consecutive":
+        return list(zip(dict_ids, dict_ids[1:]))
+    if mode == "all":
+        return [(a, b) for i, a in enumerate(dict_ids) for b in dict_ids[i + 1:]]
+    raise ConfigError(f"pairs must be 'consecutive' or 'all', got {mode!r}")
+
+
+def link_activations(batches: Iterable, dictionaries: dict, *, threshold: float = PAPER_THRESHOLD,
+                     pairs: str = "consecutive", keep_min: float = 0.1, keep_top: int = 3,
+                     vocab: int | None = None, top_k_tokens: int = 8, token_str=None) -> Splitting:
+    """Link the features of ``dictionaries`` ({id: Dictionary}, ordered by size here) over ``batches`` of input
+    activations: each an (N, d_in) tensor, or a pair (tensor, token ids (N,)) when ``vocab`` is given (for top
+    tokens).  Returns a ``Splitting`` whose edges keep, per pair, every link ≥ ``keep_min`` and each feature's
+    ``keep_top`` strongest links either way (so a family can be browsed below the threshold)."""
+    ids = sorted(dictionaries, key=lambda d: (dictionaries[d].d_sae, list(dictionaries).index(d)))
+    sizes = {d: dictionaries[d].d_sae for d in ids}
+    lk = _Linker(sizes, _pairs(ids, pairs), vocab, top_k_tokens)
+    for b in batches:
+        x, toks = (b if isinstance(b, tuple) else (b, None))
+        x = torch.as_tensor(x).float()
+        lk.update({d: encode_sparse(dictionaries[d], x) for d in ids},
+                  None if toks is None else np.asarray(toks, np.int64))
+    dec = {p: (lambda i, j, p=p: decoder_cosine(dictionaries[p[0]], dictionaries[p[1]], i, j)) for p in lk.pairs}
+    return lk.finish(ids, dec, threshold, keep_min, keep_top, token_str)
+
+
+def splitting_dir(run, transformer: str = "A") -> Path:
+    return Path(run.root) / "analyses" / "splitting" / _safe(transformer)
+
+
+def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: int | None = None,
+                      threshold: float = PAPER_THRESHOLD, pairs: str = "consecutive", keep_min: float = 0.1,
+                      keep_top: int = 3, top_k_tokens: int = 8, seed: int = 0, batch_tokens: int = 32_768,
+                      device: str = "cpu", write: bool = True, progress: bool = False,
+                      kernel: str = "auto") -> Splitting:
+    """Link the dictionaries ``dict_ids`` of one transformer (default: every dictionary on A, by size) over the
+    run's shared token set (``universality.token_set``; default size ``universality.SPLIT_TOKENS`` per preset,
+    524,288 for ``default``); with ``write`` save to ``RUN/analyses/splitting/<T>/`` and add the per-pair summary
+    to ``RUN/analyses.json`` under ``splitting``."""
+    if dict_ids is None:
+        dict_ids = [d.id for d in run.cfg.dictionaries if d.transformer == "A"]
+    dict_ids = list(dict_ids)
+    if len(dict_ids) < 2:
+        raise ConfigError(f"feature splitting needs at least two dictionaries of one transformer, got {dict_ids}")
+    ts = {run.cfg.dictionary(d).transformer for d in dict_ids}
+    if len(ts) != 1:
+        raise ConfigError(f"feature splitting compares dictionaries of one transformer; {dict_ids} span {sorted(ts)}")
+    T = ts.pop()
+    saes = {d: run.dictionary(d) for d in dict_ids}
+    ids = sorted(dict_ids, key=lambda d: (saes[d].d_sae, dict_ids.index(d)))
+    tokens = token_set(run, n_tokens or SPLIT_TOKENS.get(run.cfg.preset, 524_288), seed=seed)
+    lk = _Linker({d: saes[d].d_sae for d in ids}, _pairs(ids, pairs), run.tokenizer.vocab_size, top_k_tokens,
+                 DOMAINS)
+    with torch.inference_mode():
+        for acts, tok_ids, dom in iter_activation_batches(run, [Side(T, T)], tokens, batch_tokens, device, progress):
+            x = acts[T]
+            lk.update({d: encode_sparse(saes[d], x, kernel=kernel) for d in ids}, tok_ids, dom)
+    dec = {p: (lambda i, j, p=p: decoder_cosine(saes[p[0]], saes[p[1]], i, j)) for p in lk.pairs}
+    res = lk.finish(ids, dec, threshold, keep_min, keep_top, run.tokenizer.token_str, tokens.describe())
+    if write:
+        res.save(splitting_dir(run, T))
+        summ = res.summary()
+        update_analyses(run.root, "splitting", lambda doc: {**doc, T: summ})
+    return res
+
+
+def load_splitting(run, transformer: str = "A") -> Splitting:
+    return Splitting.load(splitting_dir(run, transformer))
+
+
+# ---- the feature map ---------------------------------------------------------------------------------------
+
+def feature_map(run, dict_ids: Sequence[str] | None = None, *, n_neighbors: int = 15, min_dist: float = 0.05,
+                metric: str = "cosine", min_cluster_size: int | None = None, seed: int = 0,
+                exclude_dead: bool = True, splitting: Splitting | None = None, write: bool = True):
+    """UMAP of the decoder vectors of ``dict_ids`` (default: every dictionary on A) in one embedding, with
+    HDBSCAN clusters of the 2-D embedding.  Returns a DataFrame: dict_id, idx, d_sae, x, y, cluster (−1 = noise),
+    density (from the run's evaluation, when present), top_tokens (from ``splitting`` when given or saved)."""
+    import pandas as pd
+
+    if dict_ids is None:
+        dict_ids = [d.id for d in run.cfg.dictionaries if d.transformer == "A"]
+    vecs, meta = [], []
+    for d in dict_ids:
+        W = run.dictionary(d).W_dec_FD.detach().float().cpu().numpy()
+        try:
+            dens = run.density(d)
+        except (FileNotFoundError, OSError):
+            dens = np.full(len(W), np.nan)
+        keep = np.ones(len(W), bool) if not exclude_dead else ~(dens == 0)
+        idx = np.flatnonzero(keep)
+        vecs.append(W[idx])
+        meta.append(pd.DataFrame({"dict_id": d, "idx": idx, "d_sae": len(W), "density": dens[idx]}))
+    X = np.concatenate(vecs).astype(np.float32)
+    df = pd.concat(meta, ignore_index=True)
+    xy, labels = embed_and_cluster(X, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
+                                   min_cluster_size=min_cluster_size, seed=seed)
+    df["x"], df["y"], df["cluster"] = xy[:, 0], xy[:, 1], labels
+    if splitting is None:
+        T = run.cfg.dictionary(dict_ids[0]).transformer
+        try:
+            splitting = load_splitting(run, T)
+        except FileNotFoundError:
+            splitting = None
+    if splitting is not None:
+        tt = splitting.nodes.set_index(["dict_id", "idx"])["top_tokens"]
+        df["top_tokens"] = [list(tt.get((d, i), [])) for d, i in zip(df["dict_id"], df["idx"])]
+    else:
+        df["top_tokens"] = [[] for _ in range(len(df))]
+    if write:
+        T = run.cfg.dictionary(dict_ids[0]).transformer
+        _atomic_parquet(df, splitting_dir(run, T) / "feature_map.parquet")
+    return df
+
+
+def embed_and_cluster(X: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.05, metric: str = "cosine",
+                      min_cluster_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) UMAP embedding of the rows of ``X`` and HDBSCAN labels of the embedding (−1: noise)."""
+    import warnings
+
+    from sklearn.cluster import HDBSCAN
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # umap: "n_jobs overridden by random_state"; numba deprecations
+        import umap
+
+        n = len(X)
+        reducer = umap.UMAP(n_neighbors=min(n_neighbors, max(2, n - 1)), min_dist=min_dist, metric=metric,
+                            random_state=seed, n_components=2)
+        xy = reducer.fit_transform(X)
+        mcs = min_cluster_size or max(5, n // 100)
+        labels = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(xy)
+    return xy.astype(np.float32), labels.astype(np.int64)
+
+
+def load_feature_map(run, transformer: str = "A"):
+    import pandas as pd
+
+    p = splitting_dir(run, transformer) / "feature_map.parquet"
+    if not p.exists():
+        raise FileNotFoundError(f"no feature map at {p}; run splitting.feature_map(run) first")
+    df = pd.read_parquet(p)
+    df["top_tokens"] = df["top_tokens"].map(list)
+    return df

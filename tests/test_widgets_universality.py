@@ -1,0 +1,230 @@
+"""CorrelationMatrix, SplittingTree, FeatureMap: the synced state (the truth), clicks → linked cards, export."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monosemantic.universality import Comparison, PairResult, one_to_one
+from monosemantic.widgets.correlation import CorrelationMatrix, LinkedCards, encode_image
+from monosemantic.widgets.feature_map import FeatureMap, feature_map_figure
+from monosemantic.widgets.splitting import SplittingTree
+
+
+def _decode(w):
+    q = np.frombuffer(w.image, np.uint8).reshape(w.image_shape).astype(float)
+    return np.where(q == 255, np.nan, q / 250 * 2 - 1)
+
+
+def _comparison(P=30, Q=40, dead=(2,), a="A/1", b="B/1", seed=0):
+    rng = np.random.default_rng(seed)
+    corr = rng.uniform(-0.1, 0.3, (P, Q)).astype(np.float32)
+    perm = rng.permutation(Q)
+    for i in range(P):
+        corr[i, perm[i]] = 0.5 + 0.45 * rng.random()
+    corr[list(dead), :] = np.nan
+    fires = np.full(P, 50)
+    fires[list(dead)] = 0
+    feats = PairResult(a, b, corr, fires, np.full(Q, 50), 10_000, 1e-5, False)
+    ncorr = rng.uniform(0, 0.6, (8, 8)).astype(np.float32)
+    neurons = PairResult("A/neurons", "B/neurons", ncorr, np.full(8, 5000), np.full(8, 5000), 10_000, 1e-5, False)
+    return Comparison(feats, neurons, {"tokens": 10_000})
+
+
+class Recorder:
+    """A card factory that records what it was asked for (stands in for FeatureCard)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, dict_id, idx, info):
+        import ipywidgets
+
+        self.calls.append((dict_id, idx, info))
+        return ipywidgets.HTML(f"card {dict_id} {idx}")
+
+
+def _heads(cards: LinkedCards):
+    out = []
+    for col in cards.box.children:
+        if hasattr(col, "children"):
+            m = re.search(r'data-feature="([^"]+)"', col.children[0].value)
+            out.append(m.group(1))
+    return out
+
+
+def test_encode_image_codes():
+    q = np.frombuffer(encode_image(np.array([-1, 0, 1, np.nan, 2.0])), np.uint8)
+    assert q.tolist() == [0, 125, 250, 255, 250]
+
+
+def test_matrix_reorders_matches_onto_the_diagonal_and_pools_block_maxima():
+    cmp_ = _comparison()
+    w = CorrelationMatrix(cmp_, max_pixels=16, card_factory=Recorder())
+    corr = cmp_.features.corr
+    assert w.shape == [30, 40] and w.view == [0, 30, 0, 40] and w.image_shape == [16, 16]
+    # the first rows of the matrix order are the one-to-one matches, strongest first, on the diagonal
+    rows, cols, vals = one_to_one(corr)
+    diag = corr[w.row_order[:len(vals)], w.col_order[:len(vals)]]
+    assert np.allclose(np.sort(vals)[::-1], diag)
+    assert w.row_order[-1] == 2                       # the dead feature last
+    # every pixel is the NaN-ignoring maximum of its block (within the 8-bit code's resolution)
+    M = corr[np.ix_(w.row_order, w.col_order)]
+    re_, ce = w.image_row_edges, w.image_col_edges
+    ref = np.array([[np.nanmax(M[re_[k]:re_[k + 1], ce[l]:ce[l + 1]]) if not np.isnan(M[re_[k]:re_[k + 1], ce[l]:ce[l + 1]]).all()
+                     else np.nan for l in range(16)] for k in range(16)])
+    got = _decode(w)
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.nanmax(np.abs(got - ref)) <= 1 / 250 + 1e-6
+    # zoom: a window of single cells shows exact cells
+    w.view = [3, 10, 5, 17]
+    assert w.image_shape == [7, 12] and w.image_view == [3, 10, 5, 17]
+    assert np.nanmax(np.abs(_decode(w) - M[3:10, 5:17])) <= 1 / 250 + 1e-6
+    w.view = [-5, 999, 38, 10]                        # clamped, never empty
+    assert w.view == [0, 30, 38, 39]
+
+
+def test_matrix_click_opens_both_cards():
+    rec = Recorder()
+    cmp_ = _comparison()
+    w = CorrelationMatrix(cmp_, max_pixels=16, card_factory=rec)
+    assert w.selected_pair == [] and _heads(w.cards) == []
+    # a pooled pixel clicked: the front end sends the block, the kernel selects its strongest pair
+    w.pick = [0, 4, 0, 5, 123]
+    corr = cmp_.features.corr
+    block = corr[np.ix_(w.row_order[0:4], w.col_order[0:5])]
+    i, j = np.unravel_index(np.nanargmax(block), block.shape)
+    pair = [w.row_order[i], w.col_order[j]]
+    assert w.selected_pair == pair
+    assert w.selected_value == pytest.approx(float(corr[pair[0], pair[1]]))
+    assert _heads(w.cards) == [f"A/1:{pair[0]}", f"B/1:{pair[1]}"]
+    assert [c[:2] for c in rec.calls] == [("A/1", pair[0]), ("B/1", pair[1])]
+    assert w.cards.keys == [("A/1", pair[0]), ("B/1", pair[1])]
+    # a single cell clicked: the front end sets the pair itself
+    w.selected_pair = [5, 7]
+    assert _heads(w.cards) == ["A/1:5", "B/1:7"] and rec.calls[-1][:2] == ("B/1", 7)
+    assert "correlation with A/1 #5" in rec.calls[-1][2]
+    # the dead feature's pair has no correlation; an out-of-range pair is refused
+    w.select(2, 0)
+    assert w.selected_value is None and _heads(w.cards) == ["A/1:2", "B/1:0"]
+    w.selected_pair = [99, 0]
+    assert w.selected_pair == [] and _heads(w.cards) == []
+
+
+def test_matrix_distribution_shows_features_and_neurons_side_by_side():
+    w = CorrelationMatrix(_comparison(), card_factory=Recorder())
+    bars = [t for t in w.distribution.data if t.type == "bar"]
+    assert len(bars) == 2 and {t.name for t in bars} == {"features", "neurons"}
+    assert sum(bars[0].y) == 29                       # every alive feature of a (one of 30 is dead)
+    assert sum(bars[1].y) == 8
+    assert w.stats["paper"] == {"feature_median": 0.72, "neuron_median": 0.46}
+
+
+def test_matrix_to_html_is_self_contained_and_escaped(tmp_path):
+    evil = "A/<script>alert(1)</script>"
+    w = CorrelationMatrix(_comparison(a=evil), card_factory=None)
+    w.select(0, 1)
+    p = w.to_html(tmp_path / "m.html")
+    text = p.read_text()
+    assert "<script>alert(1)</script>" not in text                  # neither in the state nor in the cards
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text           # the summary card, escaped
+    assert re.search(r"""<(script|link|img|iframe)[^>]*(src|href)=["']?(https?:)?//""", text) is None   # nothing fetched
+    m = re.search(r"const STATE = (.*?);\n", text)
+    state = json.loads(m.group(1).replace("<\\/", "</"))
+    assert state["a_label"] == evil and state["selected_pair"] == [0, 1]
+    assert state["image"] and "image" in json.loads(re.search(r"const BYTES_KEYS = (.*?);\n", text).group(1))
+
+
+def _planted_splitting():
+    """A parent that splits into three children, from hand-built dictionaries on synthetic activations."""
+    from test_splitting import planted_dictionaries, planted_batches
+
+    from monosemantic.splitting import link_activations
+
+    small, large = planted_dictionaries()
+    return link_activations(planted_batches(), {"S": small, "L": large})
+
+
+def test_splitting_tree_family_and_clicks():
+    sp = _planted_splitting()
+    rec = Recorder()
+    t = SplittingTree(sp, root=("S", 0), card_factory=rec)
+    keys = {n["key"] for n in t.tree["nodes"]}
+    assert keys == {"S:0", "L:0", "L:1", "L:2"}
+    assert all(e["sim"] >= 0.4 for e in t.tree["edges"]) and len(t.tree["edges"]) == 3
+    assert t.levels == ["S", "L"] and t.sizes == [4, 8]
+    t.selected_feature = ["L", 1]                     # a node clicked
+    assert _heads(t.cards) == ["L:1"] and rec.calls[-1][:2] == ("L", 1)
+    assert "S #0" in rec.calls[-1][2]["parents"]
+    sims = sorted(e["sim"] for e in t.tree["edges"])
+    t.threshold = sims[1]                             # the slider: the kernel recomputes the family
+    assert len(t.tree["nodes"]) == 3 and min(e["sim"] for e in t.tree["edges"]) == sims[1]
+    t.threshold = 0.4
+    t.root = ["S", 3]                                 # double-click / the root box
+    assert {n["key"] for n in t.tree["nodes"]} == {"S:3", "L:5", "L:6"} and t.error == ""
+    t.root = ["S", 99]
+    assert "no feature S:99" in t.error and {n["key"] for n in t.tree["nodes"]} == {"S:3", "L:5", "L:6"}
+    default = SplittingTree(sp, card_factory=rec)     # default root: the largest family
+    assert default.root == ["S", 0]
+
+
+def test_feature_map_click_and_colour():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"dict_id": ["A/0"] * 5 + ["A/1"] * 10, "idx": list(range(5)) + list(range(10)),
+                       "d_sae": [5] * 5 + [10] * 10, "x": rng.normal(size=15), "y": rng.normal(size=15),
+                       "cluster": [0, 0, 1, 1, -1] * 3, "density": rng.random(15),
+                       "top_tokens": [[" the", "<b>"]] * 15})
+    rec = Recorder()
+    m = FeatureMap(df, card_factory=rec)
+    assert m.dict_ids == ["A/0", "A/1"] and m.sizes == [5, 10] and m.n_clusters == 2
+    assert np.allclose(np.frombuffer(m.xs, np.float32), df["x"].to_numpy(np.float32))
+    assert np.frombuffer(m.which, np.uint8).tolist() == [0] * 5 + [1] * 10
+    assert m.labels[0] == "‹ the› ‹<b>›"
+    m.selected_feature = ["A/1", 7]                   # a point clicked
+    assert _heads(m.cards) == ["A/1:7"] and rec.calls[-1][2]["cluster"] == 1
+    m.selected_feature = ["A/1", 70]                  # not on the map
+    assert m.selected_feature == [] and _heads(m.cards) == []
+    m.color_by = "cluster"
+    with pytest.raises(Exception):
+        m.color_by = "rainbow"
+    fig = feature_map_figure(df, color_by="cluster")
+    assert len(fig.data) == 3 and "&lt;b&gt;" in fig.data[0].text[0]
+
+
+def test_real_feature_card_opens_from_a_click(tiny_run, tmp_path):
+    """With ``widgets/card.py`` present the default factory opens a real FeatureCard (stats computed first);
+    without it, a summary card.  Either way the container follows the click."""
+    import importlib.util
+
+    from monosemantic.runs import Run
+    from monosemantic.splitting import link_dictionaries
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root, ignore=shutil.ignore_patterns("analyses*", "feature_stats", "neuron_stats"))
+    run = Run.open(root)
+    has_card = importlib.util.find_spec("monosemantic.widgets.card") is not None
+    if has_card:
+        from monosemantic.features import FeatureStatsConfig, compute_feature_stats
+
+        compute_feature_stats(run, "A/1", FeatureStatsConfig(n_tokens=1500), progress=False)
+    link_dictionaries(run, n_tokens=2000)
+    t = SplittingTree.from_run(root)
+    child = next(n for n in t.tree["nodes"] if n["dict_id"] == "A/1")
+    t.select("A/1", child["idx"])
+    col = t.cards.box.children[0]
+    card = col.children[1]
+    assert _heads(t.cards) == [f"A/1:{child['idx']}"]
+    if has_card:
+        from monosemantic.widgets.card import FeatureCard
+
+        assert isinstance(card, FeatureCard) and card.unit == child["idx"] and card.source == "A/1"
+    else:
+        assert f"feature {child['idx']}" in card.value
+    t.select("A/0", t.root[1])                        # an A/0 node: no stats computed for A/0
+    msg = t.cards.box.children[0].children[1]
+    if has_card:
+        assert "could not be built" in msg.value and "compute_feature_stats" in msg.value
+    p = t.to_html(tmp_path / "tree.html")
+    assert p.stat().st_size > 1000

@@ -1,0 +1,400 @@
+"""``CorrelationMatrix``: the cross-run feature correlation matrix (universality), with linked feature cards.
+
+The matrix of a ``monosemantic.universality.Comparison`` (every feature of dictionary a vs every feature of b),
+rows and columns reordered so the one-to-one matches lie on the diagonal, strongest first.  The front end draws a
+canvas of at most ``max_pixels``² cells: when the view holds more rows or columns, each pixel shows the *maximum*
+correlation of its block (a match anywhere in the block stays visible).  Drag a rectangle to zoom (the kernel
+re-pools the new window), double-click or "reset" to zoom out.  Clicking a pixel that is a single cell selects
+that pair; clicking a pooled pixel sends the block and the kernel selects the block's strongest pair.  The
+selection (``selected_pair``) opens both features' cards side by side below the matrix.  Next to the matrix: the
+distribution of best-match correlations for features and for neurons (plotly), with the paper's medians.
+
+Synced state is the truth: ``view`` (window in matrix order), ``image`` (uint8 codes of the pooled window: 0..250
+↦ r ∈ [−1, 1], 255 = undefined), ``pick`` (a block clicked), ``selected_pair`` ([a feature, b feature] or []).
+
+This module also holds what the three universality/splitting widgets share: ``LinkedCards`` (the card container
+every click updates), ``default_card_factory`` (``FeatureCard.from_run`` from ``.card``, or a summary card when
+that module is absent), and ``standalone_html`` (a self-contained page, no network: the widget's own ESM run
+against a small in-page model, for ``.to_html(path)``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import pathlib
+from pathlib import Path
+from typing import Any, Callable
+
+import anywidget
+import ipywidgets
+import numpy as np
+import traitlets
+
+HERE = pathlib.Path(__file__).parent
+CSS = HERE / "widgets_uni.css"
+
+__all__ = ["CorrelationMatrix", "LinkedCards", "default_card_factory", "standalone_html",
+           "best_match_distribution_figure", "encode_image"]
+
+
+# ---- shared: cards ---------------------------------------------------------------------------------------
+
+def _esc(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def summary_card(dict_id: str, idx: int, info: dict | None = None) -> ipywidgets.HTML:
+    """A small card from what the analysis itself knows (used when ``widgets/card.py`` is not available)."""
+    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in (info or {}).items())
+    return ipywidgets.HTML(
+        f'<div class="mono-uni-summarycard"><div class="mono-uni-summarycard-title">{_esc(dict_id)} '
+        f'feature {_esc(idx)}</div><table>{rows}</table></div>')
+
+
+def default_card_factory(run_dir: str | Path | None, compact: bool = False) -> Callable[[str, int, dict], Any]:
+    """``factory(dict_id, idx, info) -> widget``: ``FeatureCard.from_run(run_dir, dict_id, idx)`` when
+    ``monosemantic.widgets.card`` exists (``compact``: its one-column layout, for cards side by side), else a
+    summary card.  A card that fails to build shows its error."""
+
+    def factory(dict_id: str, idx: int, info: dict | None = None):
+        try:
+            from . import card as card_mod  # built by the inspection issue; imported lazily
+        except ImportError:
+            return summary_card(dict_id, idx, info)
+        if run_dir is None:
+            return summary_card(dict_id, idx, info)
+        kw = {}
+        if compact and hasattr(getattr(card_mod, "CardLayout", None), "compact"):
+            kw["layout"] = card_mod.CardLayout.compact()
+        try:
+            return card_mod.FeatureCard.from_run(run_dir, dict_id, int(idx), **kw)
+        except Exception as e:  # noqa: BLE001 - shown to the user in place of the card, never swallowed
+            return ipywidgets.HTML(f'<div class="mono-uni-cardError">card {_esc(dict_id)} #{_esc(idx)} could not '
+                                   f'be built: {_esc(type(e).__name__)}: {_esc(e)}</div>')
+
+    return factory
+
+
+class LinkedCards:
+    """The card container a widget's clicks update: ``box`` (an ipywidgets.HBox) holds one column per feature,
+    each a header (``.mono-uni-cardhead`` with ``data-feature="A/1:12"``) above the card."""
+
+    def __init__(self, factory: Callable[[str, int, dict], Any], placeholder: str = "click to open feature cards"):
+        self.factory = factory
+        self.keys: list[tuple[str, int]] = []
+        self.cards: list[Any] = []
+        self.box = ipywidgets.HBox(layout=ipywidgets.Layout(align_items="flex-start", flex_flow="row", width="100%",
+                                                            grid_gap="12px"))
+        self.box.add_class("mono-uni-cards")
+        self._placeholder = ipywidgets.HTML(f'<div class="mono-uni-placeholder">{_esc(placeholder)}</div>')
+        self.box.children = [self._placeholder]
+
+    def show(self, items: list[tuple[str, int, dict]]) -> None:
+        cols, keys, cards = [], [], []
+        for dict_id, idx, info in items:
+            card = self.factory(dict_id, int(idx), info)
+            head = ipywidgets.HTML(f'<div class="mono-uni-cardhead" data-feature="{_esc(dict_id)}:{int(idx)}">'
+                                   f'{_esc(dict_id)} #{int(idx)}</div>')
+            col = ipywidgets.VBox([head, card], layout=ipywidgets.Layout(flex="1 1 0", min_width="0",
+                                                                         overflow="hidden"))
+            col.add_class("mono-uni-cardcol")   # side by side, sharing the width
+            cols.append(col)
+            keys.append((dict_id, int(idx)))
+            cards.append(card)
+        self.keys, self.cards = keys, cards
+        self.box.children = cols or [self._placeholder]
+
+    def html(self) -> str:
+        """The current cards as static HTML (a card's own ``to_html`` when it has one, in an iframe)."""
+        import tempfile
+
+        parts = []
+        for (dict_id, idx), card in zip(self.keys, self.cards):
+            body = ""
+            if hasattr(card, "to_html") and not isinstance(card, ipywidgets.HTML):
+                with tempfile.TemporaryDirectory() as td:
+                    p = Path(td) / "card.html"
+                    card.to_html(p)
+                    body = (f'<iframe class="mono-uni-cardframe" srcdoc="{_esc(p.read_text())}" '
+                            f'sandbox="allow-scripts"></iframe>')
+            elif isinstance(card, ipywidgets.HTML):
+                body = card.value   # built by this module from escaped parts
+            parts.append(f'<div class="mono-uni-cardcol"><div class="mono-uni-cardhead" data-feature="'
+                         f'{_esc(dict_id)}:{idx}">{_esc(dict_id)} #{idx}</div>{body}</div>')
+        return f'<div class="mono-uni-cards mono-uni-static">{"".join(parts)}</div>'
+
+
+# ---- shared: standalone HTML -------------------------------------------------------------------------------
+
+_SHIM = r"""
+class StaticModel {
+  constructor(state) { this.state = state; this.handlers = {}; }
+  get(k) { return this.state[k]; }
+  set(k, v) { this.state[k] = v; for (const f of (this.handlers["change:" + k] || [])) f(); }
+  on(ev, f) { for (const e of ev.split(" ")) (this.handlers[e] = this.handlers[e] || []).push(f); }
+  off(ev, f) { if (!ev) { this.handlers = {}; return; } for (const e of ev.split(" ")) this.handlers[e] = (this.handlers[e] || []).filter(g => f && g !== f); }
+  save_changes() {}
+  send() {}
+}
+const fromB64 = s => { const b = atob(s); const u = new Uint8Array(b.length); for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new DataView(u.buffer); };
+for (const k of BYTES_KEYS) if (typeof STATE[k] === "string") STATE[k] = fromB64(STATE[k]);
+const url = URL.createObjectURL(new Blob([ESM], {type: "text/javascript"}));
+const mod = await import(url);
+const w = mod.default;
+const model = new StaticModel(STATE);
+model.state.__static = true;
+if (w.initialize) await w.initialize({model});
+await w.render({model, el: document.getElementById("mono-uni-root")});
+document.body.dataset.rendered = "1";
+"""
+
+
+def _script_json(obj) -> str:
+    """JSON safe inside <script>: no '</' can close the element, no U+2028/9 line breaks."""
+    s = json.dumps(obj, allow_nan=False, default=_jsonable)
+    return s.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _jsonable(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def standalone_html(widget: anywidget.AnyWidget, title: str, below: str = "", beside: str = "") -> str:
+    """A self-contained page running ``widget``'s ESM on its current synced state (bytes as base64)."""
+    state, bytes_keys = {}, []
+    for name in widget.keys:
+        if name.startswith("_") or name in ("layout", "tabbable", "tooltip", "comm", "keys", "log"):
+            continue
+        v = getattr(widget, name)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            state[name] = base64.b64encode(bytes(v)).decode()
+            bytes_keys.append(name)
+        elif isinstance(v, ipywidgets.Widget):
+            continue
+        else:
+            state[name] = v
+    esm, css = str(widget._esm), str(widget._css)
+    script = (f"const ESM = {_script_json(esm)};\nconst STATE = {_script_json(state)};\n"
+              f"const BYTES_KEYS = {_script_json(bytes_keys)};\n{_SHIM}")
+    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>\n'
+            f'<style>{css}</style></head>\n<body class="mono-uni-page">\n'
+            f'<div class="mono-uni-row"><div id="mono-uni-root"></div>{beside}</div>\n{below}\n'
+            f'<script type="module">\n{script}\n</script>\n</body></html>\n')
+
+
+def _write(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---- the matrix ------------------------------------------------------------------------------------------
+
+def encode_image(values: np.ndarray) -> bytes:
+    """uint8 codes of correlations: round((r + 1) / 2 · 250) for r in [−1, 1]; 255 for NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    q = np.full(v.shape, 255, np.uint8)
+    ok = ~np.isnan(v)
+    q[ok] = np.rint((np.clip(v[ok], -1, 1) + 1) / 2 * 250).astype(np.uint8)
+    return q.tobytes()
+
+
+def best_match_distribution_figure(comparison, height: int = 340):
+    """Histograms of best-match correlations, features and neurons side by side, with medians and the paper's."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from monosemantic.universality import HIST_EDGES, PAPER
+
+    parts = [("features", comparison.features, PAPER["feature_median"])]
+    if comparison.neurons is not None:
+        parts.append(("neurons", comparison.neurons, PAPER["neuron_median"]))
+    fig = make_subplots(rows=1, cols=len(parts), shared_yaxes=False,
+                        subplot_titles=[f"{name}: {p.a} → {p.b}" for name, p, _ in parts])
+    centers = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
+    colors = {"features": "#2c7fb8", "neurons": "#d95f0e"}
+    for col, (name, pr, paper) in enumerate(parts, start=1):
+        v = pr.best_values("ab")
+        counts = np.histogram(v, bins=HIST_EDGES)[0]
+        fig.add_trace(go.Bar(x=centers, y=counts, width=HIST_EDGES[1] - HIST_EDGES[0], name=name,
+                             marker_color=colors[name], showlegend=False), row=1, col=col)
+        med = float(np.median(v)) if len(v) else float("nan")
+        if np.isfinite(med):
+            fig.add_vline(x=med, line=dict(color="black", width=2), row=1, col=col,
+                          annotation_text=f"median {med:.2f}", annotation_position="top left")
+        fig.add_vline(x=paper, line=dict(color="gray", dash="dash"), row=1, col=col,
+                      annotation_text=f"paper {paper:.2f}", annotation_position="top right")
+        fig.update_xaxes(title_text="best-match correlation", range=[-0.2, 1.02], row=1, col=col)
+        fig.update_yaxes(title_text="count" if col == 1 else None, row=1, col=col)
+    fig.update_layout(height=height, width=230 * len(parts) + 40, margin=dict(l=45, r=10, t=40, b=45),
+                      bargap=0.02, font=dict(size=11))
+    fig.update_annotations(font_size=11)
+    return fig
+
+
+class CorrelationMatrix(anywidget.AnyWidget):
+    """See the module docstring.  ``CorrelationMatrix(comparison, run_dir=run.root)`` or
+    ``CorrelationMatrix.from_run(run_dir, "A/1", "B/1")`` (a comparison saved by ``monosemantic compare``)."""
+
+    _esm = HERE / "correlation_uni.js"
+    _css = CSS
+
+    title = traitlets.Unicode("").tag(sync=True)
+    a_label = traitlets.Unicode("").tag(sync=True)
+    b_label = traitlets.Unicode("").tag(sync=True)
+    shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)
+    row_order = traitlets.List(traitlets.Int()).tag(sync=True)     # matrix row k ↦ feature of a
+    col_order = traitlets.List(traitlets.Int()).tag(sync=True)
+    view = traitlets.List(traitlets.Int(), default_value=[0, 0, 0, 0]).tag(sync=True)   # r0, r1, c0, c1
+    image = traitlets.Bytes(b"").tag(sync=True)
+    image_shape = traitlets.List(traitlets.Int(), default_value=[0, 0]).tag(sync=True)
+    image_view = traitlets.List(traitlets.Int(), default_value=[0, 0, 0, 0]).tag(sync=True)
+    max_pixels = traitlets.Int(160).tag(sync=True)
+    pick = traitlets.List(traitlets.Int()).tag(sync=True)          # a pooled block clicked: r0, r1, c0, c1
+    selected_pair = traitlets.List(traitlets.Int()).tag(sync=True)  # [feature of a, feature of b] or []
+    selected_value = traitlets.Float(None, allow_none=True).tag(sync=True)
+    stats = traitlets.Dict().tag(sync=True)                         # medians (ours, the paper's)
+
+    def __init__(self, comparison, run_dir: str | Path | None = None, max_pixels: int = 160,
+                 card_factory: Callable | None = None, figure: bool = True, **kw):
+        pr = comparison.features
+        self._cmp = comparison
+        self._corr = pr.corr
+        ro, co = pr.order()
+        self._ro, self._co = np.asarray(ro), np.asarray(co)
+        s = comparison.summary()
+        stats = {"feature_median": s.get("feature_median"), "neuron_median": s.get("neuron_median"),
+                 "paper": s.get("paper"), "tokens": s.get("tokens"), "dead_a": s["features"]["dead_a"],
+                 "dead_b": s["features"]["dead_b"]}
+        super().__init__(title=f"{pr.a} vs {pr.b}: feature activation correlation", a_label=pr.a, b_label=pr.b,
+                         shape=[int(pr.corr.shape[0]), int(pr.corr.shape[1])], row_order=self._ro.tolist(),
+                         col_order=self._co.tolist(), max_pixels=max_pixels, stats=stats, **kw)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir, compact=True),
+                                 "click a cell to open the two features' cards")
+        self.distribution = None
+        if figure:
+            import plotly.graph_objects as go
+
+            self.distribution = go.FigureWidget(best_match_distribution_figure(comparison))
+        self.view = [0, self.shape[0], 0, self.shape[1]]
+        if self.image_view != self.view:   # the observer did not fire (same value)
+            self._render(None)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, a: str = "A/1", b: str = "B/1", **kw) -> "CorrelationMatrix":
+        from monosemantic.runs import Run
+        from monosemantic.universality import load_comparison
+
+        run = Run.open(run_dir)
+        return cls(load_comparison(run, a, b), run_dir=run.root, **kw)
+
+    # ---- kernel side ----
+    image_row_edges = traitlets.List(traitlets.Int()).tag(sync=True)   # image row k = matrix rows [e[k], e[k+1])
+    image_col_edges = traitlets.List(traitlets.Int()).tag(sync=True)
+
+    def _clamp(self, v) -> list[int]:
+        P, Q = self.shape
+        if len(v) < 4:
+            return [0, P, 0, Q]
+        r0, r1, c0, c1 = (int(x) for x in v[:4])
+        r0, c0 = max(0, min(r0, P - 1)), max(0, min(c0, Q - 1))
+        r1, c1 = max(r0 + 1, min(r1, P)), max(c0 + 1, min(c1, Q))
+        return [r0, r1, c0, c1]
+
+    @traitlets.validate("view")
+    def _valid_view(self, proposal):
+        return self._clamp(list(proposal["value"]))
+
+    @traitlets.observe("view", "max_pixels")
+    def _render(self, change):
+        r0, r1, c0, c1 = self.view
+        W = self.window()
+        h, w = min(r1 - r0, self.max_pixels), min(c1 - c0, self.max_pixels)
+        re = np.linspace(0, r1 - r0, h + 1).astype(np.int64)
+        ce = np.linspace(0, c1 - c0, w + 1).astype(np.int64)
+        with np.errstate(invalid="ignore"):
+            pooled = np.fmax.reduceat(np.fmax.reduceat(W, re[:-1], axis=0), ce[:-1], axis=1)
+        self.image_row_edges = (re + r0).tolist()
+        self.image_col_edges = (ce + c0).tolist()
+        self.image = encode_image(pooled)
+        self.image_shape = [h, w]
+        self.image_view = list(self.view)
+
+    def window(self, view: list[int] | None = None) -> np.ndarray:
+        """The correlations of the view (matrix order), float32 (NaN = undefined)."""
+        r0, r1, c0, c1 = view or self.view
+        return self._corr[np.ix_(self._ro[r0:r1], self._co[c0:c1])]
+
+    @traitlets.observe("pick")
+    def _on_pick(self, change):
+        """A pooled block was clicked ([r0, r1, c0, c1, nonce] in matrix order): select its strongest pair."""
+        if len(self.pick) < 4:
+            return
+        r0, r1, c0, c1 = self._clamp(self.pick)
+        W = self.window([r0, r1, c0, c1])
+        if np.isnan(W).all():
+            return
+        i, j = np.unravel_index(np.nanargmax(W), W.shape)
+        self.select(int(self._ro[r0 + i]), int(self._co[c0 + j]))
+
+    def select(self, a_idx: int, b_idx: int) -> None:
+        """Select the pair (feature a_idx of a, feature b_idx of b): as a click on its cell."""
+        self.selected_pair = [int(a_idx), int(b_idx)]
+
+    @traitlets.observe("selected_pair")
+    def _on_select(self, change):
+        if len(self.selected_pair) != 2:
+            self.selected_value = None
+            self.cards.show([])
+            return
+        i, j = self.selected_pair
+        P, Q = self.shape
+        if not (0 <= i < P and 0 <= j < Q):
+            self.selected_pair = []
+            return
+        r = float(self._corr[i, j])
+        self.selected_value = None if np.isnan(r) else r
+        pr = self._cmp.features
+        bi, bv = pr.best("ab")
+        bj, bw = pr.best("ba")
+        fmt = (lambda x: "undefined" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}")
+        info_a = {"correlation with " + f"{pr.b} #{j}": fmt(self.selected_value),
+                  "best match": f"{pr.b} #{bi[i]} (r = {fmt(bv[i])})" if bi[i] >= 0 else "none",
+                  "fires on": f"{int(pr.fires_a[i])} of {pr.tokens} tokens"}
+        info_b = {"correlation with " + f"{pr.a} #{i}": fmt(self.selected_value),
+                  "best match": f"{pr.a} #{bj[j]} (r = {fmt(bw[j])})" if bj[j] >= 0 else "none",
+                  "fires on": f"{int(pr.fires_b[j])} of {pr.tokens} tokens"}
+        self.cards.show([(pr.a, i, info_a), (pr.b, j, info_b)])
+
+    # ---- display / export ----
+    def panel(self) -> ipywidgets.VBox:
+        top = [self] + ([self.distribution] if self.distribution is not None else [])
+        row = ipywidgets.HBox(top, layout=ipywidgets.Layout(align_items="flex-start", grid_gap="16px",
+                                                            flex_flow="row wrap"))
+        return ipywidgets.VBox([row, self.cards.box])
+
+    def _repr_mimebundle_(self, **kwargs):
+        if not hasattr(self, "_panel"):
+            self._panel = self.panel()
+        return self._panel._repr_mimebundle_(**kwargs)
+
+    def to_html(self, path: str | Path) -> Path:
+        """A self-contained page: the matrix (zoom within the exported window, hover, click), the distributions
+        (plotly.js inline, no network) and the cards open at export time."""
+        beside = ""
+        if self.distribution is not None:
+            import plotly.graph_objects as go
+
+            beside = go.Figure(self.distribution).to_html(full_html=False, include_plotlyjs=True,
+                                                          config={"displaylogo": False})
+            beside = f'<div class="mono-uni-dist">{beside}</div>'
+        return _write(path, standalone_html(self, self.title, below=self.cards.html(), beside=beside))

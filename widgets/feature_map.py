@@ -1,0 +1,131 @@
+"""``FeatureMap``: the UMAP of decoder vectors across dictionary sizes, coloured by size or by HDBSCAN cluster.
+
+The points come from ``monosemantic.splitting.feature_map`` (one row per feature: dict_id, idx, x, y, cluster,
+top_tokens).  The front end draws them on a canvas (tens of thousands of points stay fluid), hovering shows a
+feature's top tokens, clicking opens its card below (``selected_feature``).  ``color_by`` ("dict" | "cluster") is
+a synced trait, switched by the buttons.  ``feature_map_figure(df)`` draws the same map as a plotly figure.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import anywidget
+import ipywidgets
+import numpy as np
+import traitlets
+
+from .correlation import CSS, HERE, LinkedCards, _write, default_card_factory, standalone_html
+
+__all__ = ["FeatureMap", "feature_map_figure"]
+
+
+def _tok_label(toks, k: int = 5) -> str:
+    """Top tokens as ‹tok› ‹tok›, escapes visible (‹\\n›), each at most 20 characters."""
+    return " ".join("‹" + repr(str(t))[1:-1][:20] + "›" for t in list(toks)[:k]) if toks is not None else ""
+
+
+class FeatureMap(anywidget.AnyWidget):
+    """``FeatureMap(df, run_dir=run.root)`` or ``FeatureMap.from_run(run_dir)`` (the saved ``feature_map``)."""
+
+    _esm = HERE / "feature_map_uni.js"
+    _css = CSS
+
+    dict_ids = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    sizes = traitlets.List(traitlets.Int()).tag(sync=True)
+    xs = traitlets.Bytes(b"").tag(sync=True)          # float32 per point
+    ys = traitlets.Bytes(b"").tag(sync=True)
+    which = traitlets.Bytes(b"").tag(sync=True)       # uint8: index into dict_ids
+    idx = traitlets.Bytes(b"").tag(sync=True)         # int32: feature index
+    cluster = traitlets.Bytes(b"").tag(sync=True)     # int32: HDBSCAN label (−1 noise)
+    labels = traitlets.List(traitlets.Unicode()).tag(sync=True)   # top tokens per point
+    n_clusters = traitlets.Int(0).tag(sync=True)
+    color_by = traitlets.Unicode("dict").tag(sync=True)
+    selected_feature = traitlets.List().tag(sync=True)   # [dict_id, idx] or []
+
+    def __init__(self, df, run_dir: str | Path | None = None, color_by: str = "dict",
+                 card_factory: Callable | None = None, **kw):
+        df = df.reset_index(drop=True)
+        order = sorted(df["dict_id"].unique(), key=lambda d: (int(df.loc[df["dict_id"] == d, "d_sae"].iloc[0]), d))
+        code = {d: i for i, d in enumerate(order)}
+        self._df = df
+        self._key = {(d, int(i)): k for k, (d, i) in enumerate(zip(df["dict_id"], df["idx"]))}
+        toks = df["top_tokens"] if "top_tokens" in df else [[] for _ in range(len(df))]
+        super().__init__(
+            dict_ids=list(order), sizes=[int(df.loc[df["dict_id"] == d, "d_sae"].iloc[0]) for d in order],
+            xs=df["x"].to_numpy(np.float32).tobytes(), ys=df["y"].to_numpy(np.float32).tobytes(),
+            which=np.array([code[d] for d in df["dict_id"]], np.uint8).tobytes(),
+            idx=df["idx"].to_numpy(np.int32).tobytes(), cluster=df["cluster"].to_numpy(np.int32).tobytes(),
+            labels=[_tok_label(t) for t in toks], n_clusters=int(df["cluster"].max() + 1) if len(df) else 0,
+            color_by=color_by, **kw)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir), "click a point to open its card")
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, transformer: str = "A", **kw) -> "FeatureMap":
+        from monosemantic.runs import Run
+        from monosemantic.splitting import load_feature_map
+
+        run = Run.open(run_dir)
+        return cls(load_feature_map(run, transformer), run_dir=run.root, **kw)
+
+    @traitlets.validate("color_by")
+    def _valid_color(self, proposal):
+        v = proposal["value"]
+        if v not in ("dict", "cluster"):
+            raise traitlets.TraitError(f"color_by must be 'dict' or 'cluster', got {v!r}")
+        return v
+
+    @traitlets.observe("selected_feature")
+    def _on_select(self, change):
+        if len(self.selected_feature) != 2:
+            self.cards.show([])
+            return
+        d, i = str(self.selected_feature[0]), int(self.selected_feature[1])
+        k = self._key.get((d, i))
+        if k is None:
+            self.selected_feature = []
+            return
+        r = self._df.iloc[k]
+        info = {"cluster": "noise" if int(r["cluster"]) < 0 else int(r["cluster"]),
+                "top tokens": self.labels[k], "map position": f"({float(r['x']):.2f}, {float(r['y']):.2f})"}
+        if "density" in r and np.isfinite(r["density"]):
+            info["density"] = f"{float(r['density']):.2g}"
+        self.cards.show([(d, i, info)])
+
+    def select(self, dict_id: str, idx: int) -> None:
+        self.selected_feature = [dict_id, int(idx)]
+
+    def panel(self) -> ipywidgets.VBox:
+        return ipywidgets.VBox([self, self.cards.box])
+
+    def _repr_mimebundle_(self, **kwargs):
+        if not hasattr(self, "_panel"):
+            self._panel = self.panel()
+        return self._panel._repr_mimebundle_(**kwargs)
+
+    def to_html(self, path: str | Path) -> Path:
+        return _write(path, standalone_html(self, "feature map", below=self.cards.html()))
+
+
+def feature_map_figure(df, color_by: str = "dict", height: int = 560):
+    """The map as a plotly scatter (WebGL), hover with top tokens."""
+    import html as _html
+
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    groups = (sorted(df["dict_id"].unique(), key=lambda d: int(df.loc[df["dict_id"] == d, "d_sae"].iloc[0]))
+              if color_by == "dict" else sorted(df["cluster"].unique()))
+    for g in groups:
+        sub = df[df["dict_id"] == g] if color_by == "dict" else df[df["cluster"] == g]
+        name = f"{g} ({int(sub['d_sae'].iloc[0])})" if color_by == "dict" else ("noise" if g < 0 else f"cluster {g}")
+        toks = sub["top_tokens"] if "top_tokens" in sub else [[]] * len(sub)
+        text = ["<br>".join(_html.escape(x) for x in (f"{d} #{i}", f"cluster {c}", _tok_label(t)))
+                for d, i, c, t in zip(sub["dict_id"], sub["idx"], sub["cluster"], toks)]
+        fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", name=name, text=text,
+                                   hoverinfo="text", marker=dict(size=6 if color_by == "dict" else 5, opacity=0.75)))
+    fig.update_layout(title="decoder vectors across dictionary sizes (UMAP, cosine)", height=height,
+                      xaxis=dict(showticklabels=False, title="UMAP 1"), yaxis=dict(showticklabels=False, title="UMAP 2"),
+                      legend=dict(itemsizing="constant"))
+    return fig
