@@ -31,7 +31,8 @@ def nb_env(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["01_train_transformer.ipynb", "02_train_dictionary.ipynb"])
+@pytest.mark.parametrize("name", ["01_train_transformer.ipynb", "02_train_dictionary.ipynb", "03_inspect_features.ipynb",
+                                  "04_universality.ipynb", "05_feature_splitting.ipynb"])
 def test_notebook_executes_on_tiny_preset(name, nb_env):
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
@@ -39,7 +40,7 @@ def test_notebook_executes_on_tiny_preset(name, nb_env):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})
-               or "application/json" in o.get("data", {})]
-    assert figures, "the notebook should draw its plots"
+    shown = [o for o in outputs if {"application/vnd.plotly.v1+json", "application/json",
+                                     "application/vnd.jupyter.widget-view+json"} & set(o.get("data", {}))]
+    assert shown, "the notebook should draw its plots / widgets"
     assert (nb_env / "run.json").exists()

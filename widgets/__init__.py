@@ -1,10 +1,24 @@
-"""monosemantic.widgets — the presentation layer: plots, feature cards, heatmaps, browsers.
+"""monosemantic.widgets — the presentation layer: plots, feature cards, heatmaps, browsers, universality views.
 
-It reads the library's data objects (``monosemantic.runs.Run`` and friends) and never computes anything a second
-caller would need; the library never imports it.
+It reads the library's data objects (``monosemantic.runs.Run``, ``monosemantic.features.FeatureStats``,
+``monosemantic.universality``/``splitting`` results) and never computes anything a second caller would need; the
+library never imports it.  Every widget builds from a run directory and ids and exports static HTML (``to_html``).
 """
 from .plots import (density_histogram_figure, dictionary_metrics_table, l0_vs_loss_recovered_figure,
                     training_curves_figure)
 
 __all__ = ["density_histogram_figure", "dictionary_metrics_table", "l0_vs_loss_recovered_figure",
-           "training_curves_figure"]
+           "training_curves_figure", "FeatureCard", "NeuronCard", "ActivationHeatmap", "FeatureBrowser",
+           "CorrelationMatrix", "SplittingTree", "FeatureMap"]
+
+_LAZY = {"FeatureCard": ".card", "NeuronCard": ".card", "ActivationHeatmap": ".heatmap",
+         "FeatureBrowser": ".browser", "CorrelationMatrix": ".correlation", "SplittingTree": ".splitting",
+         "FeatureMap": ".feature_map"}
+
+
+def __getattr__(name):  # anywidget/ipywidgets load on first use
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(name)
