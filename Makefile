@@ -36,6 +36,9 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sae_train.py
+	$(BIN)/python benchmarks/fast_kernels.py
+	$(BIN)/python benchmarks/feature_stats.py
+	$(BIN)/python benchmarks/universality.py
 
 clean-venv:
 	rm -rf $(VENV)
