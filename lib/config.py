@@ -130,6 +130,9 @@ class RunConfig:
     sae_train: SAETrainConfig = field(default_factory=SAETrainConfig)
     dictionaries: list[DictSpec] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # analysis stages run after the dictionaries: "features:A/1" (feature statistics), "neurons:A" (the same for
+    # the MLP neurons), "compare:A/1~B/1" (universality; adds `universality` to the summary)
+    analyses: list[str] = field(default_factory=list)
     device: str = "auto"
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
@@ -145,7 +148,9 @@ class RunConfig:
                 continue
             v = d.pop(f.name)
             sub = _SUB.get(f.name)
-            if f.name == "dictionaries":
+            if f.name == "analyses":
+                v = list(v)
+            elif f.name == "dictionaries":
                 v = [_build(DictSpec, x, "dictionaries[]") for x in v]
             elif sub is not None:
                 v = _build(sub, v, f.name)
@@ -202,6 +207,15 @@ class RunConfig:
 
             DictionaryConfig(d_in=m.d_mlp, d_sae=d.d_sae, kind=d.kind, l1_coefficient=d.l1_coefficient,
                              seed=d.seed, options=d.options).validate()
+        ids = {d.id for d in self.dictionaries}
+        for a in self.analyses:
+            kind, _, arg = a.partition(":")
+            parts = arg.split("~") if kind == "compare" else [arg]
+            ok = kind in ("features", "neurons", "compare") and all(
+                (p in self.transformers if kind == "neurons" else p in ids or p.endswith("/neurons")) for p in parts)
+            if not ok or (kind == "compare" and len(parts) != 2):
+                raise ConfigError(f"analysis {a!r} is not one of features:<dict id>, neurons:<transformer>, "
+                                  f"compare:<dict id>~<dict id> over this run's dictionaries {sorted(ids)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self
@@ -258,6 +272,7 @@ def _default() -> RunConfig:
             DictSpec("A/2", 16384, 1.2e-3, steps=300),
             DictSpec("B/1", 4096, 1.2e-3),
         ],
+        analyses=["compare:A/1~B/1", "features:A/1", "neurons:A"],
     )
 
 

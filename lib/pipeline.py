@@ -94,13 +94,39 @@ def _stage_dictionary(dict_id: str) -> Callable:
     return stage
 
 
+def _stage_features(dict_id: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .features import compute_feature_stats
+
+        compute_feature_stats(run, dict_id, progress=progress)
+    return stage
+
+
+def _stage_neurons(name: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .features import compute_neuron_stats
+
+        compute_neuron_stats(run, name, progress=progress)
+    return stage
+
+
+def _stage_compare(pair: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .universality import compare
+
+        a, b = pair.split("~")
+        compare(run, a, b, write=True, progress=progress)
+    return stage
+
+
 def stage_fn(name: str) -> Callable:
     if name == "corpus":
         return _stage_corpus
     if name == "tokenize":
         return _stage_tokenize
     kind, _, arg = name.partition(":")
-    table = {"transformer": _stage_transformer, "harvest": _stage_harvest, "dictionary": _stage_dictionary}
+    table = {"transformer": _stage_transformer, "harvest": _stage_harvest, "dictionary": _stage_dictionary,
+             "features": _stage_features, "neurons": _stage_neurons, "compare": _stage_compare}
     if kind not in table or not arg:
         raise ConfigError(f"unknown stage {name!r}")
     return table[kind](arg)

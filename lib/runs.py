@@ -38,6 +38,10 @@ class Run:
         cfg.validate()
         existing = read_json(root / "run.json")
         if existing is not None:
+            try:  # normalise: sections added to RunConfig after the run was created take their defaults
+                existing = RunConfig.from_dict(existing).to_dict()
+            except Exception:
+                pass
             diff = diff_configs(existing, cfg.to_dict())
             if diff:
                 raise CheckpointMismatchError(
@@ -83,6 +87,7 @@ class Run:
         names += [f"transformer:{t}" for t in self.cfg.transformers]
         names += [f"harvest:{t}" for t in self.cfg.transformers if any(d.transformer == t for d in self.cfg.dictionaries)]
         names += [f"dictionary:{d.id}" for d in self.cfg.dictionaries]
+        names += list(self.cfg.analyses)
         return names
 
     def status(self) -> dict:

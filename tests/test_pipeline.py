@@ -120,3 +120,31 @@ def test_killed_run_resumes(tmp_path):
     assert all(v["status"] == "done" for v in s["stages"].values())
     log = Run.open(out).train_log("B")
     assert [r["step"] for r in log] == list(range(1, 61))  # every step logged exactly once across the kill
+
+
+def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
+    """features:/neurons:/compare: stages run after the dictionaries and land in the summary."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root)
+    cfg = preset("tiny")
+    cfg.analyses = ["features:A/1", "neurons:A", "compare:A/1~B/1"]
+    with pytest.raises(CheckpointMismatchError, match="analyses"):
+        run_pipeline(root, cfg, progress=False, log=lambda s: None)
+    d = json.loads((root / "run.json").read_text())
+    d["analyses"] = cfg.analyses
+    (root / "run.json").write_text(json.dumps(d))
+    logs = []
+    run = run_pipeline(root, cfg, progress=False, log=logs.append)
+    assert "[monosemantic] compare:A/1~B/1: starting" in logs
+    s = run.summary()
+    assert s["stages"]["features:A/1"]["status"] == "done" and s["stages"]["neurons:A"]["status"] == "done"
+    u = s["universality"]
+    assert -1 <= u["feature_median"] <= 1 and -1 <= u["neuron_median"] <= 1
+    from monosemantic.features import FeatureStats
+    assert len(FeatureStats.load(run, "A/1").table) == 512
+    with pytest.raises(ConfigError, match="analysis 'compare:A/1' is not one of"):
+        bad = preset("tiny")
+        bad.analyses = ["compare:A/1"]
+        bad.validate()
