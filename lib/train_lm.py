@@ -119,7 +119,7 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
         loss.float().backward()
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        row = {"step": step + 1, "loss": float(loss), "lr": opt.param_groups[0]["lr"], "grad_norm": float(gn),
+        row = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], "grad_norm": float(gn),
                "tokens": (step + 1) * tokens_per_step}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["eval_loss"] = last_eval = eval_loss(model, val, cfg.eval_batches, cfg.batch_size)
