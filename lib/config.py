@@ -131,7 +131,8 @@ class RunConfig:
     dictionaries: list[DictSpec] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # analysis stages run after the dictionaries: "features:A/1" (feature statistics), "neurons:A" (the same for
-    # the MLP neurons), "compare:A/1~B/1" (universality; adds `universality` to the summary)
+    # the MLP neurons), "compare:A/1~B/1" (universality; adds `universality` to the summary), "splitting:A"
+    # (links and families across A's dictionary sizes, and the UMAP feature map)
     analyses: list[str] = field(default_factory=list)
     device: str = "auto"
 
@@ -211,11 +212,12 @@ class RunConfig:
         for a in self.analyses:
             kind, _, arg = a.partition(":")
             parts = arg.split("~") if kind == "compare" else [arg]
-            ok = kind in ("features", "neurons", "compare") and all(
-                (p in self.transformers if kind == "neurons" else p in ids or p.endswith("/neurons")) for p in parts)
+            ok = kind in ("features", "neurons", "compare", "splitting") and all(
+                (p in self.transformers if kind in ("neurons", "splitting") else p in ids or p.endswith("/neurons"))
+                for p in parts)
             if not ok or (kind == "compare" and len(parts) != 2):
                 raise ConfigError(f"analysis {a!r} is not one of features:<dict id>, neurons:<transformer>, "
-                                  f"compare:<dict id>~<dict id> over this run's dictionaries {sorted(ids)}")
+                                  f"compare:<dict id>~<dict id>, splitting:<transformer> over this run's dictionaries {sorted(ids)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

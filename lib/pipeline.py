@@ -115,7 +115,17 @@ def _stage_compare(pair: str) -> Callable:
         from .universality import compare
 
         a, b = pair.split("~")
-        compare(run, a, b, write=True, progress=progress)
+        compare(run, a, b, write=True, progress=progress, device=str(resolve_device(run.cfg.device)))
+    return stage
+
+
+def _stage_splitting(transformer: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .splitting import feature_map, link_dictionaries
+
+        ids = [d.id for d in run.cfg.dictionaries if d.transformer == transformer]
+        res = link_dictionaries(run, ids, progress=progress, device=str(resolve_device(run.cfg.device)))
+        feature_map(run, ids, splitting=res)
     return stage
 
 
@@ -126,7 +136,8 @@ def stage_fn(name: str) -> Callable:
         return _stage_tokenize
     kind, _, arg = name.partition(":")
     table = {"transformer": _stage_transformer, "harvest": _stage_harvest, "dictionary": _stage_dictionary,
-             "features": _stage_features, "neurons": _stage_neurons, "compare": _stage_compare}
+             "features": _stage_features, "neurons": _stage_neurons, "compare": _stage_compare,
+             "splitting": _stage_splitting}
     if kind not in table or not arg:
         raise ConfigError(f"unknown stage {name!r}")
     return table[kind](arg)

@@ -129,7 +129,7 @@ def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(tiny_run.root, root)
     cfg = preset("tiny")
-    cfg.analyses = ["features:A/1", "neurons:A", "compare:A/1~B/1"]
+    cfg.analyses = ["features:A/1", "neurons:A", "compare:A/1~B/1", "splitting:A"]
     with pytest.raises(CheckpointMismatchError, match="analyses"):
         run_pipeline(root, cfg, progress=False, log=lambda s: None)
     d = json.loads((root / "run.json").read_text())
@@ -144,6 +144,7 @@ def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
     assert -1 <= u["feature_median"] <= 1 and -1 <= u["neuron_median"] <= 1
     from monosemantic.features import FeatureStats
     assert len(FeatureStats.load(run, "A/1").table) == 512
+    assert s["stages"]["splitting:A"]["status"] == "done" and "splitting" in s
     with pytest.raises(ConfigError, match="analysis 'compare:A/1' is not one of"):
         bad = preset("tiny")
         bad.analyses = ["compare:A/1"]
