@@ -269,10 +269,12 @@ def _default() -> RunConfig:
                                checkpoint_every=100),
         harvest=HarvestConfig(positions_per_context=64, rows=1_600_000),
         dictionaries=[
-            DictSpec("A/0", 512, 1.2e-3, steps=500),
-            DictSpec("A/1", 4096, 1.2e-3),
-            DictSpec("A/2", 16384, 1.2e-3, steps=300),
-            DictSpec("B/1", 4096, 1.2e-3),
+            # λ measured on A's activations: 1.2e-3 gave L0 ≈ 78 on A/0 (512, step 200 of 500); 150-step probes at
+            # 4096 features gave 3e-3 → L0 37 (FVU 0.70), 6e-3 → L0 11 (FVU 0.93); to refine on full-length runs
+            DictSpec("A/0", 512, 3e-3, steps=500),
+            DictSpec("A/1", 4096, 3e-3),
+            DictSpec("A/2", 16384, 3e-3, steps=300),
+            DictSpec("B/1", 4096, 3e-3),
         ],
         analyses=["compare:A/1~B/1", "features:A/1", "neurons:A"],
     )
