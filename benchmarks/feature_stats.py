@@ -33,28 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines.rss import reset_peak_rss as _reset_peak, status_kb as _status_kb  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "benchmarks" / "baselines" / "saedashboard_cards.py"
 BASELINE_PY = ROOT / ".venv-saedash" / "bin" / "python"
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def calibrated_dictionary(run, transformer: str, d_sae: int, out_dir: Path, seed: int = 0,

@@ -113,6 +113,11 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+try:  # as part of the benchmarks package, or as a script from this folder
+    from .rss import reset_peak_rss as _reset_peak_rss, status_kb as _status_kb
+except ImportError:
+    from rss import reset_peak_rss as _reset_peak_rss, status_kb as _status_kb
+
 DEFAULT_HOOK = "blocks.0.mlp.hook_post"
 
 # ----------------------------------------------------------------------------
@@ -120,24 +125,8 @@ DEFAULT_HOOK = "blocks.0.mlp.hook_post"
 # ----------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------

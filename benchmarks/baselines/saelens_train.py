@@ -104,6 +104,11 @@ from typing import Any
 
 import torch
 
+try:  # as part of the benchmarks package, or as a script from this folder
+    from .rss import reset_peak_rss as _reset_peak_rss, status_kb as _read_status_kb
+except ImportError:
+    from rss import reset_peak_rss as _reset_peak_rss, status_kb as _read_status_kb
+
 __all__ = ["train_saelens", "saelens_encode", "saelens_reconstruct"]
 
 
@@ -112,25 +117,8 @@ __all__ = ["train_saelens", "saelens_encode", "saelens_reconstruct"]
 # ----------------------------------------------------------------------------
 
 
-def _read_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux >= 4.0). Returns True on success."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class _PeakRSS:
