@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--l1", type=float, default=3e-3, help="our λ (SAELens gets 512·λ)")
+    p.add_argument("--l1", type=float, default=4e-3, help="our λ (SAELens gets 512·λ)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--trainers", default="saelens-fp32,saelens-autocast,ours-fast,ours-dense")
     args = p.parse_args()

@@ -6,8 +6,11 @@
 - ``loss_recovered`` = (L_zero − L_spliced) / (L_zero − L_clean): L_zero with the MLP output zero-ablated,
   L_spliced with the dictionary's reconstruction spliced in place of the MLP activations (the paper's
   definition; it calls zero-ablation a harsh baseline, so this overstates quality).
-- ``density``: fraction of tokens on which a feature fires; ``dead`` never fires on the evaluation tokens,
-  ``ultralow`` fires but below a threshold (configurable; the paper's 1e-6 needs billions of tokens).
+- ``density``: fraction of tokens on which a feature fires; ``dead`` never fires on them, ``ultralow`` fires but
+  below a threshold (configurable; the paper's 1e-6 needs billions of tokens).  With a run's activation store,
+  density is counted over ``EvalConfig.density_rows`` store rows (the default preset: 2^18, so one firing is
+  3.8e-6 and the 1e-5 threshold means "at most two"); without one, over the evaluation tokens
+  (``density_tokens`` says how many; a threshold below 1/density_tokens cannot be met and ``ultralow`` is 0).
 - a log10-density histogram of the features that fire.
 
 Evaluation runs over every non-BOS position of a fixed set of validation contexts.  Only non-BOS positions are
@@ -52,8 +55,42 @@ def eval_contexts(split: TokenSplit, n: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def store_density(sae: Dictionary, store, rows: int, progress: bool = False) -> tuple[np.ndarray, int]:
+    """(fraction of rows on which each feature fires, rows read) over the first ``rows`` rows of an activation
+    store (its shards hold shuffled rows of random contexts, so a prefix is a uniform sample).  Sparse: the
+    encoder runs as fast.py's exact bf16 filter where the CPU has one (features.SparseEncoder)."""
+    from tqdm.auto import tqdm
+
+    from .features import SparseEncoder
+
+    dev = next(sae.parameters()).device
+    enc = SparseEncoder(sae) if dev.type == "cpu" else None  # on a GPU the dense encoder is the fast one
+    fires = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
+    n = 0
+    bar = tqdm(total=min(rows, len(store)), desc="density", unit="row", disable=not progress)
+    for i in range(len(store.shards)):
+        if n >= rows:
+            break
+        acts = store.shard(i)[0]
+        for j in range(0, len(acts), 16384):
+            take = min(16384, len(acts) - j, rows - n)
+            if take <= 0:
+                break
+            x = torch.from_numpy(np.asarray(acts[j:j + take], dtype=np.float32))
+            if enc is None:
+                fires += (sae.encode(x.to(dev)) > 0).sum(0)
+            else:
+                _, cols, _ = enc(x, inplace=True)
+                fires += torch.bincount(cols, minlength=sae.d_sae)
+            n += take
+            bar.update(take)
+    bar.close()
+    return (fires.double().cpu() / max(n, 1)).numpy(), n
+
+
+@torch.no_grad()
 def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit, cfg: EvalConfig,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, store=None) -> dict:
     from tqdm.auto import tqdm
 
     sae.eval()
@@ -95,6 +132,10 @@ def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit,
     mean = sum_x / n_tok
     total_var = sum_x2 - n_tok * float(mean.pow(2).sum())
     density = (fires_F / n_tok).numpy()
+    density_tokens, source = n_tok, "eval"
+    if store is not None and cfg.density_rows > 0:
+        density, density_tokens = store_density(sae, store, cfg.density_rows, progress)
+        source = "store"
     L_clean, L_zero, L_spliced = lc / n_loss, lz / n_loss, ls / n_loss
     dead = density == 0
     ultralow = (density > 0) & (density < cfg.ultralow_density)
@@ -105,7 +146,8 @@ def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit,
         "loss_recovered": loss_recovered(L_clean, L_zero, L_spliced),
         "dead": int(dead.sum()), "ultralow": int(ultralow.sum()),
         "dead_fraction": float(dead.mean()), "ultralow_fraction": float(ultralow.mean()),
-        "ultralow_threshold": cfg.ultralow_density,
+        "ultralow_threshold": cfg.ultralow_density, "density_tokens": density_tokens,
+        "density_source": source,
         "density_histogram": density_histogram(density, cfg.histogram_bins),
         "_density": density,
     }

@@ -87,7 +87,8 @@ def _stage_dictionary(dict_id: str) -> Callable:
 
         if not D.is_main():  # under torchrun, rank 0 evaluates and writes
             return
-        m = evaluate_dictionary(sae, model, run.split("val"), run.cfg.eval, progress=progress)
+        m = evaluate_dictionary(sae, model, run.split("val"), run.cfg.eval, progress=progress,
+                                store=run.store(spec.transformer))
         atomic_save_npy(out / "density.npy", m.pop("_density"))
         m["train_seconds"] = train_s
         atomic_write_json(out / "metrics.json", m)

@@ -87,6 +87,8 @@ class Dictionary(nn.Module):
     """
 
     kind: ClassVar[str] = "?"
+    # True where a feature's firing rate is set by its encoder bias (ReLU): init_encoder_bias applies.
+    bias_sets_density: ClassVar[bool] = False
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
@@ -133,6 +135,18 @@ class Dictionary(nn.Module):
         return {"loss": mse + self.cfg.l1_coefficient * l1, "mse": mse, "sparsity": l1, "f_BF": f_BF}
 
     # ---- decoder geometry (the paper's constraint) ----------------------------------------------------
+    @torch.no_grad()
+    def init_encoder_bias(self, x_ND: torch.Tensor, density: float, chunk: int = 2048) -> None:
+        """b_enc_F ← −(the (1 − density) quantile over x_ND of each feature's bias-free pre-activation), so every
+        feature starts active on about ``density`` of the inputs instead of about half of them.  Call after b_dec
+        is set (x̄ = x − b_dec)."""
+        x = x_ND.to(self.W_enc_DF.dtype) - self.b_dec_D
+        N = x.shape[0]
+        k = min(N, max(1, int(round((1.0 - density) * N))))  # k-th smallest: about density·N rows lie above
+        for s in range(0, self.d_sae, chunk):
+            pre_NC = x @ self.W_enc_DF[:, s:s + chunk]
+            self.b_enc_F[s:s + chunk] = -pre_NC.kthvalue(k, dim=0).values
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec_FD.div_(self.W_dec_FD.norm(dim=-1, keepdim=True).clamp_min(1e-8))
@@ -240,6 +254,8 @@ class Dictionary(nn.Module):
 @register_kind("relu")
 class ReluDictionary(Dictionary):
     """The paper's dictionary: ReLU encoder, L1 penalty on feature activations (see module docstring)."""
+
+    bias_sets_density = True
 
 
 def make_dictionary(cfg: DictionaryConfig) -> Dictionary:

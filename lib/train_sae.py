@@ -179,7 +179,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         raise ConfigError(f"activation width {source.d} does not fit the dictionary's d_in={sae.d_in}; build the "
                           f"dictionary with d_in={source.d} (DictionaryConfig(d_in={source.d}, ...))")
     sae.to(device)
-    from .fast import fast_loss, fast_supported, make_adam
+    from .fast import fast_loss, fast_supported, make_adam, plan_step
 
     use_fast = train.fast and fast_supported(sae)
     opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
@@ -205,13 +205,21 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         last_fired = state["loop.last_fired"].cpu().long()
         ever_fired = state["loop.ever_fired"].cpu().bool()
         start = int(prog["step"])
-    elif init_b_dec:
-        with torch.no_grad():
-            sae.b_dec_D.copy_(geometric_median(source.sample(train.geometric_median_rows, seed).to(device)))
+    else:
+        sample = None
+        if init_b_dec:
+            sample = source.sample(train.geometric_median_rows, seed).to(device)
+            with torch.no_grad():
+                sae.b_dec_D.copy_(geometric_median(sample))
+        if train.init_density is not None and sae.bias_sets_density:
+            if sample is None:
+                sample = source.sample(train.geometric_median_rows, seed).to(device)
+            sae.init_encoder_bias(sample, train.init_density)
     D.broadcast_module(sae)  # every rank starts from rank 0's dictionary
     gen = torch.Generator().manual_seed(seed + 5)
     batches = source.batches(train.batch_size, seed=seed, start_batch=start, rank=rank, world=world)
     log_rows: list[dict] = []
+    density = None  # the previous step's L0 / F, which picks the cheaper of two exact paths (fast.plan_step)
     t0 = time.time()
     bar = tqdm(range(start, train.steps), desc=f"train dictionary {sae.d_in}→{sae.d_sae}", initial=start,
                total=train.steps, unit="step", disable=not progress)
@@ -219,7 +227,8 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
         x = next(batches).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train)
-        out = fast_loss(sae, x, bf16=train.bf16, step=step) if use_fast else sae.loss(x, step=step)
+        fast_now, bf16_now = plan_step(density, F, train.bf16) if use_fast else (False, False)
+        out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
@@ -238,6 +247,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             last_fired[fired_F] = step + 1
             ever_fired |= fired_F
             l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
+            density = l0 / F
         if (step + 1) in resample_steps:
             dead = (step + 1 - last_fired) >= window
             pool = source.sample(train.resample_inputs, seed + step + 1).to(device)
@@ -249,7 +259,9 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             row = {"step": step + 1, "loss": float(loss.detach()), "mse": float(out["mse"].detach()),
                    "sparsity": float(out["sparsity"].detach()), "l0": l0, "lr": opt.param_groups[0]["lr"],
                    "dead_window": int(((step + 1 - last_fired) >= max(window, 1)).sum()) if window else None,
-                   "never_fired": int((~ever_fired).sum()), "tokens": (step + 1) * train.batch_size}
+                   "never_fired": int((~ever_fired).sum()), "tokens": (step + 1) * train.batch_size,
+                   "path": ("fast-bf16" if bf16_now else "fast") if fast_now else "dense",
+                   "seconds": round(time.time() - t0, 3)}
             log_rows.append(row)
             bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{l0:.1f}")
         if ckpt and main and ((step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps):

@@ -258,3 +258,16 @@ def test_training_trajectory_matches_dense(bf16):
     assert mse_f == pytest.approx(mse_d, rel=1e-4)
     assert l0_f == pytest.approx(l0_d, abs=0.05)
     assert rel(Wf, Wd) < 1e-4
+
+
+def test_plan_step_picks_the_cheaper_exact_path(monkeypatch):
+    from monosemantic.fast import BF16_BELOW, DENSE_ABOVE, plan_step
+
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "1")
+    assert plan_step(None, 4096) == (False, False)          # first step: a fresh dictionary is half active
+    assert plan_step(DENSE_ABOVE + 0.01, 4096) == (False, False)
+    assert plan_step(BF16_BELOW / 2, 4096) == (True, True)
+    assert plan_step((BF16_BELOW + DENSE_ABOVE) / 2, 4096) == (True, False)  # too many bf16 candidates
+    assert plan_step(0.1, 4096, bf16=True) == (True, True)  # an explicit choice wins while fast runs
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "0")
+    assert plan_step(0.001, 4096) == (True, False)

@@ -70,3 +70,35 @@ def test_zero_dictionary_recovers_nothing(tiny_run):
     m = evaluate_dictionary(sae, model, tiny_run.split("val"), EvalConfig(contexts=8), progress=False)
     assert m["l0"] == 0 and m["dead"] == model.d_mlp and m["dead_fraction"] == 1.0
     assert m["fvu"] > 0.99
+
+
+def test_store_density_counts_firing_rows_of_the_store(tiny_run):
+    """Density over the activation store (the sparse, bf16-filtered encoder) equals the dense count, and the
+    pipeline's metrics use it: dead + ultralow come from more tokens than the evaluation split holds."""
+    from monosemantic.metrics import store_density
+
+    store = tiny_run.store("A")
+    sae = make_dictionary(DictionaryConfig(d_in=store.d, d_sae=256, seed=3))
+    with torch.no_grad():
+        sae.b_enc_F.copy_(torch.linspace(-3.0, 0.5, 256))  # from never to often
+    rows = min(3000, len(store))
+    dens, n = store_density(sae, store, rows)
+    assert n == rows
+    xs, got = [], 0
+    for i in range(len(store.shards)):
+        a = torch.from_numpy(np.asarray(store.shard(i)[0], dtype=np.float32))
+        xs.append(a[:rows - got])
+        got += len(xs[-1])
+        if got >= rows:
+            break
+    x = torch.cat(xs)
+    with torch.no_grad():
+        want = (sae.encode(x) > 0).double().mean(0).numpy()
+    np.testing.assert_allclose(dens, want, atol=1.5 / rows)  # fp32 summation order may flip a tie
+    assert (dens == 0).any() and (dens > 0.05).any()
+    m = evaluate_dictionary(sae, tiny_run.model("A"), tiny_run.split("val"), EvalConfig(contexts=8, density_rows=rows),
+                            progress=False, store=store)
+    assert m["density_source"] == "store" and m["density_tokens"] == rows
+    assert m["dead"] == int((dens == 0).sum())
+    m2 = evaluate_dictionary(sae, tiny_run.model("A"), tiny_run.split("val"), EvalConfig(contexts=8), progress=False)
+    assert m2["density_source"] == "eval" and m2["density_tokens"] == m2["tokens"]

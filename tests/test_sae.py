@@ -210,3 +210,31 @@ def test_resume_after_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_pat
     with pytest.raises(CheckpointMismatchError, match="different config"):
         train_dictionary(x.numpy(), cfg, SAETrainConfig(steps=80, batch_size=256, checkpoint_every=10,
                          resample_at=(0.25, 0.5)), out_dir=tmp_path / "part", progress=False)
+
+
+def test_init_encoder_bias_sets_each_features_starting_density():
+    x, _ = planted(n=8192)
+    sae = make_dictionary(DictionaryConfig(d_in=32, d_sae=64, seed=2))
+    with torch.no_grad():
+        sae.b_dec_D.copy_(geometric_median(x))
+    with torch.no_grad():
+        before = (sae.encode(x) > 0).float().mean(0)
+    assert before.mean() > 0.3  # b_enc = 0: about half the features fire on a token
+    sae.init_encoder_bias(x[:4096], 0.02, chunk=16)
+    with torch.no_grad():
+        after = (sae.encode(x[4096:]) > 0).float().mean(0)  # held-out rows
+    assert after.min() > 0.005 and after.max() < 0.05 and abs(float(after.mean()) - 0.02) < 0.005
+    from monosemantic.kinds import TopKDictionary
+
+    assert sae.bias_sets_density and not TopKDictionary.bias_sets_density
+
+
+def test_training_applies_init_density_only_when_asked():
+    x, _ = planted(n=2048)
+    cfg = DictionaryConfig(d_in=32, d_sae=64)
+    train = SAETrainConfig(steps=1, batch_size=256, lr=0.0, geometric_median_rows=2048, resample_at=())
+    zero = train_dictionary(x, cfg, SAETrainConfig(**{**train.__dict__, "init_density": None}), progress=False)
+    assert torch.count_nonzero(zero.b_enc_F) == 0
+    set_ = train_dictionary(x, cfg, SAETrainConfig(**{**train.__dict__, "init_density": 0.05}), progress=False)
+    with torch.no_grad():
+        assert abs(float((set_.encode(x) > 0).float().mean()) - 0.05) < 0.01
