@@ -130,9 +130,13 @@ class Splitting:
         return out
 
     def family(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim",
-               max_depth: int | None = None, max_children: int | None = None) -> Family:
+               max_depth: int | None = None, max_children: int | None = None,
+               min_density: float | str | None = None) -> Family:
         """(dict_id, idx) and its descendants: children above ``threshold`` in the next size, theirs in the next,
-        ...  A node reached from several parents keeps every edge (splits can merge)."""
+        ...  A node reached from several parents keeps every edge (splits can merge).  ``min_density`` drops
+        children that fire more rarely (``"mode"``: below their dictionary's low-density mode, see
+        :meth:`density_threshold`): a rare feature's masked cosine over its own few firings is high whenever a
+        common parent also fires there, so the paper's edge rule needs the ultralow cluster left out."""
         t = self.threshold if threshold is None else threshold
         if dict_id not in self.dict_ids:
             raise ConfigError(f"{dict_id} is not one of the linked dictionaries {self.dict_ids}")
@@ -145,6 +149,8 @@ class Splitting:
                 break
             e = self.edges
             sel = e[(e["src"] == src) & e["src_idx"].isin(frontier) & (e[by] >= t)].sort_values(by, ascending=False)
+            if min_density is not None:
+                sel = sel[sel["dst_idx"].isin(self._dense_enough(dst, min_density))]
             if max_children is not None:
                 sel = sel.groupby("src_idx", sort=False).head(max_children)
             nxt = []
@@ -161,16 +167,37 @@ class Splitting:
             n["key"] = k
         return Family(_key(dict_id, idx), list(nodes.values()), edges, t)
 
+    def density_threshold(self, dict_id: str) -> float:
+        """The density below which ``dict_id``'s features form a separate low-density mode (metrics.density_modes;
+        0 when its densities are not bimodal)."""
+        from .metrics import density_modes
+
+        n = self.nodes
+        m = density_modes(n[n["dict_id"] == dict_id]["density"].to_numpy())
+        return m["threshold"] if m and m["bimodal"] else 0.0
+
+    def _dense_enough(self, dict_id: str, min_density: float | str) -> np.ndarray:
+        t = self.density_threshold(dict_id) if min_density == "mode" else float(min_density)
+        n = self.nodes
+        sel = n[(n["dict_id"] == dict_id) & (n["density"] >= t) & (n["fires"] > 0)]
+        return sel["idx"].to_numpy()
+
     def families(self, dict_id: str | None = None, threshold: float | None = None, min_children: int = 1,
-                 by: str = "sim") -> list[Family]:
+                 by: str = "sim", min_density: float | str | None = None) -> list[Family]:
         """Families rooted at every feature of ``dict_id`` (default: the smallest) with ≥ ``min_children``
         children, largest first."""
         dict_id = dict_id or self.dict_ids[0]
         t = self.threshold if threshold is None else threshold
         e = self.edges
-        counts = e[(e["src"] == dict_id) & (e[by] >= t)].groupby("src_idx").size()
+        e = e[(e["src"] == dict_id) & (e[by] >= t)]
+        if min_density is not None:
+            dst = self.dict_ids[self.dict_ids.index(dict_id) + 1] if dict_id != self.dict_ids[-1] else None
+            e = e[e["src_idx"].isin(self._dense_enough(dict_id, min_density))]
+            if dst is not None:
+                e = e[e["dst_idx"].isin(self._dense_enough(dst, min_density))]
+        counts = e.groupby("src_idx").size()
         roots = counts[counts >= min_children].index
-        fams = [self.family(dict_id, int(r), t, by) for r in roots]
+        fams = [self.family(dict_id, int(r), t, by, min_density=min_density) for r in roots]
         return sorted(fams, key=lambda f: -f.size)
 
     def summary(self) -> dict:
@@ -179,31 +206,41 @@ class Splitting:
         n = self.nodes
         for src, dst in zip(self.dict_ids, self.dict_ids[1:]):
             e = self.edges[(self.edges["src"] == src) & (self.edges["dst"] == dst)]
-            strong = e[e["sim"] >= self.threshold]
-            alive_src = int((n[(n["dict_id"] == src)]["fires"] > 0).sum())
-            alive_dst = int((n[(n["dict_id"] == dst)]["fires"] > 0).sum())
-            per_parent = strong.groupby("src_idx").size()
-            best_parent = e.groupby("dst_idx")["sim"].max() if len(e) else None
-            best_child = e.groupby("src_idx")["sim"].max() if len(e) else None
-            rec = {
-                "edges": int(len(strong)),
-                "alive_small": alive_src, "alive_large": alive_dst,
-                "parents_with_children": int(len(per_parent)),
-                "parents_split": int((per_parent >= 2).sum()),
-                "split_fraction": float((per_parent >= 2).sum() / alive_src) if alive_src else None,
-                "mean_children": float(per_parent.mean()) if len(per_parent) else 0.0,
-                "max_children": int(per_parent.max()) if len(per_parent) else 0,
-                "children_with_parent": int(strong["dst_idx"].nunique()),
-                "orphan_fraction": float(1 - strong["dst_idx"].nunique() / alive_dst) if alive_dst else None,
-                "children_with_several_parents": int((strong.groupby("dst_idx").size() >= 2).sum()),
-                "median_best_parent_sim": float(best_parent.median()) if best_parent is not None else None,
-                "median_best_child_sim": float(best_child.median()) if best_child is not None else None,
-                "median_decoder_cos_of_edges": float(strong["decoder_cos"].median()) if len(strong) else None,
-            }
-            if len(e) > 2:
-                rec["sim_decoder_cos_correlation"] = float(np.corrcoef(e["sim"], e["decoder_cos"])[0, 1])
+            rec = self._pair_summary(e, int((n[(n["dict_id"] == src)]["fires"] > 0).sum()),
+                                     int((n[(n["dict_id"] == dst)]["fires"] > 0).sum()))
+            ts, td = self.density_threshold(src), self.density_threshold(dst)
+            if ts > 0 or td > 0:  # the same without either side's low-density mode
+                keep_s, keep_d = self._dense_enough(src, ts), self._dense_enough(dst, td)
+                rec["high_mode"] = {"density_threshold_small": ts, "density_threshold_large": td,
+                                    **self._pair_summary(e[e["src_idx"].isin(keep_s) & e["dst_idx"].isin(keep_d)],
+                                                         len(keep_s), len(keep_d))}
             out["pairs"][f"{src}->{dst}"] = rec
         return json_safe(out)
+
+    def _pair_summary(self, e, alive_src: int, alive_dst: int) -> dict:
+        """The split statistics of one size pair over the edges ``e``."""
+        strong = e[e["sim"] >= self.threshold]
+        per_parent = strong.groupby("src_idx").size()
+        best_parent = e.groupby("dst_idx")["sim"].max() if len(e) else None
+        best_child = e.groupby("src_idx")["sim"].max() if len(e) else None
+        rec = {
+            "edges": int(len(strong)),
+            "alive_small": alive_src, "alive_large": alive_dst,
+            "parents_with_children": int(len(per_parent)),
+            "parents_split": int((per_parent >= 2).sum()),
+            "split_fraction": float((per_parent >= 2).sum() / alive_src) if alive_src else None,
+            "mean_children": float(per_parent.mean()) if len(per_parent) else 0.0,
+            "max_children": int(per_parent.max()) if len(per_parent) else 0,
+            "children_with_parent": int(strong["dst_idx"].nunique()),
+            "orphan_fraction": float(1 - strong["dst_idx"].nunique() / alive_dst) if alive_dst else None,
+            "children_with_several_parents": int((strong.groupby("dst_idx").size() >= 2).sum()),
+            "median_best_parent_sim": float(best_parent.median()) if best_parent is not None else None,
+            "median_best_child_sim": float(best_child.median()) if best_child is not None else None,
+            "median_decoder_cos_of_edges": float(strong["decoder_cos"].median()) if len(strong) else None,
+        }
+        if len(e) > 2:
+            rec["sim_decoder_cos_correlation"] = float(np.corrcoef(e["sim"], e["decoder_cos"])[0, 1])
+        return rec
 
     # ---- persistence ----
     def save(self, directory: str | Path) -> Path:

@@ -601,6 +601,25 @@ class PairResult:
             df["decoder_max_cos"] = self.decoder_max_cos_ab if side == "a" else self.decoder_max_cos_ba
         return df
 
+    def _density_modes(self) -> dict | None:
+        """a's alive units split into density modes (metrics.density_modes); when there are two, the best-match
+        numbers of the high mode: the paper's analyses leave its ultralow cluster out."""
+        from .metrics import density_modes
+
+        alive = self.status_a == "alive"
+        dens = self.fires_a / max(self.tokens, 1)
+        m = density_modes(dens[alive])
+        if m is None:
+            return None
+        if m["bimodal"]:
+            _, val = self.best("ab")
+            v = val[alive & (dens >= m["threshold"])]
+            v = v[~np.isnan(v)]
+            m.update({"high_median": _median(v),
+                      "high_fraction_above_0.5": float((v > 0.5).mean()) if len(v) else None,
+                      "high_fraction_above_0.7": float((v > 0.7).mean()) if len(v) else None})
+        return m
+
     def histogram(self, direction: str = "ab") -> list[int]:
         return np.histogram(self.best_values(direction), bins=HIST_EDGES)[0].tolist()
 
@@ -615,6 +634,7 @@ class PairResult:
             "median_with_ultralow": _median(vall),
             "quantiles": {q: float(np.quantile(va, float(q))) for q in ("0.1", "0.25", "0.75", "0.9")} if len(va) else {},
             "fraction_above_0.5": float((va > 0.5).mean()) if len(va) else None,
+            "fraction_above_0.7": float((va > 0.7).mean()) if len(va) else None,
             "fraction_above_0.9": float((va > 0.9).mean()) if len(va) else None,
             "alive_a": int((st_a == "alive").sum()), "dead_a": int((st_a == "dead").sum()),
             "ultralow_a": int((st_a == "ultralow").sum()), "undefined_a": int((st_a == "undefined").sum()),
@@ -626,6 +646,7 @@ class PairResult:
             "assignment_median": _median(vals),
             "histogram": {"edges": HIST_EDGES.tolist(), "counts": self.histogram("ab")},
         }
+        out["density_modes"] = self._density_modes()
         if self.logit_corr_ab is not None:
             alive = st_a == "alive"
             out["logit_corr_median"] = _median(self.logit_corr_ab[alive])
@@ -882,7 +903,13 @@ def _record(run, comp: Comparison) -> None:
     f = s["features"]
     brief.update({k: f.get(k) for k in ("alive_a", "dead_a", "ultralow_a", "undefined_a", "alive_b", "dead_b",
                                         "ultralow_b", "undefined_b", "assignment_mean", "logit_corr_median",
-                                        "decoder_mmcs", "fraction_above_0.5")})
+                                        "decoder_mmcs", "fraction_above_0.5", "fraction_above_0.7")})
+    modes = f.get("density_modes") or {}
+    if modes.get("bimodal"):
+        brief.update({"feature_median_high_mode": modes["high_median"], "high_mode_features": modes["high"],
+                      "high_mode_threshold": modes["threshold"],
+                      "high_mode_fraction_above_0.5": modes["high_fraction_above_0.5"],
+                      "high_mode_fraction_above_0.7": modes["high_fraction_above_0.7"]})
     if comp.neurons is not None:
         n = s["neurons"]
         brief.update({"neuron_dead_a": n["dead_a"], "neuron_dead_b": n["dead_b"],
@@ -897,6 +924,7 @@ def _record(run, comp: Comparison) -> None:
             doc["pair"] = comp.key
             doc["feature_median"] = brief["feature_median"]
             doc["neuron_median"] = brief["neuron_median"]
+            doc["feature_median_high_mode"] = brief.get("feature_median_high_mode")
         return doc
 
     update_analyses(run.root, "universality", merge)

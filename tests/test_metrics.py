@@ -102,3 +102,20 @@ def test_store_density_counts_firing_rows_of_the_store(tiny_run):
     assert m["dead"] == int((dens == 0).sum())
     m2 = evaluate_dictionary(sae, tiny_run.model("A"), tiny_run.split("val"), EvalConfig(contexts=8), progress=False)
     assert m2["density_source"] == "eval" and m2["density_tokens"] == m2["tokens"]
+
+
+def test_density_modes_finds_the_valley_of_a_bimodal_histogram():
+    from monosemantic.metrics import density_modes
+
+    rng = np.random.default_rng(0)
+    low, high = 10 ** rng.normal(-4.2, 0.2, 1200), 10 ** rng.normal(-1.8, 0.4, 500)
+    m = density_modes(np.concatenate([low, high, np.zeros(30)]))  # silent units are left out
+    assert m["bimodal"] and m["low"] == 1200 and m["high"] == 500
+    assert -3.6 < m["log10_threshold"] < -2.6 and m["ashman_d"] > 5
+    assert m["low_mean_log10"] == pytest.approx(-4.2, abs=0.05)
+    uni = density_modes(10 ** rng.normal(-3, 0.5, 2000))
+    assert not uni["bimodal"] and uni["valley"] > 0.5 and 2.5 < uni["ashman_d"] < 3  # D says little for Otsu halves
+    flat = density_modes(10 ** rng.uniform(-5, -1, 2000))
+    assert not flat["bimodal"]
+    assert m["valley"] < 0.2
+    assert density_modes(np.full(10, 0.01)) is None  # too few to say

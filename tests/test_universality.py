@@ -182,6 +182,18 @@ def test_compare_A1_B1_matches_a_dense_recomputation_and_lands_in_the_summary(ti
     assert s["features"]["dead_a"] == int((XA.max(0) == 0).sum())
     assert -1 <= s["feature_median"] <= 1 and -1 <= s["neuron_median"] <= 1
     assert s["features"]["assignment_pairs"] == s["features"]["alive_a"] == min(s["features"]["alive_a"], s["features"]["alive_b"])
+    bv_alive = bv[alive & ~np.isnan(bv)]
+    assert s["features"]["fraction_above_0.7"] == pytest.approx(float((bv_alive > 0.7).mean()))
+    from monosemantic.metrics import density_modes
+
+    modes = s["features"]["density_modes"]  # the high-mode numbers exist exactly when the densities are bimodal
+    dens_a = comp.features.fires_a / comp.features.tokens
+    ref_modes = density_modes(dens_a[alive])
+    for k in ("threshold", "ashman_d", "bimodal", "low", "high"):
+        assert modes[k] == pytest.approx(ref_modes[k], rel=1e-9)
+    if modes["bimodal"]:
+        hi = alive & ~np.isnan(bv) & (dens_a >= modes["threshold"])
+        assert modes["high_median"] == pytest.approx(float(np.median(bv[hi])), abs=1e-6)
     # logit-weight correlation of each matched pair equals a direct computation
     t = comp.features.table("a")
     i = int(np.flatnonzero(t["best_match"].to_numpy() >= 0)[0])
