@@ -86,6 +86,13 @@ so the best-match correlation by feature density is worth a look."""),
 t = t[t["status"] == "alive"]
 bins = pd.cut(t["density"], [0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 t.groupby(bins, observed=True)["best_corr"].agg(["count", "median", "mean"]).round(3)"""),
+    ("md", """A short run leaves the log-density histogram **bimodal**: a low mode of features that fire rarely and on no
+consistent tokens (the paper's ultralow cluster, which its billion-token training pushes below the 1e-6 cut it
+excludes). The library finds the valley (Otsu's split, kept only where the histogram dips) and reports the
+best-match numbers of the high mode beside the headline ones."""),
+    ("code", """m = comp.summary()["features"]["density_modes"] or {}
+pd.Series({k: m[k] for k in m if k in ("bimodal", "threshold", "low", "high", "valley", "high_median",
+                                        "high_fraction_above_0.5", "high_fraction_above_0.7")}, dtype=object)"""),
     ("md", """## The matrix
 
 Rows are A/1's features, columns B/1's, reordered by a one-to-one matching (linear assignment) so the matches lie
@@ -178,6 +185,10 @@ activations relates to the cosine of decoder vectors."""),
     ("code", """pd.DataFrame(spl.summary()["pairs"]).T[["edges", "parents_with_children", "parents_split", "split_fraction",
     "mean_children", "max_children", "children_with_parent", "orphan_fraction", "children_with_several_parents",
     "median_best_parent_sim", "median_decoder_cos_of_edges", "sim_decoder_cos_correlation"]]"""),
+    ("md", """A rare feature's masked cosine is taken over its own few firings, where a common parent often fires too, so
+the low-density mode of a short run links to everything. The same table without each dictionary's low mode
+(`Splitting.density_threshold`; families take `min_density="mode"`):"""),
+    ("code", """pd.DataFrame({k: v["high_mode"] for k, v in spl.summary()["pairs"].items() if "high_mode" in v}).T"""),
     ("code", """import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
