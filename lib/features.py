@@ -495,31 +495,10 @@ class StatsAccumulator:
 # sparse encoding (dictionary features or raw neurons → strictly positive entries)
 # =====================================================================================================
 
-_U_BF16 = 2.0 ** -8            # bf16 unit roundoff
+from .fast import _BIAS_SLACK, _U_BF16, _bf16_hardware, _flat_nonzero  # noqa: E402  (one bf16 filter, two users)
+
 _MARGIN_C = 3 * _U_BF16         # filter margin (fast.py's analysis needs c ≥ 2.03u; 3u leaves room)
-_BIAS_SLACK = 2.0 ** -10
-_CHUNK_ELEMS = 1 << 22
-
-
-def _bf16_hardware() -> bool:
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except Exception:  # pragma: no cover - probes missing in this torch
-        return False
-
-
-def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
-    """Ascending flat indices of the True entries of a contiguous bool tensor (8 bools per int64 word first,
-    so the compaction runs only over the few non-zero words)."""
-    flat = mask.reshape(-1)
-    if flat.numel() == 0 or flat.numel() % 8:
-        return flat.nonzero().view(-1)
-    words = flat.view(torch.int64)
-    w = words.nonzero().view(-1)
-    if w.numel() == 0:
-        return w
-    sub = words.index_select(0, w).view(torch.uint8).view(-1, 8).nonzero()
-    return w.index_select(0, sub[:, 0]).mul_(8).add_(sub[:, 1])
+_CHUNK_ELEMS = 1 << 22          # entries per row chunk of the dense product (16 MiB fp32)
 
 
 class SparseEncoder:

@@ -76,6 +76,26 @@ def default_card_factory(run_dir: str | Path | None, compact: bool = False) -> C
     return factory
 
 
+class WithLinkedCards:
+    """For a widget whose clicks open cards in ``self.cards`` (a :class:`LinkedCards`): in a notebook it displays
+    as :meth:`panel` — the widget above its cards — built once."""
+
+    def panel(self) -> ipywidgets.VBox:
+        return ipywidgets.VBox([self, self.cards.box])
+
+    def _repr_mimebundle_(self, **kwargs):
+        if not hasattr(self, "_panel"):
+            self._panel = self.panel()
+        return self._panel._repr_mimebundle_(**kwargs)
+
+
+class WithFeatureSelection(WithLinkedCards):
+    """A :class:`WithLinkedCards` widget selecting one feature by a ``selected_feature`` trait [dict_id, idx]."""
+
+    def select(self, dict_id: str, idx: int) -> None:
+        self.selected_feature = [dict_id, int(idx)]
+
+
 class LinkedCards:
     """The card container a widget's clicks update: ``box`` (an ipywidgets.HBox) holds one column per feature,
     each a header (``.mono-uni-cardhead`` with ``data-feature="A/1:12"``) above the card."""
@@ -240,7 +260,7 @@ def best_match_distribution_figure(comparison, height: int = 340):
     return fig
 
 
-class CorrelationMatrix(anywidget.AnyWidget):
+class CorrelationMatrix(WithLinkedCards, anywidget.AnyWidget):
     """See the module docstring.  ``CorrelationMatrix(comparison, run_dir=run.root)`` or
     ``CorrelationMatrix.from_run(run_dir, "A/1", "B/1")`` (a comparison saved by ``monosemantic compare``)."""
 
@@ -381,11 +401,6 @@ class CorrelationMatrix(anywidget.AnyWidget):
         row = ipywidgets.HBox(top, layout=ipywidgets.Layout(align_items="flex-start", grid_gap="16px",
                                                             flex_flow="row wrap"))
         return ipywidgets.VBox([row, self.cards.box])
-
-    def _repr_mimebundle_(self, **kwargs):
-        if not hasattr(self, "_panel"):
-            self._panel = self.panel()
-        return self._panel._repr_mimebundle_(**kwargs)
 
     def to_html(self, path: str | Path) -> Path:
         """A self-contained page: the matrix (zoom within the exported window, hover, click), the distributions

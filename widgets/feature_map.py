@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 import anywidget
-import ipywidgets
 import numpy as np
 import traitlets
 
-from .correlation import CSS, HERE, LinkedCards, _write, default_card_factory, standalone_html
+from .correlation import (CSS, HERE, LinkedCards, WithFeatureSelection, _write, default_card_factory,
+                          standalone_html)
 
 __all__ = ["FeatureMap", "feature_map_figure"]
 
@@ -25,7 +25,7 @@ def _tok_label(toks, k: int = 5) -> str:
     return " ".join("‹" + repr(str(t))[1:-1][:20] + "›" for t in list(toks)[:k]) if toks is not None else ""
 
 
-class FeatureMap(anywidget.AnyWidget):
+class FeatureMap(WithFeatureSelection, anywidget.AnyWidget):
     """``FeatureMap(df, run_dir=run.root)`` or ``FeatureMap.from_run(run_dir)`` (the saved ``feature_map``)."""
 
     _esm = HERE / "feature_map_uni.js"
@@ -92,17 +92,6 @@ class FeatureMap(anywidget.AnyWidget):
         if "density" in r and np.isfinite(r["density"]):
             info["density"] = f"{float(r['density']):.2g}"
         self.cards.show([(d, i, info)])
-
-    def select(self, dict_id: str, idx: int) -> None:
-        self.selected_feature = [dict_id, int(idx)]
-
-    def panel(self) -> ipywidgets.VBox:
-        return ipywidgets.VBox([self, self.cards.box])
-
-    def _repr_mimebundle_(self, **kwargs):
-        if not hasattr(self, "_panel"):
-            self._panel = self.panel()
-        return self._panel._repr_mimebundle_(**kwargs)
 
     def to_html(self, path: str | Path) -> Path:
         return _write(path, standalone_html(self, "feature map", below=self.cards.html()))

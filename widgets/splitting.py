@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Callable
 
 import anywidget
-import ipywidgets
 import traitlets
 
-from .correlation import CSS, HERE, LinkedCards, _write, default_card_factory, standalone_html
+from .correlation import (CSS, HERE, LinkedCards, WithFeatureSelection, _write, default_card_factory,
+                          standalone_html)
 
 __all__ = ["SplittingTree"]
 
 
-class SplittingTree(anywidget.AnyWidget):
+class SplittingTree(WithFeatureSelection, anywidget.AnyWidget):
     """``SplittingTree(splitting, root=("A/0", 12), run_dir=run.root)`` or ``SplittingTree.from_run(run_dir)``
     (default root: the feature of the smallest dictionary with the largest family)."""
 
@@ -92,17 +92,6 @@ class SplittingTree(anywidget.AnyWidget):
         if len(par):
             info["parents"] = ", ".join(f"{r.src} #{r.src_idx} ({r.sim:.2f})" for r in par.head(4).itertuples())
         self.cards.show([(d, i, info)])
-
-    def select(self, dict_id: str, idx: int) -> None:
-        self.selected_feature = [dict_id, int(idx)]
-
-    def panel(self) -> ipywidgets.VBox:
-        return ipywidgets.VBox([self, self.cards.box])
-
-    def _repr_mimebundle_(self, **kwargs):
-        if not hasattr(self, "_panel"):
-            self._panel = self.panel()
-        return self._panel._repr_mimebundle_(**kwargs)
 
     def to_html(self, path: str | Path) -> Path:
         title = f"feature family of {self.root[0]} #{self.root[1]}"
