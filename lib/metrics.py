@@ -48,7 +48,7 @@ def density_histogram(density_F: np.ndarray, bins: int = 40, lo: float = -8.0, h
     return {"log10_edges": edges.tolist(), "counts": counts.tolist(), "dead": int((density_F == 0).sum())}
 
 
-def density_modes(density: np.ndarray, min_share: float = 0.05, max_valley: float = 0.5) -> dict | None:
+def density_modes(density: np.ndarray, min_share: float = 0.01, max_valley: float = 0.5) -> dict | None:
     """Split the log10 densities of the units that fire into two modes, at Otsu's threshold (the split that
     maximises the between-class variance), and say whether they are two modes: the histogram (0.25-decade bins,
     smoothed over three) must dip between the two sides' peaks to at most ``max_valley`` of the smaller peak, and
@@ -186,6 +186,7 @@ def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit,
         "dead": int(dead.sum()), "ultralow": int(ultralow.sum()),
         "dead_fraction": float(dead.mean()), "ultralow_fraction": float(ultralow.mean()),
         "ultralow_threshold": cfg.ultralow_density, "density_tokens": density_tokens,
+        "density_modes": density_modes(density),
         "density_source": source,
         "density_histogram": density_histogram(density, cfg.histogram_bins),
         "_density": density,

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from monosemantic import CheckpointMismatchError, ConfigError, preset, run_pipeline
@@ -31,6 +32,13 @@ def test_summary_json_has_every_documented_key(tiny_run):
             assert k in m, (d, k)
         assert 0 < m["fvu"] < 1 and 0 < m["l0"] < m["d_sae"] and 0 <= m["dead_fraction"] <= 1
         assert m["loss_recovered"] > 0.5
+        # dead / ultralow over the activation store, and the low-density mode from the same densities
+        assert m["density_source"] == "store" and m["density_tokens"] == min(len(tiny_run.store(d[0])),
+                                                                              tiny_run.cfg.eval.density_rows)
+        from monosemantic.metrics import density_modes
+
+        modes = density_modes(np.load(tiny_run.dict_dir(d) / "density.npy"))
+        assert m["low_density_mode"] == (modes["low"] if modes and modes["bimodal"] else 0)
     assert s["dictionaries"]["A/1"]["d_sae"] == 512
     # transformers A and B differ only by their seed
     assert json.loads((tiny_run.root / "transformers/A/config.json").read_text())["tl_config"]["seed"] != \
