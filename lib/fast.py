@@ -166,7 +166,7 @@ BF16_BELOW = 0.05    # the bf16 filter's candidates are recomputed in fp32: it p
 
 def plan_step(density: float | None, d_sae: int, bf16: bool | None = None) -> tuple[bool, bool]:
     """``(use_fast, use_bf16)`` for a step whose previous step had active fraction ``density`` (None: unknown, as
-    on the first step, when a fresh dictionary is about half active).  Both paths compute the same loss and
+    on the first step after a resume, or of a dictionary with b_e = 0, which is about half active).  Both paths compute the same loss and
     gradients (module docstring), so this only picks the cheaper one.  ``bf16=True/False`` forces the filter
     whenever the fast path runs; ``None`` uses it where the hardware has it and the step is sparse enough."""
     if density is None or density > DENSE_ABOVE:

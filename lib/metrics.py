@@ -48,18 +48,21 @@ def density_histogram(density_F: np.ndarray, bins: int = 40, lo: float = -8.0, h
     return {"log10_edges": edges.tolist(), "counts": counts.tolist(), "dead": int((density_F == 0).sum())}
 
 
-def density_modes(density: np.ndarray, min_share: float = 0.01, max_valley: float = 0.5) -> dict | None:
-    """Split the log10 densities of the units that fire into two modes, at Otsu's threshold (the split that
-    maximises the between-class variance), and say whether they are two modes: the histogram (0.25-decade bins,
-    smoothed over three) must dip between the two sides' peaks to at most ``max_valley`` of the smaller peak, and
-    each side must hold ≥ ``min_share`` of the units.  (Otsu splits any distribution, and Ashman's
-    D = √2·|μ₁ − μ₀| / √(σ₀² + σ₁²) of its two halves is ≈ 2.7 even for one Gaussian, so D is reported but the
-    valley decides.)
+def density_modes(density: np.ndarray, min_share: float = 0.01, max_valley: float = 0.5,
+                  min_units: int = 5) -> dict | None:
+    """Split the log10 densities of the units that fire into two modes, and say whether they are two modes.
+
+    The split is Kittler and Illingworth's minimum-error threshold: the one that best fits two Gaussians of their
+    own size and spread (Otsu's between-class variance would halve a broad main mode before cutting off a small
+    cluster beside it).  Two modes need the histogram (0.25-decade bins, smoothed over three) to dip between the
+    two sides' peaks to at most ``max_valley`` of the smaller peak, and each side to hold at least
+    max(``min_share``·n, ``min_units``) units.  Ashman's D = √2·|μ₁ − μ₀| / √(σ₀² + σ₁²) is reported, not used: it
+    is ≈ 2.7 even for the two halves of one Gaussian.
 
     Short dictionary runs leave a low-density mode of features that fire rarely and on no consistent tokens (the
     paper's ultralow cluster, which long training pushes below its 1e-6 cut); analyses that the paper ran
     without ultralow features report their numbers on the high mode too.  Returns None with < 20 firing units;
-    else ``{"threshold", "log10_threshold", "ashman_d", "bimodal", "low", "high", "low_mean_log10",
+    else ``{"threshold", "log10_threshold", "ashman_d", "valley", "bimodal", "low", "high", "low_mean_log10",
     "high_mean_log10"}``."""
     d = np.asarray(density, dtype=np.float64)
     v = np.sort(np.log10(d[d > 0]))
@@ -68,22 +71,30 @@ def density_modes(density: np.ndarray, min_share: float = 0.01, max_valley: floa
         return None
     c1, c2 = np.cumsum(v), np.cumsum(v * v)
     k = np.arange(1, n)                      # k lowest values on the low side
+    p0 = k / n
     m0, m1 = c1[:-1] / k, (c1[-1] - c1[:-1]) / (n - k)
-    between = k * (n - k) * (m0 - m1) ** 2
-    between[(v[1:] == v[:-1])] = -1          # split only between distinct values
-    i = int(np.argmax(between))
+    floor = 0.05 ** 2                        # a spread below 0.05 decade is as good as none
+    v0 = np.maximum(c2[:-1] / k - m0 ** 2, floor)
+    v1 = np.maximum((c2[-1] - c2[:-1]) / (n - k) - m1 ** 2, floor)
+    J = p0 * np.log(v0) + (1 - p0) * np.log(v1) - 2 * (p0 * np.log(p0) + (1 - p0) * np.log(1 - p0))
+    J[(v[1:] == v[:-1])] = np.inf            # split only between distinct values
+    if not np.isfinite(J).any():             # every unit at one density
+        return {"threshold": float(10 ** v[0]), "log10_threshold": float(v[0]), "ashman_d": 0.0, "valley": 1.0,
+                "bimodal": False, "low": 0, "high": n, "low_mean_log10": None, "high_mean_log10": float(v.mean())}
+    i = int(np.argmin(J))
     kk = i + 1
     lo, hi = v[:kk], v[kk:]
     D = float(np.sqrt(2) * abs(hi.mean() - lo.mean()) / np.sqrt(lo.var() + hi.var() + 1e-12))
     t = float((v[i] + v[i + 1]) / 2)
-    share = min(kk, n - kk) / n
-    edges = np.arange(np.floor(v[0] * 4) / 4, v[-1] + 0.5, 0.25)
+    edges = np.arange(np.floor(v[0] * 4) / 4, v[-1] + 0.5, 0.25)  # the last bin is always empty
     h = np.convolve(np.histogram(v, bins=edges)[0], np.ones(3) / 3, mode="same")
     tb = int(np.searchsorted(edges, t, side="right")) - 1
-    pl, ph = int(np.argmax(h[:tb + 1])), tb + 1 + int(np.argmax(h[tb + 1:])) if tb + 1 < len(h) else tb
+    pl = int(np.argmax(h[:tb + 1]))
+    ph = tb + 1 + int(np.argmax(h[tb + 1:]))
     valley = float(h[pl:ph + 1].min() / max(min(h[pl], h[ph]), 1e-12))
+    enough = min(kk, n - kk) >= max(min_share * n, min_units)
     return {"threshold": float(10 ** t), "log10_threshold": t, "ashman_d": D, "valley": valley,
-            "bimodal": bool(valley <= max_valley and share >= min_share), "low": int(kk), "high": int(n - kk),
+            "bimodal": bool(valley <= max_valley and enough), "low": int(kk), "high": int(n - kk),
             "low_mean_log10": float(lo.mean()), "high_mean_log10": float(hi.mean())}
 
 
@@ -96,7 +107,8 @@ def eval_contexts(split: TokenSplit, n: int) -> np.ndarray:
 @torch.no_grad()
 def store_density(sae: Dictionary, store, rows: int, progress: bool = False) -> tuple[np.ndarray, int]:
     """(fraction of rows on which each feature fires, rows read) over the first ``rows`` rows of an activation
-    store (its shards hold shuffled rows of random contexts, so a prefix is a uniform sample).  Sparse: the
+    store (its shards hold shuffled rows of random contexts, so a prefix is a uniform sample; they are training
+    rows, as the paper's dead-neuron counts are).  Sparse: the
     encoder runs as fast.py's exact bf16 filter where the CPU has one (features.SparseEncoder)."""
     from tqdm.auto import tqdm
 
@@ -107,12 +119,13 @@ def store_density(sae: Dictionary, store, rows: int, progress: bool = False) -> 
     fires = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
     n = 0
     bar = tqdm(total=min(rows, len(store)), desc="density", unit="row", disable=not progress)
+    chunk = 16384 if enc is not None else max(256, min(16384, (1 << 26) // sae.d_sae))  # dense: ≤ 256 MiB fp32
     for i in range(len(store.shards)):
         if n >= rows:
             break
         acts = store.shard(i)[0]
-        for j in range(0, len(acts), 16384):
-            take = min(16384, len(acts) - j, rows - n)
+        for j in range(0, len(acts), chunk):
+            take = min(chunk, len(acts) - j, rows - n)
             if take <= 0:
                 break
             x = torch.from_numpy(np.asarray(acts[j:j + take], dtype=np.float32))

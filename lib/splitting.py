@@ -172,9 +172,12 @@ class Splitting:
         0 when its densities are not bimodal)."""
         from .metrics import density_modes
 
-        n = self.nodes
-        m = density_modes(n[n["dict_id"] == dict_id]["density"].to_numpy())
-        return m["threshold"] if m and m["bimodal"] else 0.0
+        cache = self.__dict__.setdefault("_density_thresholds", {})
+        if dict_id not in cache:
+            n = self.nodes
+            m = density_modes(n[n["dict_id"] == dict_id]["density"].to_numpy())
+            cache[dict_id] = m["threshold"] if m and m["bimodal"] else 0.0
+        return cache[dict_id]
 
     def _dense_enough(self, dict_id: str, min_density: float | str) -> np.ndarray:
         t = self.density_threshold(dict_id) if min_density == "mode" else float(min_density)
@@ -185,7 +188,7 @@ class Splitting:
     def families(self, dict_id: str | None = None, threshold: float | None = None, min_children: int = 1,
                  by: str = "sim", min_density: float | str | None = None) -> list[Family]:
         """Families rooted at every feature of ``dict_id`` (default: the smallest) with ≥ ``min_children``
-        children, largest first."""
+        children, largest first.  ``min_density`` (as in :meth:`family`) applies to the roots too."""
         dict_id = dict_id or self.dict_ids[0]
         t = self.threshold if threshold is None else threshold
         e = self.edges

@@ -171,6 +171,8 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
     device = torch.device(device)
     D.init_from_env(device)
     rank, world, main = D.rank(), D.world(), D.is_main()
+    if train.init_density is not None and not 0 < train.init_density < 1:
+        raise ConfigError(f"init_density must be in (0, 1) or None (b_e = 0), got {train.init_density}")
     if train.batch_size % world:
         raise ConfigError(f"batch_size {train.batch_size} must divide evenly over {world} data-parallel ranks")
     source = as_source(data, train.shuffle_buffer_shards)
@@ -189,6 +191,7 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
     last_fired = torch.zeros(F, dtype=torch.long)  # step at which each feature last fired
     ever_fired = torch.zeros(F, dtype=torch.bool)
     start = 0
+    start_density = None  # the active fraction before the first step, where known
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = out_dir / "ckpt" if out_dir else None
     fingerprint = {"dictionary": sae.cfg.to_dict(), "train": _jsonable(train.__dict__), "seed": seed, "d": source.d}
@@ -215,11 +218,12 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             if sample is None:
                 sample = source.sample(train.geometric_median_rows, seed).to(device)
             sae.init_encoder_bias(sample, train.init_density)
+            start_density = train.init_density  # so the first step already takes the sparse path
     D.broadcast_module(sae)  # every rank starts from rank 0's dictionary
     gen = torch.Generator().manual_seed(seed + 5)
     batches = source.batches(train.batch_size, seed=seed, start_batch=start, rank=rank, world=world)
     log_rows: list[dict] = []
-    density = None  # the previous step's L0 / F, which picks the cheaper of two exact paths (fast.plan_step)
+    density = start_density  # the previous step's L0 / F: picks the cheaper of two exact paths (fast.plan_step)
     t0 = time.time()
     bar = tqdm(range(start, train.steps), desc=f"train dictionary {sae.d_in}→{sae.d_sae}", initial=start,
                total=train.steps, unit="step", disable=not progress)

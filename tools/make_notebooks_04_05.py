@@ -88,7 +88,7 @@ bins = pd.cut(t["density"], [0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 t.groupby(bins, observed=True)["best_corr"].agg(["count", "median", "mean"]).round(3)"""),
     ("md", """A short run leaves the log-density histogram **bimodal**: a low mode of features that fire rarely and on no
 consistent tokens (the paper's ultralow cluster, which its billion-token training pushes below the 1e-6 cut it
-excludes). The library finds the valley (Otsu's split, kept only where the histogram dips) and reports the
+excludes). The library finds the split (minimum-error threshold, kept only where the histogram dips) and reports the
 best-match numbers of the high mode beside the headline ones."""),
     ("code", """m = comp.summary()["features"]["density_modes"] or {}
 pd.Series({k: m[k] for k in m if k in ("bimodal", "threshold", "low", "high", "valley", "high_median",
