@@ -1,31 +1,13 @@
 """Writes notebook 03 (committed without outputs). Re-run after editing the cell sources here."""
-import nbformat as nbf
-from pathlib import Path
+from _nb import nb, setup, write
 
-SETUP = '''import os
-from pathlib import Path
-import plotly.io as pio
-pio.renderers.default = os.environ.get("MONOSEMANTIC_PLOTLY_RENDERER", "jupyterlab")  # offline-safe in JupyterLab
-
-import monosemantic as ms
-from monosemantic.features import compute_feature_stats, compute_neuron_stats, correlated_neurons
+SETUP = setup(imports="""from monosemantic.features import compute_feature_stats, compute_neuron_stats, correlated_neurons
 from monosemantic.prompt import prompt_activations
 from monosemantic.widgets.card import FeatureCard, NeuronCard, CardLayout, side_by_side, proxy_figure
 from monosemantic.widgets.heatmap import ActivationHeatmap
-from monosemantic.widgets.browser import FeatureBrowser
-
-PRESET = os.environ.get("MONOSEMANTIC_PRESET", "default")           # the tests use "tiny"
-RUN_DIR = Path(os.environ.get("MONOSEMANTIC_RUN", f"../data/runs/{PRESET}"))
-DICT = "A/1"                                                         # the dictionary the paper studies in depth
-cfg = ms.preset(PRESET)
-print(f"preset {PRESET!r} → {RUN_DIR.resolve()}")'''
-
-
-def nb(cells):
-    n = nbf.v4.new_notebook()
-    n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    n.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-    return n
+from monosemantic.widgets.browser import FeatureBrowser""",
+              post="""DICT = "A/1"                                                         # the dictionary the paper studies in depth
+""")
 
 
 nb03 = nb([
@@ -122,6 +104,4 @@ select a row to see its card, step with ◀ prev / next ▶. Export any widget f
 browser"""),
 ])
 
-out = Path(__file__).resolve().parents[1] / "notebooks"
-nbf.write(nb03, out / "03_inspect_features.ipynb")
-print("wrote", out / "03_inspect_features.ipynb")
+write({"03_inspect_features.ipynb": nb03})

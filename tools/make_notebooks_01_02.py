@@ -1,26 +1,7 @@
 """Writes notebooks 01 and 02 (committed without outputs). Re-run after editing the cell sources here."""
-import nbformat as nbf
-from pathlib import Path
+from _nb import nb, setup, write
 
-SETUP = '''import os
-from pathlib import Path
-import plotly.io as pio
-pio.renderers.default = os.environ.get("MONOSEMANTIC_PLOTLY_RENDERER", "jupyterlab")  # offline-safe in JupyterLab
-
-import monosemantic as ms
-from monosemantic import widgets as mw
-
-PRESET = os.environ.get("MONOSEMANTIC_PRESET", "default")           # the tests use "tiny"
-RUN_DIR = Path(os.environ.get("MONOSEMANTIC_RUN", f"../data/runs/{PRESET}"))
-cfg = ms.preset(PRESET)
-print(f"preset {PRESET!r} → {RUN_DIR.resolve()}")'''
-
-
-def nb(cells):
-    n = nbf.v4.new_notebook()
-    n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    n.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-    return n
+SETUP = setup()
 
 
 nb01 = nb([
@@ -133,7 +114,4 @@ back = ms.Dictionary.load(RUN_DIR / "scratch" / "byo")
 print(back.cfg, sorted(p.name for p in (RUN_DIR / "scratch" / "byo").iterdir()))"""),
 ])
 
-out = Path(__file__).resolve().parents[1] / "notebooks"
-nbf.write(nb01, out / "01_train_transformer.ipynb")
-nbf.write(nb02, out / "02_train_dictionary.ipynb")
-print("wrote", out)
+write({"01_train_transformer.ipynb": nb01, "02_train_dictionary.ipynb": nb02})

@@ -1,36 +1,8 @@
 """Writes notebooks 04 (universality) and 05 (feature splitting), committed without outputs.
 Re-run after editing the cell sources here:  .venv/bin/python tools/make_notebooks_04_05.py"""
-from pathlib import Path
+from _nb import nb, setup, write
 
-import nbformat as nbf
-
-SETUP = '''import os
-from pathlib import Path
-import pandas as pd
-import plotly.io as pio
-pio.renderers.default = os.environ.get("MONOSEMANTIC_PLOTLY_RENDERER", "jupyterlab")  # offline-safe in JupyterLab
-
-import monosemantic as ms
-from monosemantic import widgets as mw
-
-PRESET = os.environ.get("MONOSEMANTIC_PRESET", "default")           # the tests use "tiny"
-RUN_DIR = Path(os.environ.get("MONOSEMANTIC_RUN", f"../data/runs/{PRESET}"))
-cfg = ms.preset(PRESET)
-print(f"preset {PRESET!r} → {RUN_DIR.resolve()}")'''
-
-STATS = '''from monosemantic.features import FeatureStats, compute_feature_stats
-
-def ensure_stats(run, dict_id):
-    """The feature cards read the statistics pass (notebook 03 computes it; reused when present)."""
-    if not FeatureStats.exists(run, dict_id):
-        compute_feature_stats(run, dict_id, progress=True)'''
-
-
-def nb(cells):
-    n = nbf.v4.new_notebook()
-    n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    n.cells = [nbf.v4.new_markdown_cell(s) if k == "md" else nbf.v4.new_code_cell(s) for k, s in cells]
-    return n
+SETUP = setup(pre="import pandas as pd\n")
 
 
 nb04 = nb([
@@ -98,10 +70,9 @@ pd.Series({k: m[k] for k in m if k in ("bimodal", "threshold", "low", "high", "v
 Rows are A/1's features, columns B/1's, reordered by a one-to-one matching (linear assignment) so the matches lie
 on the diagonal, strongest first. At full view each pixel is the maximum of its block. **Drag** to zoom, **double-
 click** to zoom out, **click** a cell (or a block: its strongest pair) to open both features' cards below."""),
-    ("code", STATS + """
-
+    ("code", """from monosemantic.features import FeatureStats, compute_feature_stats
 for d in ("A/1", "B/1"):
-    ensure_stats(run, d)
+    compute_feature_stats(run, d)  # the cards read the statistics pass (notebook 03's; a finished pass is reused)
 matrix = CorrelationMatrix(comp, run_dir=run.root)
 best = comp.features.table("a").sort_values("best_corr", ascending=False)
 matrix.select(int(best.index[0]), int(best["best_match"].iloc[0]))   # open the strongest pair
@@ -226,10 +197,9 @@ pd.DataFrame([{**n, "share_base64": round(n.get("share_base64") or 0, 2)} for n 
 Each node shows a feature's top tokens; edge width follows the masked cosine (hover an edge for both directions
 and the decoder cosine). **Click** a node to open its card, **double-click** to make it the root; the slider moves
 the threshold."""),
-    ("code", """from monosemantic.features import FeatureStats, compute_feature_stats
+    ("code", """from monosemantic.features import compute_feature_stats
 for d in spl.dict_ids:
-    if not FeatureStats.exists(run, d):      # the cards read the statistics pass (notebook 03; reused when present)
-        compute_feature_stats(run, d, progress=True)
+    compute_feature_stats(run, d)  # the cards read the statistics pass (notebook 03's; a finished pass is reused)
 tree = SplittingTree(spl, root=(spl.dict_ids[0], b64_root), run_dir=run.root)
 tree.select(*fam.nodes[min(1, len(fam.nodes) - 1)]["key"].split(":"))
 tree"""),
@@ -253,7 +223,4 @@ mix.head(12)"""),
 ])
 
 if __name__ == "__main__":
-    out = Path(__file__).resolve().parents[1] / "notebooks"
-    nbf.write(nb04, out / "04_universality.ipynb")
-    nbf.write(nb05, out / "05_feature_splitting.ipynb")
-    print("wrote", out / "04_universality.ipynb", out / "05_feature_splitting.ipynb")
+    write({"04_universality.ipynb": nb04, "05_feature_splitting.ipynb": nb05})

@@ -76,7 +76,7 @@ def default_card_factory(run_dir: str | Path | None, compact: bool = False) -> C
     return factory
 
 
-class WithLinkedCards:
+class WithLinkedCards(traitlets.HasTraits):  # HasTraits so a mixin may carry @observe handlers
     """For a widget whose clicks open cards in ``self.cards`` (a :class:`LinkedCards`): in a notebook it displays
     as :meth:`panel` — the widget above its cards — built once."""
 
@@ -90,10 +90,27 @@ class WithLinkedCards:
 
 
 class WithFeatureSelection(WithLinkedCards):
-    """A :class:`WithLinkedCards` widget selecting one feature by a ``selected_feature`` trait [dict_id, idx]."""
+    """A :class:`WithLinkedCards` widget selecting one feature by a ``selected_feature`` trait [dict_id, idx]:
+    a selection opens that feature's card with the lines ``feature_info(dict_id, idx)`` gives (None: not a feature
+    of this widget, and the selection is cleared); an empty selection closes the cards."""
 
     def select(self, dict_id: str, idx: int) -> None:
         self.selected_feature = [dict_id, int(idx)]
+
+    def feature_info(self, dict_id: str, idx: int) -> dict | None:
+        raise NotImplementedError
+
+    @traitlets.observe("selected_feature")
+    def _on_select(self, change):
+        if len(self.selected_feature) != 2:
+            self.cards.show([])
+            return
+        d, i = str(self.selected_feature[0]), int(self.selected_feature[1])
+        info = self.feature_info(d, i)
+        if info is None:
+            self.selected_feature = []
+            return
+        self.cards.show([(d, i, info)])
 
 
 class LinkedCards:

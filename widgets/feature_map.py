@@ -76,22 +76,16 @@ class FeatureMap(WithFeatureSelection, anywidget.AnyWidget):
             raise traitlets.TraitError(f"color_by must be 'dict' or 'cluster', got {v!r}")
         return v
 
-    @traitlets.observe("selected_feature")
-    def _on_select(self, change):
-        if len(self.selected_feature) != 2:
-            self.cards.show([])
-            return
-        d, i = str(self.selected_feature[0]), int(self.selected_feature[1])
+    def feature_info(self, d: str, i: int) -> dict | None:
         k = self._key.get((d, i))
         if k is None:
-            self.selected_feature = []
-            return
+            return None
         r = self._df.iloc[k]
         info = {"cluster": "noise" if int(r["cluster"]) < 0 else int(r["cluster"]),
                 "top tokens": self.labels[k], "map position": f"({float(r['x']):.2f}, {float(r['y']):.2f})"}
         if "density" in r and np.isfinite(r["density"]):
             info["density"] = f"{float(r['density']):.2g}"
-        self.cards.show([(d, i, info)])
+        return info
 
     def to_html(self, path: str | Path) -> Path:
         return _write(path, standalone_html(self, "feature map", below=self.cards.html()))

@@ -75,23 +75,17 @@ class SplittingTree(WithFeatureSelection, anywidget.AnyWidget):
         """The ``Family`` currently drawn."""
         return self._sp.family(str(self.root[0]), int(self.root[1]), self.threshold, max_children=self.max_children)
 
-    @traitlets.observe("selected_feature")
-    def _on_select(self, change):
-        if len(self.selected_feature) != 2:
-            self.cards.show([])
-            return
-        d, i = str(self.selected_feature[0]), int(self.selected_feature[1])
+    def feature_info(self, d: str, i: int) -> dict | None:
         try:
             n = self._sp.node(d, i)
         except KeyError:
-            self.selected_feature = []
-            return
+            return None
         info = {"fires on": f"{n['fires']} tokens (density {n['density']:.2g})",
                 "top tokens": " ".join(repr(t) for t in n["top_tokens"][:6])}
         par = self._sp.parents(d, i, self.threshold)
         if len(par):
             info["parents"] = ", ".join(f"{r.src} #{r.src_idx} ({r.sim:.2f})" for r in par.head(4).itertuples())
-        self.cards.show([(d, i, info)])
+        return info
 
     def to_html(self, path: str | Path) -> Path:
         title = f"feature family of {self.root[0]} #{self.root[1]}"
