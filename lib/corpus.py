@@ -72,6 +72,20 @@ def bible_chapters() -> list[Doc]:
             for b, c in order]
 
 
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """Cut ``text`` at line boundaries into non-blank pieces of at most ``max_chars`` characters (a line longer
+    than that is cut inside).  Documents are the unit of the train/val split and of shuffling, so one long
+    source (a module, a book) must become many documents: else it dominates a shuffle, or a one-file corpus
+    has nothing left for validation."""
+    out = []
+    while text:
+        cut = len(text) if len(text) <= max_chars else text.rfind("\n", 0, max_chars) + 1 or max_chars
+        piece, text = text[:cut], text[cut:]
+        if piece.strip():
+            out.append(piece)
+    return out
+
+
 def _python_docs(files: list[Path], max_chars: int = 24_000) -> list[Doc]:
     docs = []
     for p in files:
@@ -79,12 +93,7 @@ def _python_docs(files: list[Path], max_chars: int = 24_000) -> list[Doc]:
             text = p.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        # long modules are cut at line boundaries so no single file dominates a shuffle
-        while text:
-            cut = len(text) if len(text) <= max_chars else text.rfind("\n", 0, max_chars) + 1 or max_chars
-            chunk, text = text[:cut], text[cut:]
-            if chunk.strip():
-                docs.append({"text": chunk, "source": "python", "spans": []})
+        docs += [{"text": c, "source": "python", "spans": []} for c in chunk_text(text, max_chars)]
     return docs
 
 
@@ -155,44 +164,92 @@ def default_corpus(cfg: CorpusConfig) -> list[Doc]:
     return docs
 
 
-def _read_local_file(p: Path) -> list[Doc]:
-    suf = p.suffix.lower()
-    if suf in (".txt", ".md", ".text", ".py", ".rst"):
-        text = p.read_text(encoding="utf-8", errors="replace")
-        return [{"text": text, "source": "text", "spans": []}] if text.strip() else []
-    if suf == ".jsonl":
-        out = []
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CorpusError(f"{p}:{n} is not valid JSON ({e}); each line must be an object with a 'text' field") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise CorpusError(f"{p}:{n} has no string 'text' field; each line must look like {{\"text\": \"...\"}}")
-                out.append({"text": row["text"], "source": "text", "spans": []})
-        return out
-    if suf == ".parquet":
-        import pyarrow.parquet as pq
+TEXT_SUFFIXES = (".txt", ".md", ".text", ".py", ".rst")
+CORPUS_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".parquet")
+LOCAL_CHUNK_CHARS = 8_000     # a local document longer than this is cut (at lines) into several
+MAX_UNDECODABLE = 0.25        # a file with more undecodable bytes than this is not text
+WARN_UNDECODABLE = 0.01
 
+
+class CorpusWarning(UserWarning):
+    """A corpus source was read, but part of it is probably not what the user meant (e.g. undecodable bytes)."""
+
+
+def _decode(raw: bytes, where: str) -> str:
+    """UTF-8 text of ``raw``; refuses bytes that are mostly not text and warns when a few are not."""
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    share = bad / max(1, len(text))
+    if share > MAX_UNDECODABLE:
+        raise CorpusError(f"{where} is not UTF-8 text ({share:.0%} of its characters are undecodable bytes); "
+                          f"convert it to UTF-8 (e.g. iconv -t utf-8) or leave it out of the corpus")
+    if share > WARN_UNDECODABLE:
+        import warnings
+
+        warnings.warn(f"{where}: {bad:,} undecodable bytes ({share:.1%}) were replaced by U+FFFD; "
+                      f"convert the file to UTF-8 if that is not intended", CorpusWarning, stacklevel=3)
+    return text
+
+
+def _local_docs(texts, source: str = "text") -> list[Doc]:
+    return [{"text": c, "source": source, "spans": []} for t in texts if t for c in chunk_text(t, LOCAL_CHUNK_CHARS)]
+
+
+def _read_jsonl(p: Path) -> list[str]:
+    out = []
+    for n, line in enumerate(_decode(p.read_bytes(), str(p)).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{p}:{n} is not valid JSON ({e}); each line must be an object with a 'text' field") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise CorpusError(f"{p}:{n} has no string 'text' field; each line must look like {{\"text\": \"...\"}}")
+        out.append(row["text"])
+    return out
+
+
+def _read_parquet(p: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         table = pq.read_table(p)
-        if "text" not in table.column_names:
-            raise CorpusError(f"{p} has no 'text' column (columns: {table.column_names}); rename the text column to 'text'")
-        return [{"text": t, "source": "text", "spans": []} for t in table.column("text").to_pylist() if t]
-    return []
+    except (pa.ArrowException, OSError) as e:
+        raise CorpusError(f"{p} is not a readable parquet file ({type(e).__name__}: {e}); "
+                          f"rewrite it (e.g. pandas.DataFrame.to_parquet) or use .txt/.jsonl") from None
+    if "text" not in table.column_names:
+        raise CorpusError(f"{p} has no 'text' column (columns: {table.column_names}); rename the text column to 'text'")
+    return [t for t in table.column("text").to_pylist() if isinstance(t, str)]
+
+
+def _read_local_file(p: Path) -> list[Doc]:
+    """The documents of one local file; a long one (a whole book in one .txt) is cut into many, so the
+    train/val split has documents to put on each side."""
+    suf = p.suffix.lower()
+    if suf in TEXT_SUFFIXES:
+        return _local_docs([_decode(p.read_bytes(), str(p))])
+    if suf == ".jsonl":
+        return _local_docs(_read_jsonl(p))
+    if suf == ".parquet":
+        return _local_docs(_read_parquet(p))
+    raise CorpusError(f"{p} has an unsupported file type ({suf or 'no suffix'}); a corpus file must be one of "
+                      f"{', '.join(CORPUS_SUFFIXES)} (convert it, or rename a plain-text file to .txt)")
 
 
 def local_corpus(path: Path) -> list[Doc]:
     if not path.exists():
         raise CorpusError(f"corpus path {path} does not exist; pass an existing .txt/.jsonl/.parquet file or folder, "
                           f"or 'default' for the embedded corpus")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    docs = []
-    for f in files:
-        docs.extend(_read_local_file(f))
-    return docs
+    if not path.is_dir():
+        return _read_local_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.relative_to(path).parts))
+    usable = [f for f in files if f.suffix.lower() in CORPUS_SUFFIXES]
+    if not usable:
+        raise CorpusError(f"folder {path} holds no corpus files ({len(files)} files, none of type "
+                          f"{', '.join(CORPUS_SUFFIXES)}); put text files there or point --corpus at one")
+    return [d for f in usable for d in _read_local_file(f)]
 
 
 def hf_corpus(spec: str) -> list[Doc]:

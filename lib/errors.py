@@ -19,3 +19,19 @@ class CheckpointMismatchError(MonosemanticError):
 
 class TrainingDivergedError(MonosemanticError, FloatingPointError):
     """A loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class CorruptArtifactError(MonosemanticError):
+    """A file a stage wrote is unreadable, truncated or of the wrong shape.  The message names the file and the
+    stage that rebuilds it; ``monosemantic run`` on the same directory re-runs that stage."""
+
+    def __init__(self, path, problem: str, stage: str | None = None, fix: str | None = None):
+        self.path, self.problem, self.stage = str(path), problem, stage
+        if fix is None:
+            fix = (f"rerun `monosemantic run --out <run dir>` to rebuild it (stage {stage})" if stage
+                   else "delete it and rerun the command that wrote it")
+        super().__init__(f"{path} is corrupt: {problem}; {fix}")
+
+
+class RunLockedError(MonosemanticError):
+    """Another live process is working in the same run directory."""
