@@ -6,7 +6,9 @@ never leaves a half-written file where a finished one is expected.  Tensors go t
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,11 +56,52 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def read_json(path: str | Path, default: Any = None) -> Any:
+def json_safe(o: Any) -> Any:
+    """``o`` as plain, strict JSON data: numpy scalars and arrays made plain, tuples made lists, dict keys made
+    strings, NaN/inf floats made None (strict JSON has no NaN), anything else (a Path, an enum) made its ``str``.
+
+    The one converter for fingerprints and result records: what it returns compares equal to what
+    ``json.loads(json.dumps(...))`` gives back after a round trip through a file."""
+    if isinstance(o, dict):
+        return {k if isinstance(k, str) else json.dumps(json_safe(k)).strip('"'): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, (int, np.integer)):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(float(o)) else None
+    if o is None or isinstance(o, str):
+        return o
+    return str(o)
+
+
+def atomic_parquet(df, path: str | Path) -> None:
+    """Write a pandas DataFrame to ``path`` as parquet, atomically (no index column)."""
+    with atomic_path(path, suffix=".parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def safe_name(label: str) -> str:
+    """``label`` (a dictionary id like ``A/1``) as one file or folder name: runs of other characters become ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+
+
+def read_json(path: str | Path, default: Any = None, stage: str | None = None) -> Any:
+    """The JSON in ``path`` (``default`` if there is no such file).  A file cut short or otherwise not JSON raises
+    ``CorruptArtifactError`` naming it and ``stage``, the stage that rebuilds it."""
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        from .errors import CorruptArtifactError
+
+        raise CorruptArtifactError(path, f"not valid JSON ({e})", stage) from None
 
 
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:

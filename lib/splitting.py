@@ -41,10 +41,10 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
-from .io import atomic_write_json, read_json
+from .io import atomic_parquet, atomic_write_json, json_safe, read_json, safe_name
 from .corpus import DOMAINS
-from .universality import (SPLIT_TOKENS, CrossStats, Side, _atomic_parquet, _safe, encode_sparse,
-                           iter_activation_batches, json_safe, token_set, update_analyses)
+from .universality import (SPLIT_TOKENS, CrossStats, Side, encode_sparse, iter_activation_batches, token_set,
+                           update_analyses)
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
            "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]
@@ -249,8 +249,8 @@ class Splitting:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_parquet(self.edges, directory / "edges.parquet")
-        _atomic_parquet(self.nodes, directory / "nodes.parquet")
+        atomic_parquet(self.edges, directory / "edges.parquet")
+        atomic_parquet(self.nodes, directory / "nodes.parquet")
         atomic_write_json(directory / "summary.json", {**self.summary(), "token_info": self.token_info})
         return directory
 
@@ -432,7 +432,7 @@ def link_activations(batches: Iterable, dictionaries: dict, *, threshold: float 
 
 
 def splitting_dir(run, transformer: str = "A") -> Path:
-    return Path(run.root) / "analyses" / "splitting" / _safe(transformer)
+    return Path(run.root) / "analyses" / "splitting" / safe_name(transformer)
 
 
 def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: int | None = None,
@@ -516,7 +516,7 @@ def feature_map(run, dict_ids: Sequence[str] | None = None, *, n_neighbors: int 
         df["top_tokens"] = [[] for _ in range(len(df))]
     if write:
         T = run.cfg.dictionary(dict_ids[0]).transformer
-        _atomic_parquet(df, splitting_dir(run, T) / "feature_map.parquet")
+        atomic_parquet(df, splitting_dir(run, T) / "feature_map.parquet")
     return df
 
 

@@ -15,8 +15,8 @@ import torch
 
 from .config import LMTrainConfig, ModelConfig
 from .errors import CheckpointMismatchError, TrainingDivergedError
-from .io import (append_jsonl, atomic_write_json, load_optimizer_state, load_safetensors, optimizer_state_tensors,
-                 read_json, save_safetensors)
+from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
+                 optimizer_state_tensors, read_json, save_safetensors)
 from .subject import SubjectModel
 from .tokenizer import TokenSplit
 
@@ -87,7 +87,7 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
     prog = read_json(ckpt_dir / "progress.json")
     fingerprint = {"model": model_cfg.__dict__, "train": {k: v for k, v in cfg.__dict__.items()}, "seed": seed,
                    "d_vocab": d_vocab}
-    fingerprint = _jsonable(fingerprint)
+    fingerprint = json_safe(fingerprint)
     if prog is not None:
         if prog.get("fingerprint") != fingerprint:
             raise CheckpointMismatchError(
@@ -141,9 +141,3 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
     model.save(out_dir, extra={"eval": record})
     atomic_write_json(out_dir / "eval.json", record)
     return record
-
-
-def _jsonable(o):
-    import json
-
-    return json.loads(json.dumps(o, default=lambda x: list(x) if isinstance(x, tuple) else str(x)))

@@ -33,8 +33,6 @@ API
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -44,7 +42,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
-from .io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from .io import atomic_parquet, atomic_save_npy, atomic_write_json, json_safe, load_npy, read_json, safe_name
 
 try:  # in-place ``dense += csr`` (scipy's own kernel behind csr.toarray(out=...)): no dense temporary per batch
     from scipy.sparse._sparsetools import csr_todense as _csr_todense
@@ -483,19 +481,6 @@ def _pair_cosine(u: torch.Tensor, v: torch.Tensor, ia: np.ndarray, ib: np.ndarra
 
 # ---- results -----------------------------------------------------------------------------------------------
 
-def json_safe(o):
-    """``o`` with every NaN/inf float replaced by None and numpy scalars made plain (strict JSON)."""
-    if isinstance(o, dict):
-        return {k: json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [json_safe(v) for v in o]
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(float(o)) else None
-    return o
-
-
 def _median(x: np.ndarray) -> float | None:
     x = x[~np.isnan(x)]
     return float(np.median(x)) if len(x) else None
@@ -666,7 +651,7 @@ class PairResult:
         atomic_save_npy(directory / f"corr_{prefix}.npy", self.corr.astype(np.float32))
         for side in ("a", "b"):
             df = self.table(side)
-            _atomic_parquet(df, directory / f"{prefix}_{side}.parquet")
+            atomic_parquet(df, directory / f"{prefix}_{side}.parquet")
         extra = {k: getattr(self, k).tolist() for k in ("logit_corr_assigned",) if getattr(self, k) is not None}
         meta = {"a": self.a, "b": self.b, "tokens": self.tokens, "ultralow": self.ultralow,
                 "same_transformer": self.same_transformer, **extra}
@@ -700,13 +685,6 @@ class PairResult:
         for d, t in (("ab", ta), ("ba", tb)):
             r._cache[d] = (t["best_match"].to_numpy().astype(np.int64), t["best_corr"].to_numpy().astype(np.float64))
         return r
-
-
-def _atomic_parquet(df, path: Path) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path, suffix=".parquet") as tmp:
-        df.to_parquet(tmp, index=False)
 
 
 @dataclass
@@ -764,12 +742,8 @@ class Comparison:
 
 # ---- the analysis ------------------------------------------------------------------------------------------
 
-def _safe(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
-
-
 def comparison_dir(run, a: str, b: str) -> Path:
-    return Path(run.root) / "analyses" / "universality" / f"{_safe(a)}~{_safe(b)}"
+    return Path(run.root) / "analyses" / "universality" / f"{safe_name(a)}~{safe_name(b)}"
 
 
 def update_analyses(run_root: str | Path, key: str, fn: Callable[[dict], dict]) -> dict:
