@@ -28,10 +28,20 @@ class CorruptArtifactError(MonosemanticError):
     def __init__(self, path, problem: str, stage: str | None = None, fix: str | None = None):
         self.path, self.problem, self.stage = str(path), problem, stage
         if fix is None:
-            fix = (f"rerun `monosemantic run --out <run dir>` to rebuild it (stage {stage})" if stage
+            fix = (f"rerun `monosemantic run --out {_run_dir_of(path)}` to rebuild it (stage {stage})" if stage
                    else "delete it and rerun the command that wrote it")
         super().__init__(f"{path} is corrupt: {problem}; {fix}")
 
 
 class RunLockedError(MonosemanticError):
     """Another live process is working in the same run directory."""
+
+
+def _run_dir_of(path) -> str:
+    """The run directory holding ``path`` (the nearest parent with a run.json), for messages."""
+    from pathlib import Path
+
+    for parent in Path(path).absolute().parents:
+        if (parent / "run.json").exists():
+            return str(parent)
+    return "<run dir>"

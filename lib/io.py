@@ -110,7 +110,33 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
             np.save(fh, arr, allow_pickle=False)
 
 
-def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
+def check_npy(path: str | Path, stage: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the ``.npy`` at ``path``, after checking that its header parses and the file holds
+    every byte the header promises (a truncated shard would otherwise fail later inside mmap, unnamed).
+    Reads only the header.  Raises ``CorruptArtifactError`` naming the file and ``stage``."""
+    from .errors import CorruptArtifactError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran, dtype = read_header(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        raise CorruptArtifactError(path, "missing", stage) from None
+    except (ValueError, OSError, SyntaxError, EOFError) as e:
+        raise CorruptArtifactError(path, f"not a .npy array ({e})", stage) from None
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < need:
+        raise CorruptArtifactError(path, f"truncated ({size:,} bytes of the {need:,} its header promises)", stage)
+    return tuple(shape), dtype
+
+
+def load_npy(path: str | Path, mmap: bool = True, stage: str | None = None) -> np.ndarray:
+    check_npy(path, stage)
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
@@ -120,7 +146,36 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+def check_safetensors(path: str | Path, stage: str | None = None) -> dict[str, dict]:
+    """The header of the safetensors file at ``path`` (name → dtype, shape, data_offsets), after checking that it
+    parses and that the file holds every byte it promises.  Reads only the header.  Raises
+    ``CorruptArtifactError`` naming the file and ``stage``."""
+    from .errors import CorruptArtifactError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(fh.read(n))
+    except FileNotFoundError:
+        raise CorruptArtifactError(path, "missing", stage) from None
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise CorruptArtifactError(path, f"not a safetensors file ({e})", stage) from None
+    if not isinstance(header, dict):
+        raise CorruptArtifactError(path, "not a safetensors file (header is not an object)", stage)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    size = path.stat().st_size
+    if size < 8 + n + end:
+        raise CorruptArtifactError(path, f"truncated ({size:,} bytes of the {8 + n + end:,} its header promises)",
+                                   stage)
+    return tensors
+
+
+def load_safetensors(path: str | Path, device: str = "cpu", stage: str | None = None) -> dict[str, torch.Tensor]:
+    check_safetensors(path, stage)
     return load_file(str(path), device=device)
 
 
