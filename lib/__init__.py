@@ -10,6 +10,7 @@ from .config import (CorpusConfig, DictSpec, EvalConfig, HarvestConfig, LMTrainC
                      SAETrainConfig, TokenizerConfig, preset)
 from .errors import (CheckpointMismatchError, ConfigError, CorpusError, MonosemanticError, TrainingDivergedError)
 from .sae import Dictionary, DictionaryConfig, available_kinds, geometric_median, make_dictionary, register_kind
+from . import kinds as _builtin_kinds  # noqa: E402,F401  registers topk, batchtopk, jumprelu (relu: in .sae)
 
 __all__ = [
     "CorpusConfig", "DictSpec", "EvalConfig", "HarvestConfig", "LMTrainConfig", "ModelConfig", "RunConfig",

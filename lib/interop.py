@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-from . import kinds as _kinds  # noqa: F401  (registers topk, batchtopk, jumprelu)
 from .errors import ConfigError
 from .io import atomic_write_json, load_safetensors, save_safetensors
 from .sae import Dictionary, DictionaryConfig, make_dictionary

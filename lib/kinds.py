@@ -28,7 +28,8 @@ from torch import nn
 
 from . import distributed as D
 from .errors import ConfigError
-from .sae import Dictionary, DictionaryConfig, register_kind
+from .registry import register_kind
+from .sae import Dictionary, DictionaryConfig
 
 # ---- option handling -------------------------------------------------------------------------------------------
 

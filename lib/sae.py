@@ -7,8 +7,9 @@ The default kind is the paper's ReLU-L1 dictionary (Bricken et al. 2023):
     x̂  = f W_d + b_d                     (W_d: d_sae × d_in, every row — the paper's "column" — unit norm)
     L  = mean_{batch, elements}(x − x̂)² + λ · mean_batch Σ_i |f_i|
 
-Tensor names carry their shape: B batch, D d_in, F d_sae.  A kind is registered with ``@register_kind`` and
-owns its encode/decode/loss; the trainer only calls the interface (``loss``, ``before_optimizer_step``,
+Tensor names carry their shape: B batch, D d_in, F d_sae.  A kind is registered with ``@register_kind`` (the
+registry is ``registry.py``) in the file that defines it — ``relu`` here, the others in ``kinds.py`` — and owns
+its encode/decode/loss; the trainer only calls the interface (``loss``, ``before_optimizer_step``,
 ``after_optimizer_step``, ``resample``), so a kind added later touches no trainer code.
 """
 from __future__ import annotations
@@ -24,22 +25,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .io import atomic_write_json, load_safetensors, save_safetensors
-
-_KINDS: dict[str, type["Dictionary"]] = {}
-
-
-def register_kind(name: str):
-    def deco(cls):
-        cls.kind = name
-        _KINDS[name] = cls
-        return cls
-
-    return deco
-
-
-def available_kinds() -> list[str]:
-    return sorted(_KINDS)
-
+# the registry lives in its own module so kind modules can import this one without a circle; re-exported here
+# because ``from monosemantic.sae import make_dictionary, register_kind, available_kinds`` is the documented spelling
+from .registry import available_kinds, kind_class, make_dictionary, register_kind
 
 @dataclass
 class DictionaryConfig:
@@ -54,17 +42,14 @@ class DictionaryConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "DictionaryConfig":
-        if self.kind not in _KINDS:
-            raise ConfigError(
-                f"unknown dictionary kind {self.kind!r}; choose one of {available_kinds()}"
-            )
+        kind = kind_class(self.kind)  # an unknown kind fails first, naming the known ones
         for name in ("d_in", "d_sae"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"dictionary {name} must be a positive integer, got {v!r}")
         if not (self.l1_coefficient >= 0 and math.isfinite(self.l1_coefficient)):
             raise ConfigError(f"l1_coefficient must be a finite number ≥ 0, got {self.l1_coefficient!r}")
-        _KINDS[self.kind].validate_options(self)
+        kind.validate_options(self)
         return self
 
     def to_dict(self) -> dict:
@@ -258,11 +243,6 @@ class ReluDictionary(Dictionary):
     bias_sets_density = True
 
 
-def make_dictionary(cfg: DictionaryConfig) -> Dictionary:
-    cfg.validate()
-    return _KINDS[cfg.kind](cfg)
-
-
 @torch.no_grad()
 def geometric_median(x_ND: torch.Tensor, max_iter: int = 200, tol: float = 1e-7) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to the rows of x."""
@@ -280,5 +260,3 @@ def geometric_median(x_ND: torch.Tensor, max_iter: int = 200, tol: float = 1e-7)
         y = y_new
     return y.to(x_ND.dtype)
 
-
-from . import kinds  # noqa: E402,F401  (registers topk, batchtopk, jumprelu)

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import monosemantic.kinds  # noqa: F401  (registers topk, batchtopk, jumprelu until lib/sae.py imports it)
 from monosemantic import ConfigError, DictionaryConfig, EvalConfig, make_dictionary
 from monosemantic.interop import export_saelens, import_saelens
 from monosemantic.sae import Dictionary

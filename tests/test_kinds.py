@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import monosemantic.kinds as kinds  # registers topk, batchtopk, jumprelu (until lib/sae.py imports it)
+import monosemantic.kinds as kinds
 from monosemantic import (ConfigError, DictionaryConfig, SAETrainConfig, available_kinds, make_dictionary,
                           train_dictionary)
 from monosemantic.io import read_jsonl
@@ -41,6 +41,49 @@ def test_kinds_are_registered_and_relu_stays_default():
     assert {"relu", "topk", "batchtopk", "jumprelu"} <= set(available_kinds())
     assert DictionaryConfig().kind == "relu"
     assert type(make_dictionary(_cfg("topk"))) is kinds.TopKDictionary
+
+
+def test_importing_sae_alone_registers_every_builtin_kind_without_an_import_circle():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # a fresh interpreter: importing only monosemantic.sae must make every kind available (the package's
+    # __init__ imports the kind modules) ...
+    code = ("from monosemantic.sae import available_kinds, make_dictionary, DictionaryConfig; "
+            "print(sorted(available_kinds())); "
+            "print(type(make_dictionary(DictionaryConfig(d_in=4, d_sae=8, kind='jumprelu'))).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].startswith("['batchtopk',") and "'topk']" in out[-2] and out[-1] == "JumpReLUDictionary"
+    # ... and sae.py itself imports no kind module (the circle the registry module breaks)
+    src = (Path(__file__).resolve().parents[1] / "lib" / "sae.py").read_text()
+    assert "import kinds" not in src and "from .kinds" not in src
+
+
+def test_a_kind_registered_elsewhere_is_validated_and_built_through_the_registry():
+    from monosemantic.registry import _KINDS, kind_class
+    from monosemantic.sae import register_kind
+
+    @register_kind("test-scaled-relu")
+    class Scaled(Dictionary):
+        @classmethod
+        def validate_options(cls, cfg):
+            if set(cfg.options) - {"scale"}:
+                raise ConfigError("only option scale")
+
+        def encode(self, x_BD):
+            return self.cfg.options.get("scale", 1.0) * super().encode(x_BD)
+
+    try:
+        assert "test-scaled-relu" in available_kinds() and kind_class("test-scaled-relu") is Scaled
+        sae = make_dictionary(DictionaryConfig(d_in=4, d_sae=8, kind="test-scaled-relu", options={"scale": 2.0}))
+        assert type(sae) is Scaled and sae.kind == "test-scaled-relu"
+        with pytest.raises(ConfigError, match="only option scale"):
+            DictionaryConfig(d_in=4, d_sae=8, kind="test-scaled-relu", options={"k": 1}).validate()
+    finally:
+        del _KINDS["test-scaled-relu"]
+    with pytest.raises(ConfigError, match="unknown dictionary kind 'test-scaled-relu'; choose one of"):
+        DictionaryConfig(kind="test-scaled-relu").validate()
 
 
 # ---- forward math ---------------------------------------------------------------------------------------------
