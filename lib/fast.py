@@ -237,13 +237,18 @@ _SCRATCH: dict = {}
 
 
 def _scratch(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    """A reused work buffer, one per thread (fresh multi-MB allocations cost page faults on every step)."""
+    """A reused work buffer, one per thread (fresh multi-MB allocations cost page faults on every step).
+
+    Always a normal tensor, even when first asked for under ``torch.inference_mode``: a buffer born there is an
+    inference tensor, and the next caller outside it (training after an analysis, in one notebook) could not write
+    into it ("Inplace update to inference tensor outside InferenceMode")."""
     key = (name, threading.get_ident())
     n = math.prod(shape)
     t = _SCRATCH.get(key)
-    if t is None or t.dtype != dtype or t.numel() < n:
+    if t is None or t.dtype != dtype or t.numel() < n or t.is_inference():
         _SCRATCH.pop(key, None)
-        t = _SCRATCH[key] = torch.empty(n, dtype=dtype)
+        with torch.inference_mode(False):
+            t = _SCRATCH[key] = torch.empty(n, dtype=dtype)
     return t[:n].view(shape)
 
 

@@ -271,3 +271,34 @@ def test_plan_step_picks_the_cheaper_exact_path(monkeypatch):
     assert plan_step(0.1, 4096, bf16=True) == (True, True)  # an explicit choice wins while fast runs
     monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "0")
     assert plan_step(0.001, 4096) == (True, False)
+
+
+def test_training_after_an_analysis_under_inference_mode(monkeypatch):
+    """Notebook 04's order on the default run: a comparison encodes under ``torch.inference_mode`` (which used to
+    leave the cached bf16 scratch buffers as inference tensors), then a dictionary trains in the same process.
+    Sizes select the fast kernels (F ≥ FAST_MIN_FEATURES) and the bf16 filter is forced, so the scratch-buffer
+    path runs whether or not this CPU has bf16 dot products."""
+    from monosemantic.config import SAETrainConfig
+    from monosemantic.train_sae import train_dictionary
+    from monosemantic.universality import FAST_MIN_FEATURES, encode_sparse
+
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", "1")
+    D, F = 32, FAST_MIN_FEATURES
+    x_all = planted(n=2048, d=D)
+    cfg = DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=3e-3, seed=1)
+    sae = make_dictionary(cfg)
+    with torch.inference_mode():
+        csr = encode_sparse(sae, x_all[:512])
+    f_dense = torch.relu(sae.pre_acts(x_all[:512])).detach()
+    assert csr.nnz == int((f_dense > 0).sum())
+    with torch.inference_mode():  # the training kernel itself under inference mode, as an analysis might call it
+        assert fast_loss(sae, x_all[:256], bf16=True)["bf16"] is True
+    trained = train_dictionary(x_all, cfg, SAETrainConfig(steps=4, batch_size=256, bf16=True, log_every=1),
+                               progress=False)
+    paths = [r["path"] for r in trained.train_log if "path" in r]
+    assert "fast-bf16" in paths  # the bf16 filter ran in training, after the inference-mode calls
+    out, grads = run(trained, x_all[:256], lambda s, xx: fast_loss(s, xx, bf16=True))
+    od, gd = run(trained, x_all[:256], dense)
+    assert abs(out["loss"].item() - od["loss"].item()) <= 1e-5 * abs(od["loss"].item())
+    for n in PARAMS:
+        assert rel(grads[n], gd[n]) < 1e-4, n
