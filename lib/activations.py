@@ -20,7 +20,7 @@ import torch
 
 from .config import HarvestConfig
 from .errors import CheckpointMismatchError, ConfigError
-from .io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from .io import atomic_save_npy, atomic_write_json, check_npy, load_npy, read_json
 from .subject import SubjectModel
 from .tokenizer import TokenSplit
 
@@ -53,6 +53,11 @@ def harvest(model: SubjectModel, split: TokenSplit, out_dir: Path, cfg: HarvestC
     if state is None:
         state = {"fingerprint": fingerprint, "shards": [], "rows": 0, "d": model.d_mlp, "complete": False,
                  "hook": model.hook, "positions_per_context": P}
+    good = _intact_shards(out_dir, state)
+    if good < len(state["shards"]):  # a shard cut short or lost: harvest again from it (shards are seeded by k)
+        state["shards"] = state["shards"][:good]
+        state["rows"] = sum(sh["rows"] for sh in state["shards"])
+        state["complete"] = False
     if state["complete"]:
         return state
     # A and B read disjoint contexts when given different offsets (the paper trains B's dictionaries on other tokens)
@@ -89,12 +94,36 @@ def harvest(model: SubjectModel, split: TokenSplit, out_dir: Path, cfg: HarvestC
     return state
 
 
+def _intact_shards(out_dir: Path, state: dict) -> int:
+    """How many of the store's listed shards, from the first, are whole on disk."""
+    from .errors import CorruptArtifactError
+
+    d = int(state["d"])
+    for k, sh in enumerate(state["shards"]):
+        try:
+            _check_shard(out_dir, sh, d)
+        except CorruptArtifactError:
+            return k
+    return len(state["shards"])
+
+
+def _check_shard(out_dir: Path, shard: dict, d: int, stage: str | None = None) -> None:
+    from .errors import CorruptArtifactError
+
+    for kind, width in (("acts", d), ("meta", 3)):
+        path = out_dir / f"{kind}_{shard['name']}.npy"
+        shape, _ = check_npy(path, stage)
+        if shape != (shard["rows"], width):
+            raise CorruptArtifactError(path, f"shape {shape}, store.json says ({shard['rows']}, {width})", stage)
+
+
 class ActivationStore:
     """Read side of a harvested store (see module docstring)."""
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self.state = read_json(self.dir / "store.json")
+        self.stage = f"harvest:{self.dir.name}"  # the stage that (re)builds it, named in errors
+        self.state = read_json(self.dir / "store.json", stage=self.stage)
         if self.state is None:
             raise FileNotFoundError(f"no activation store at {self.dir}; run the harvest stage first")
         self.shards = self.state["shards"]
@@ -104,9 +133,20 @@ class ActivationStore:
     def __len__(self) -> int:
         return self.rows
 
+    def verify(self) -> None:
+        """Check every shard's header and size against store.json (no data read); raise ``CorruptArtifactError``
+        naming the first bad file."""
+        from .errors import CorruptArtifactError
+
+        if not self.state.get("complete"):
+            raise CorruptArtifactError(self.dir / "store.json", "the harvest did not finish", self.stage)
+        for sh in self.shards:
+            _check_shard(self.dir, sh, self.d, self.stage)
+
     def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         name = self.shards[i]["name"]
-        return load_npy(self.dir / f"acts_{name}.npy"), load_npy(self.dir / f"meta_{name}.npy")
+        return (load_npy(self.dir / f"acts_{name}.npy", stage=self.stage),
+                load_npy(self.dir / f"meta_{name}.npy", stage=self.stage))
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` rows drawn uniformly from the whole store (for the geometric median, resampling, eval)."""

@@ -3,6 +3,8 @@
     monosemantic run --preset {tiny,default,paper} [--corpus SPEC] --out DIR [--stages S ...] [--device D]
     monosemantic summary DIR [--json]
     monosemantic compare DIR A/1 B/1 [--tokens N] [--json]
+
+Errors are one line on stderr (exit 2); ``--debug`` (or MONOSEMANTIC_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .errors import MonosemanticError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monosemantic", description="Dictionary learning on a one-layer transformer.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also: MONOSEMANTIC_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) every stage of a preset into a run directory")
     r.add_argument("--preset", default="default", help=f"one of {sorted(PRESETS)} (default: default)")
@@ -53,51 +56,78 @@ def _fmt(v):
     return str(v)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"monosemantic: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("MONOSEMANTIC_DEBUG", "") not in ("", "0")
+    import warnings
+
+    shown = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _warning_line
     try:
-        if args.cmd == "run":
-            from .pipeline import run_pipeline
-
-            cfg = preset(args.preset)
-            if args.corpus:
-                cfg.corpus.spec = args.corpus
-            if args.device:
-                cfg.device = args.device
-            cfg.validate()
-            run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet)
-            print(json.dumps(run.summary(), indent=2))
-            return 0
-        if args.cmd == "train-dictionary":
-            from .pipeline import train_dictionary_stage
-
-            run = train_dictionary_stage(args.dir, args.dict_id, device=args.device, progress=not args.quiet)
-            from . import distributed as D
-
-            if D.is_main():
-                print(json.dumps(run.summary()["dictionaries"].get(args.dict_id, {}), indent=2))
-            return 0
-        if args.cmd == "summary":
-            from .runs import Run
-
-            summ = Run.open(args.dir).summary()
-            if args.json:
-                print(json.dumps(summ, indent=2))
-            else:
-                print(f"run {summ['run']} (preset {summ['preset']})")
-                for k, v in summ["stages"].items():
-                    print(f"  {k:24s} {v['status']:8s} {_fmt(v.get('seconds', ''))}")
-                for t, v in summ["transformers"].items():
-                    print(f"  transformer {t}: eval loss {_fmt(v['eval_loss'])}")
-                for d, v in summ["dictionaries"].items():
-                    print(f"  dictionary {d}: " + ", ".join(f"{k} {_fmt(v[k])}" for k in
-                          ("d_sae", "l0", "fvu", "loss_recovered", "dead", "ultralow") if k in v))
-            return 0
-        if args.cmd == "compare":
-            return _compare(args)
+        return _dispatch(args)
     except (MonosemanticError, FileNotFoundError) as e:
+        if debug:
+            raise
         print(f"monosemantic: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("monosemantic: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(f"monosemantic: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback, "
+              f"and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = shown
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "run":
+        from .pipeline import run_pipeline
+
+        cfg = preset(args.preset)
+        if args.corpus:
+            cfg.corpus.spec = args.corpus
+        if args.device:
+            cfg.device = args.device
+        cfg.validate()
+        run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet)
+        print(json.dumps(run.summary(), indent=2))
+        return 0
+    if args.cmd == "train-dictionary":
+        from .pipeline import train_dictionary_stage
+
+        run = train_dictionary_stage(args.dir, args.dict_id, device=args.device, progress=not args.quiet)
+        from . import distributed as D
+
+        if D.is_main():
+            print(json.dumps(run.summary()["dictionaries"].get(args.dict_id, {}), indent=2))
+        return 0
+    if args.cmd == "summary":
+        from .runs import Run
+
+        summ = Run.open(args.dir).summary()
+        if args.json:
+            print(json.dumps(summ, indent=2))
+        else:
+            print(f"run {summ['run']} (preset {summ['preset']})")
+            for k, v in summ["stages"].items():
+                print(f"  {k:24s} {v['status']:8s} {_fmt(v.get('seconds', ''))}")
+            for t, v in summ["transformers"].items():
+                print(f"  transformer {t}: eval loss {_fmt(v['eval_loss'])}")
+            for d, v in summ["dictionaries"].items():
+                print(f"  dictionary {d}: " + ", ".join(f"{k} {_fmt(v[k])}" for k in
+                      ("d_sae", "l0", "fvu", "loss_recovered", "dead", "ultralow") if k in v))
+        return 0
+    if args.cmd == "compare":
+        return _compare(args)
     return 1
 
 
@@ -106,8 +136,9 @@ def _compare(args) -> int:
     from .universality import comparison_dir, compare
 
     run = Run.open(args.dir)
-    comp = compare(run, args.a, args.b, n_tokens=args.tokens, seed=args.seed, device=args.device, write=True,
-                   progress=not (args.quiet or args.json))
+    with run.lock():
+        comp = compare(run, args.a, args.b, n_tokens=args.tokens, seed=args.seed, device=args.device, write=True,
+                       progress=not (args.quiet or args.json))
     s = comp.summary()
     if args.json:
         print(json.dumps(s, indent=2))

@@ -6,7 +6,9 @@ outputs atomically and is marked done only after they exist.
 """
 from __future__ import annotations
 
+import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +17,7 @@ import torch
 
 from .config import RunConfig
 from .errors import ConfigError
-from .io import atomic_save_npy, atomic_write_json, read_json
+from .io import atomic_save_npy, atomic_write_json, check_npy, check_safetensors, read_json
 from .runs import Run
 from .subject import resolve_device
 
@@ -144,9 +146,99 @@ def stage_fn(name: str) -> Callable:
     return table[kind](arg)
 
 
+# ---- integrity: what each finished stage left, checked before a later stage reads it ---------------------------
+
+def _check_json_lines(path: Path, stage: str) -> None:
+    from .errors import CorruptArtifactError
+
+    if not path.exists():
+        raise CorruptArtifactError(path, "missing", stage)
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorruptArtifactError(path, f"line {n} is not valid JSON ({e})", stage) from None
+
+
+def _require_json(path: Path, stage: str) -> dict:
+    from .errors import CorruptArtifactError
+
+    d = read_json(path, stage=stage)
+    if d is None:
+        raise CorruptArtifactError(path, "missing", stage)
+    return d
+
+
+def verify_stage(run: Run, stage: str) -> None:
+    """Check the artifacts a finished ``stage`` left (headers, sizes, shapes, JSON — never the whole tensors);
+    raise ``CorruptArtifactError`` naming the first bad file and the stage that rebuilds it.  Analysis stages
+    verify their own caches when they are loaded."""
+    kind, _, arg = stage.partition(":")
+    if kind == "corpus":
+        _check_json_lines(run.corpus_dir / "docs.jsonl", stage)
+        _require_json(run.corpus_dir / "manifest.json", stage)
+    elif kind == "tokenize":
+        _require_json(run.tokens_dir / "meta.json", stage)
+        _require_json(run.tokens_dir / "tokenizer.json", stage)
+        for split in ("train", "val"):
+            (n,), _ = check_npy(run.tokens_dir / f"{split}.npy", stage)
+            (m,), _ = check_npy(run.tokens_dir / f"{split}_domain.npy", stage)
+            if n != m:
+                from .errors import CorruptArtifactError
+
+                raise CorruptArtifactError(run.tokens_dir / f"{split}_domain.npy",
+                                           f"{m} domain labels for {n} tokens", stage)
+    elif kind == "transformer":
+        check_safetensors(run.model_dir(arg) / "model.safetensors", stage)
+        _require_json(run.model_dir(arg) / "config.json", stage)
+        _require_json(run.model_dir(arg) / "eval.json", stage)
+    elif kind == "harvest":
+        run.store(arg).verify()
+    elif kind == "dictionary":
+        out = run.dict_dir(arg)
+        check_safetensors(out / "sae.safetensors", stage)
+        _require_json(out / "cfg.json", stage)
+        _require_json(out / "metrics.json", stage)
+        check_npy(out / "density.npy", stage)
+
+
+def _rebuild_corrupt(run: Run, log: Callable[[str], None]) -> list[str]:
+    """Mark every finished stage whose artifacts fail ``verify_stage`` as pending, so this run rebuilds it.
+    Transformer and dictionary stages rebuild from their final checkpoint (the same weights); harvest shards
+    and the corpus/tokens are seeded, so a rebuilt stage gives back what it had."""
+    from .errors import CorruptArtifactError
+
+    bad = []
+    for s, rec in run.status().items():
+        if rec.get("status") != "done":
+            continue
+        try:
+            verify_stage(run, s)
+        except CorruptArtifactError as e:
+            log(f"[monosemantic] {s}: {e.path} is corrupt ({e.problem}); rebuilding this stage")
+            run.mark(s, "pending", rebuilt_because=f"{e.path}: {e.problem}")
+            bad.append(s)
+    return bad
+
+
+def _run_stage(run: Run, s: str, progress: bool, log: Callable[[str], None]) -> None:
+    """Run one stage.  Its status becomes "running" while it runs and "done" only after it returned (its outputs
+    written); a failure leaves "running", which the next invocation resumes."""
+    prev = run.status()[s]
+    log(f"[monosemantic] {s}: {'resuming' if prev.get('status') == 'running' else 'starting'}")
+    t0 = time.time()
+    run.mark(s, "running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    stage_fn(s)(run, progress)
+    secs = time.time() - t0  # of the session that finished the stage
+    run.mark(s, "done", seconds=round(secs, 2))
+    log(f"[monosemantic] {s}: done in {secs:.1f}s")
+
+
 def train_dictionary_stage(root: str | Path, dict_id: str, device: str | None = None, progress: bool = True) -> Run:
     """Train and evaluate one dictionary of an existing run — the entry point that also works under torchrun
-    (every rank trains on its shard of the store; rank 0 evaluates, writes and marks the stage done)."""
+    (every rank trains on its shard of the store; rank 0 evaluates, writes and marks the stage done).  A finished
+    dictionary stays "done" while it is re-entered (it resumes from its final checkpoint)."""
     from . import distributed as D
 
     run = Run.open(root)
@@ -157,13 +249,17 @@ def train_dictionary_stage(root: str | Path, dict_id: str, device: str | None = 
     if not run.is_done(f"harvest:{spec.transformer}"):
         raise ConfigError(f"{stage} needs the activations of transformer {spec.transformer}: run "
                           f"`monosemantic run --out {root} --stages harvest:{spec.transformer}` first")
-    D.init_from_env(resolve_device(run.cfg.device))
-    t0 = time.time()
-    if D.is_main():
-        run.mark(stage, "running", world_size=D.world())
-    stage_fn(stage)(run, progress and D.is_main())
-    if D.is_main():
-        run.mark(stage, "done", seconds=round(time.time() - t0, 2), world_size=D.world())
+    dev = resolve_device(run.cfg.device)
+    verify_stage(run, f"harvest:{spec.transformer}")  # before any status changes
+    D.init_from_env(dev)
+    with run.lock() if D.is_main() else nullcontext():
+        was_done = run.is_done(stage)
+        t0 = time.time()
+        if D.is_main() and not was_done:
+            run.mark(stage, "running", world_size=D.world())
+        stage_fn(stage)(run, progress and D.is_main())
+        if D.is_main():
+            run.mark(stage, "done", seconds=round(time.time() - t0, 2), world_size=D.world())
     D.barrier()
     return run
 
@@ -171,7 +267,9 @@ def train_dictionary_stage(root: str | Path, dict_id: str, device: str | None = 
 def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = None, progress: bool = True,
                  log: Callable[[str], None] = print) -> Run:
     """Run (or resume) every stage of ``cfg`` in ``root``.  ``stages`` restricts to those names (with their
-    prerequisites already done)."""
+    prerequisites already done).  One process at a time per run directory (``Run.lock``); finished stages whose
+    artifacts turn out corrupt are rebuilt."""
+    resolve_device(cfg.device)  # a device this machine lacks is refused before anything is written
     run = Run.create(root, cfg)
     all_stages = run.stages()
     if stages:
@@ -179,18 +277,15 @@ def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = No
         if bad:
             raise ConfigError(f"unknown stages {bad}; this run has {all_stages}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for s in all_stages:
-        if stages and s not in stages:
-            continue
-        if run.is_done(s):
-            log(f"[monosemantic] {s}: done, skipped")
-            continue
-        prev = run.status()[s]
-        log(f"[monosemantic] {s}: {'resuming' if prev.get('status') == 'running' else 'starting'}")
-        t0 = time.time()
-        run.mark(s, "running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        stage_fn(s)(run, progress)
-        secs = time.time() - t0  # of the session that finished the stage
-        run.mark(s, "done", seconds=round(secs, 2))
-        log(f"[monosemantic] {s}: done in {secs:.1f}s")
+    with run.lock():
+        rebuilt = _rebuild_corrupt(run, log)
+        if stages:  # a prerequisite found corrupt is rebuilt before the stages asked for
+            stages = rebuilt + list(stages)
+        for s in all_stages:
+            if stages and s not in stages:
+                continue
+            if run.is_done(s):
+                log(f"[monosemantic] {s}: done, skipped")
+                continue
+            _run_stage(run, s, progress, log)
     return run

@@ -14,14 +14,17 @@ notebooks, widgets and analyses never build paths by hand.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from .config import RunConfig, diff_configs
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, CorruptArtifactError, RunLockedError
 from .io import atomic_write_json, load_npy, read_json, read_jsonl
 
 
@@ -31,18 +34,34 @@ class Run:
         self.cfg = cfg
 
     # ---- opening ----------------------------------------------------------------------------------------
+    # keys of RunConfig that say where/how a run executes, not what it computes: a run finished on one device
+    # can be resumed or analysed on another
+    NOT_RECIPE = ("device",)
+
     @classmethod
     def create(cls, root: str | Path, cfg: RunConfig) -> "Run":
-        """Open ``root`` for ``cfg``: a new directory gets ``run.json``; an existing one must have the same config."""
+        """Open ``root`` for ``cfg``: a new directory gets ``run.json``; an existing one must have the same config
+        (the device aside), unless none of its stages has finished yet — then the new config replaces the old
+        (a first run that failed at its corpus leaves nothing a corrected command could clash with)."""
         root = Path(root)
         cfg.validate()
-        existing = read_json(root / "run.json")
+        run = cls(root, cfg)
+        try:
+            existing = read_json(root / "run.json")
+        except CorruptArtifactError as e:
+            if run._anything_done():
+                raise CorruptArtifactError(e.path, e.problem, fix=(
+                    f"stages have finished in {root}, so its config cannot be guessed: restore run.json, or start "
+                    f"a new --out directory")) from None
+            existing = None
+        if existing is not None and not run._anything_done():
+            existing = None  # nothing was built under the old config: take the new one
         if existing is not None:
             try:  # normalise: sections added to RunConfig after the run was created take their defaults
                 existing = RunConfig.from_dict(existing).to_dict()
             except Exception:
                 pass
-            diff = diff_configs(existing, cfg.to_dict())
+            diff = diff_configs(_recipe(existing), _recipe(cfg.to_dict()))
             if diff:
                 raise CheckpointMismatchError(
                     f"{root} holds a run with a different config ({'; '.join(diff[:6])}"
@@ -51,12 +70,52 @@ class Run:
         else:
             root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(root / "run.json", cfg.to_dict())
-        return cls(root, cfg)
+        return run
+
+    def _anything_done(self) -> bool:
+        try:
+            st = read_json(self.root / "status.json", {}) or {}
+        except CorruptArtifactError:
+            return True  # cannot tell: assume work was done
+        return not isinstance(st, dict) or any(isinstance(r, dict) and r.get("status") == "done" for r in st.values())
+
+    # ---- one process at a time ----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self):
+        """Hold ``RUN/.lock`` (our pid) while a command writes the run; a second writer is refused with the
+        holder's pid, and a lock left by a dead process is taken over."""
+        path = self.root / ".lock"
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise RunLockedError(
+                        f"{self.root} is in use by another monosemantic process (pid {holder}); wait for it to "
+                        f"finish or stop it (kill {holder}). If no such process exists, delete {path}") from None
+                path.unlink(missing_ok=True)  # stale (dead holder) or unreadable: take it over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n{socket.gethostname()}\n")
+            break
+        else:
+            raise RunLockedError(f"could not take {path}; delete it if no monosemantic process is running")
+        try:
+            yield self
+        finally:
+            if _lock_holder(path) == os.getpid():
+                path.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, root: str | Path) -> "Run":
         root = Path(root)
-        d = read_json(root / "run.json")
+        try:
+            d = read_json(root / "run.json")
+        except CorruptArtifactError as e:
+            raise CorruptArtifactError(e.path, e.problem, fix=(
+                "it holds the run's config: restore it from a copy, or start a new run directory")) from None
         if d is None:
             raise FileNotFoundError(f"{root} is not a run directory (no run.json); create one with "
                                     f"`monosemantic run --preset tiny --out {root}`")
@@ -90,15 +149,29 @@ class Run:
         names += list(self.cfg.analyses)
         return names
 
+    def _status_file(self) -> dict:
+        path = self.root / "status.json"
+        fix = (f"delete it and rerun `monosemantic run --out {self.root}`: every stage is then re-entered, and "
+               f"each resumes from its own checkpoints and outputs")
+        try:
+            st = read_json(path, {}) or {}
+        except CorruptArtifactError as e:
+            raise CorruptArtifactError(path, e.problem, fix=fix) from None
+        if not isinstance(st, dict):
+            raise CorruptArtifactError(path, "not a JSON object of stage records", fix=(
+                f"delete it and rerun `monosemantic run --out {self.root}`: every stage is then re-entered, and "
+                f"each resumes from its own checkpoints and outputs"))
+        return st
+
     def status(self) -> dict:
-        st = read_json(self.root / "status.json", {}) or {}
+        st = self._status_file()
         return {s: st.get(s, {"status": "pending"}) for s in self.stages()}
 
     def is_done(self, stage: str) -> bool:
         return self.status().get(stage, {}).get("status") == "done"
 
     def mark(self, stage: str, status: str, **extra) -> None:
-        st = read_json(self.root / "status.json", {}) or {}
+        st = self._status_file()
         rec = {**st.get(stage, {}), "status": status, **extra}
         if status == "done":
             rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -182,3 +255,24 @@ class Run:
         if extra:
             out.update(extra)
         return out
+
+
+def _recipe(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in Run.NOT_RECIPE}
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

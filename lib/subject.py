@@ -30,9 +30,23 @@ def _tl():
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; asking for a CUDA device this machine lacks is a ConfigError
+    (torch would fail later, deep inside a stage, with an AssertionError)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"device {device!r} was asked for but this machine has no CUDA GPU that torch can use; "
+                              f"use --device auto (or cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {device!r} does not exist: this machine has {n} CUDA device(s), "
+                              f"cuda:0…cuda:{n - 1}")
+    return dev
 
 
 class SubjectModel:

@@ -129,6 +129,12 @@ def tokenize_corpus(docs: list[Doc], tok: Tokenizer, out_dir: Path, val_fraction
     """Write ``{train,val}.npy`` (ids) and ``{train,val}_domain.npy`` (uint8 domain codes) into ``out_dir``."""
     from tqdm.auto import tqdm
 
+    if len(docs) < 2:
+        from .corpus import LOCAL_CHUNK_CHARS
+        from .errors import CorpusError
+
+        raise CorpusError(f"the corpus has {len(docs)} document; the train/val split needs at least 2 (a local "
+                          f"document is cut every {LOCAL_CHUNK_CHARS:,} characters, so add text)")
     rng = random.Random(seed + 7919)
     is_val = [rng.random() < val_fraction for _ in docs]
     if not any(is_val):
