@@ -19,8 +19,9 @@ from . import distributed as D
 from .activations import ActivationStore
 from .config import SAETrainConfig
 from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
-from .io import (append_jsonl, atomic_write_json, load_optimizer_state, load_safetensors, optimizer_state_tensors,
-                 read_json, save_safetensors)
+from .fast import fast_loss, fast_supported, make_adam, plan_step
+from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
+                 optimizer_state_tensors, read_json, save_safetensors)
 from .sae import Dictionary, DictionaryConfig, geometric_median, make_dictionary
 
 
@@ -156,6 +157,159 @@ def lr_at(step: int, train: SAETrainConfig) -> float:
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
+#
+# train_dictionary = _Loop(...) → init_or_resume → per step: step → revive (at the resample steps) → log →
+# checkpoint → finish.  The kind owns its loss and constraints (sae.loss, before/after_optimizer_step, resample);
+# these parts own data, optimisation, revival, logging and checkpoints.
+
+class _Loop:
+    """One training run's state: the dictionary, Adam, the batch stream, and the per-feature firing record that
+    revival needs (``last_fired_F``: the step at which each feature last fired; ``ever_fired_F``), which a
+    checkpoint saves with the weights and the optimiser so a resumed run continues exactly."""
+
+    def __init__(self, data, dictionary: Dictionary | DictionaryConfig, train: SAETrainConfig, device: torch.device,
+                 seed: int, out_dir: str | Path | None):
+        if train.init_density is not None and not 0 < train.init_density < 1:
+            raise ConfigError(f"init_density must be in (0, 1) or None (b_e = 0), got {train.init_density}")
+        if train.batch_size % D.world():
+            raise ConfigError(f"batch_size {train.batch_size} must divide evenly over {D.world()} data-parallel ranks")
+        self.train, self.device, self.seed = train, device, seed
+        self.source = as_source(data, train.shuffle_buffer_shards)
+        sae = make_dictionary(dictionary) if isinstance(dictionary, DictionaryConfig) else dictionary
+        if self.source.d != sae.d_in:
+            d = self.source.d
+            raise ConfigError(f"activation width {d} does not fit the dictionary's d_in={sae.d_in}; build the "
+                              f"dictionary with d_in={d} (DictionaryConfig(d_in={d}, ...))")
+        self.sae = sae.to(device)
+        self.use_fast = train.fast and fast_supported(sae)
+        self.opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
+        self.params = list(sae.parameters())
+        self.resample_steps, self.window = resample_schedule(train)
+        self.last_fired_F = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.ever_fired_F = torch.zeros(sae.d_sae, dtype=torch.bool)
+        self.start = 0
+        self.density: float | None = None  # the previous step's L0 / F: picks the cheaper exact path (plan_step)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.ckpt = self.out_dir / "ckpt" if self.out_dir else None
+        self.fingerprint = {"dictionary": sae.cfg.to_dict(), "train": json_safe(train.__dict__), "seed": seed,
+                            "d": self.source.d}
+        self.gen = torch.Generator().manual_seed(seed + 5)  # resampling's draws
+        self.log_rows: list[dict] = []
+
+    # ---- init / resume ----------------------------------------------------------------------------------------
+    def init_or_resume(self, init_b_dec: bool) -> None:
+        prog = read_json(self.ckpt / "progress.json") if self.ckpt else None
+        if prog is not None:
+            self._resume(prog)
+        else:
+            self._initialise(init_b_dec)
+        D.broadcast_module(self.sae)  # every rank starts from rank 0's dictionary
+        self.batches = self.source.batches(self.train.batch_size, seed=self.seed, start_batch=self.start,
+                                           rank=D.rank(), world=D.world())
+
+    def _resume(self, prog: dict) -> None:
+        if prog["fingerprint"] != self.fingerprint:
+            raise CheckpointMismatchError(
+                f"the dictionary checkpoint in {self.ckpt} was written by a different config; delete {self.ckpt} to "
+                f"start over or train with the config that wrote it")
+        state = load_safetensors(self.ckpt / "state.safetensors", device=str(self.device))
+        self.sae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
+        load_optimizer_state(self.opt, self.params, {k: v for k, v in state.items() if k.startswith("opt.")},
+                             prog["opt_scalars"])
+        self.last_fired_F = state["loop.last_fired"].cpu().long()
+        self.ever_fired_F = state["loop.ever_fired"].cpu().bool()
+        self.start = int(prog["step"])  # density stays unknown: the first resumed step takes the dense path
+
+    def _initialise(self, init_b_dec: bool) -> None:
+        train, sae = self.train, self.sae
+        sample = None
+        if init_b_dec:
+            sample = self.source.sample(train.geometric_median_rows, self.seed).to(self.device)
+            with torch.no_grad():
+                sae.b_dec_D.copy_(geometric_median(sample))
+        if train.init_density is not None and sae.bias_sets_density:
+            if sample is None:
+                sample = self.source.sample(train.geometric_median_rows, self.seed).to(self.device)
+            sae.init_encoder_bias(sample, train.init_density)
+            self.density = train.init_density  # so the first step already takes the sparse path
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        """One optimiser step on the next batch; records which features fired.  Returns the kind's loss dict
+        with ``l0`` (a float) and ``path`` (which exact path computed it) added."""
+        sae, opt = self.sae, self.opt
+        x = next(self.batches).to(self.device, non_blocking=True)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, self.train)
+        fast_now, bf16_now = plan_step(self.density, sae.d_sae, self.train.bf16) if self.use_fast else (False, False)
+        out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"dictionary loss became {float(loss)} at step {step}; lower the learning rate (now {self.train.lr}) "
+                f"or the sparsity coefficient, or check the activations for NaN/inf"
+                + (f"; the last checkpoint in {self.ckpt} is kept" if self.ckpt else ""))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        D.all_reduce_mean_grads(self.params)
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step()
+        with torch.no_grad():
+            fired = out["fired_F"] if "fired_F" in out else (out["f_BF"] > 0).any(0)
+            fired_F = D.all_reduce_(fired.to(torch.uint8), "max").bool().cpu()
+            self.last_fired_F[fired_F] = step + 1
+            self.ever_fired_F |= fired_F
+            l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
+        self.density = l0 / sae.d_sae
+        return {**out, "l0": l0, "path": ("fast-bf16" if bf16_now else "fast") if fast_now else "dense"}
+
+    def dead_F(self, done: int) -> torch.Tensor:
+        """Features silent for the last ``window`` steps, after ``done`` steps."""
+        return (done - self.last_fired_F) >= max(self.window, 1)
+
+    # ---- revival (the paper's resampling) ---------------------------------------------------------------------
+    def revive(self, done: int) -> None:
+        """Resample the dead features (the kind decides how, or returns 0 where revival is not its recipe)."""
+        dead_F = self.dead_F(done)
+        pool = self.source.sample(self.train.resample_inputs, self.seed + done).to(self.device)
+        n = self.sae.resample(dead_F.to(self.device), pool, self.opt, generator=self.gen)
+        D.broadcast_module(self.sae)  # rank 0's resampled rows win; every rank reset the same Adam slices
+        self.last_fired_F[dead_F] = done  # a resampled feature gets a fresh window
+        self.log_rows.append({"step": done, "event": "resample", "resampled": n})
+
+    # ---- log and checkpoint -----------------------------------------------------------------------------------
+    def log(self, done: int, out: dict, seconds: float) -> dict:
+        row = {"step": done, "loss": float(out["loss"].detach()), "mse": float(out["mse"].detach()),
+               "sparsity": float(out["sparsity"].detach()), "l0": out["l0"], "lr": self.opt.param_groups[0]["lr"],
+               "dead_window": int(self.dead_F(done).sum()) if self.window else None,
+               "never_fired": int((~self.ever_fired_F).sum()), "tokens": done * self.train.batch_size,
+               "path": out["path"], "seconds": round(seconds, 3)}
+        self.log_rows.append(row)
+        return row
+
+    def checkpoint(self, done: int) -> None:
+        """Model + Adam + firing record in one safetensors file, then progress.json (written last: its step is
+        the step the state holds); the log rows so far are appended first, so the log never runs ahead."""
+        append_jsonl(self.out_dir / "train_log.jsonl", self.log_rows)
+        self.log_rows = []
+        tensors, scalars = optimizer_state_tensors(self.opt, self.params)
+        tensors.update({f"sae.{k}": v for k, v in self.sae.state_dict().items()})
+        tensors["loop.last_fired"] = self.last_fired_F
+        tensors["loop.ever_fired"] = self.ever_fired_F
+        save_safetensors(tensors, self.ckpt / "state.safetensors")
+        atomic_write_json(self.ckpt / "progress.json", {"step": done, "opt_scalars": scalars,
+                                                        "fingerprint": self.fingerprint})
+
+    def finish(self, seconds: float) -> Dictionary:
+        D.barrier()
+        if self.out_dir is not None and D.is_main():
+            append_jsonl(self.out_dir / "train_log.jsonl", self.log_rows)
+            self.sae.save(self.out_dir, extra={"train": json_safe(self.train.__dict__), "seed": self.seed,
+                                               "train_seconds_this_session": seconds})
+        self.sae.train_log = self.log_rows  # in-memory log (the rows since the last checkpoint) for callers
+        return self.sae.eval()
+
 
 def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAETrainConfig | None = None, *,
                      out_dir: str | Path | None = None, device: str | torch.device = "cpu", seed: int = 0,
@@ -163,132 +317,29 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
     """Train ``dictionary`` (or a new one from its config) on ``data``; see the module docstring.
 
     ``out_dir`` (optional) receives ``train_log.jsonl`` (one row per logged step), checkpoints in ``ckpt/``
-    (resumed automatically) and the final ``sae.safetensors`` + ``cfg.json``.
+    (resumed automatically) and the final ``sae.safetensors`` + ``cfg.json``.  ``init_b_dec=False`` keeps the
+    given dictionary's b_dec instead of starting it at the geometric median of the data.
     """
     from tqdm.auto import tqdm
 
     train = train or SAETrainConfig()
     device = torch.device(device)
     D.init_from_env(device)
-    rank, world, main = D.rank(), D.world(), D.is_main()
-    if train.init_density is not None and not 0 < train.init_density < 1:
-        raise ConfigError(f"init_density must be in (0, 1) or None (b_e = 0), got {train.init_density}")
-    if train.batch_size % world:
-        raise ConfigError(f"batch_size {train.batch_size} must divide evenly over {world} data-parallel ranks")
-    source = as_source(data, train.shuffle_buffer_shards)
-    sae = make_dictionary(dictionary) if isinstance(dictionary, DictionaryConfig) else dictionary
-    if source.d != sae.d_in:
-        raise ConfigError(f"activation width {source.d} does not fit the dictionary's d_in={sae.d_in}; build the "
-                          f"dictionary with d_in={source.d} (DictionaryConfig(d_in={source.d}, ...))")
-    sae.to(device)
-    from .fast import fast_loss, fast_supported, make_adam, plan_step
-
-    use_fast = train.fast and fast_supported(sae)
-    opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
-    params = list(sae.parameters())
-    resample_steps, window = resample_schedule(train)
-    F = sae.d_sae
-    last_fired = torch.zeros(F, dtype=torch.long)  # step at which each feature last fired
-    ever_fired = torch.zeros(F, dtype=torch.bool)
-    start = 0
-    start_density = None  # the active fraction before the first step, where known
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt = out_dir / "ckpt" if out_dir else None
-    fingerprint = {"dictionary": sae.cfg.to_dict(), "train": _jsonable(train.__dict__), "seed": seed, "d": source.d}
-    prog = read_json(ckpt / "progress.json") if ckpt else None
-    progress = progress and main
-    if prog is not None:
-        if prog["fingerprint"] != fingerprint:
-            raise CheckpointMismatchError(
-                f"the dictionary checkpoint in {ckpt} was written by a different config; delete {ckpt} to start "
-                f"over or train with the config that wrote it")
-        state = load_safetensors(ckpt / "state.safetensors", device=str(device))
-        sae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
-        load_optimizer_state(opt, params, {k: v for k, v in state.items() if k.startswith("opt.")}, prog["opt_scalars"])
-        last_fired = state["loop.last_fired"].cpu().long()
-        ever_fired = state["loop.ever_fired"].cpu().bool()
-        start = int(prog["step"])
-    else:
-        sample = None
-        if init_b_dec:
-            sample = source.sample(train.geometric_median_rows, seed).to(device)
-            with torch.no_grad():
-                sae.b_dec_D.copy_(geometric_median(sample))
-        if train.init_density is not None and sae.bias_sets_density:
-            if sample is None:
-                sample = source.sample(train.geometric_median_rows, seed).to(device)
-            sae.init_encoder_bias(sample, train.init_density)
-            start_density = train.init_density  # so the first step already takes the sparse path
-    D.broadcast_module(sae)  # every rank starts from rank 0's dictionary
-    gen = torch.Generator().manual_seed(seed + 5)
-    batches = source.batches(train.batch_size, seed=seed, start_batch=start, rank=rank, world=world)
-    log_rows: list[dict] = []
-    density = start_density  # the previous step's L0 / F: picks the cheaper of two exact paths (fast.plan_step)
+    loop = _Loop(data, dictionary, train, device, seed, out_dir)
+    loop.init_or_resume(init_b_dec)
+    sae, main = loop.sae, D.is_main()
     t0 = time.time()
-    bar = tqdm(range(start, train.steps), desc=f"train dictionary {sae.d_in}→{sae.d_sae}", initial=start,
-               total=train.steps, unit="step", disable=not progress)
+    bar = tqdm(range(loop.start, train.steps), desc=f"train dictionary {sae.d_in}→{sae.d_sae}", initial=loop.start,
+               total=train.steps, unit="step", disable=not (progress and main))
     for step in bar:
-        x = next(batches).to(device, non_blocking=True)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, train)
-        fast_now, bf16_now = plan_step(density, F, train.bf16) if use_fast else (False, False)
-        out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"dictionary loss became {float(loss)} at step {step}; lower the learning rate (now {train.lr}) or "
-                f"the sparsity coefficient, or check the activations for NaN/inf"
-                + (f"; the last checkpoint in {ckpt} is kept" if ckpt else ""))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        D.all_reduce_mean_grads(params)
-        sae.before_optimizer_step()
-        opt.step()
-        sae.after_optimizer_step()
-        with torch.no_grad():
-            fired = out["fired_F"] if "fired_F" in out else (out["f_BF"] > 0).any(0)
-            fired_F = D.all_reduce_(fired.to(torch.uint8), "max").bool().cpu()
-            last_fired[fired_F] = step + 1
-            ever_fired |= fired_F
-            l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
-            density = l0 / F
-        if (step + 1) in resample_steps:
-            dead = (step + 1 - last_fired) >= window
-            pool = source.sample(train.resample_inputs, seed + step + 1).to(device)
-            n = sae.resample(dead.to(device), pool, opt, generator=gen)
-            D.broadcast_module(sae)  # rank 0's resampled rows win; every rank reset the same Adam slices
-            last_fired[dead] = step + 1  # a resampled feature gets a fresh window
-            log_rows.append({"step": step + 1, "event": "resample", "resampled": n})
-        if (step + 1) % train.log_every == 0 or step + 1 == train.steps:
-            row = {"step": step + 1, "loss": float(loss.detach()), "mse": float(out["mse"].detach()),
-                   "sparsity": float(out["sparsity"].detach()), "l0": l0, "lr": opt.param_groups[0]["lr"],
-                   "dead_window": int(((step + 1 - last_fired) >= max(window, 1)).sum()) if window else None,
-                   "never_fired": int((~ever_fired).sum()), "tokens": (step + 1) * train.batch_size,
-                   "path": ("fast-bf16" if bf16_now else "fast") if fast_now else "dense",
-                   "seconds": round(time.time() - t0, 3)}
-            log_rows.append(row)
-            bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{l0:.1f}")
-        if ckpt and main and ((step + 1) % train.checkpoint_every == 0 or step + 1 == train.steps):
-            append_jsonl(out_dir / "train_log.jsonl", log_rows)
-            log_rows = []
-            tensors, scalars = optimizer_state_tensors(opt, params)
-            tensors.update({f"sae.{k}": v for k, v in sae.state_dict().items()})
-            tensors["loop.last_fired"] = last_fired
-            tensors["loop.ever_fired"] = ever_fired
-            save_safetensors(tensors, ckpt / "state.safetensors")
-            atomic_write_json(ckpt / "progress.json", {"step": step + 1, "opt_scalars": scalars,
-                                                       "fingerprint": fingerprint})
+        out = loop.step(step)
+        done = step + 1
+        if done in loop.resample_steps:
+            loop.revive(done)
+        if done % train.log_every == 0 or done == train.steps:
+            row = loop.log(done, out, time.time() - t0)
+            bar.set_postfix(mse=f"{row['mse']:.4g}", l0=f"{row['l0']:.1f}")
+        if loop.ckpt and main and (done % train.checkpoint_every == 0 or done == train.steps):
+            loop.checkpoint(done)
     bar.close()
-    D.barrier()
-    if out_dir is not None and main:
-        append_jsonl(out_dir / "train_log.jsonl", log_rows)
-        sae.save(out_dir, extra={"train": _jsonable(train.__dict__), "seed": seed,
-                                 "train_seconds_this_session": time.time() - t0})
-    sae.train_log = log_rows  # in-memory log for callers without an out_dir
-    return sae.eval()
-
-
-def _jsonable(o):
-    import json
-
-    return json.loads(json.dumps(o, default=lambda x: list(x) if isinstance(x, tuple) else str(x)))
+    return loop.finish(time.time() - t0)
