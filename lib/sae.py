@@ -14,7 +14,6 @@ its encode/decode/loss; the trainer only calls the interface (``loss``, ``before
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,8 +22,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .io import atomic_write_json, load_safetensors, save_safetensors
+from safetensors import SafetensorError
+
+from .errors import ConfigError, CorruptArtifactError
+from .io import atomic_write_json, load_safetensors, read_json, save_safetensors
 # the registry lives in its own module so kind modules can import this one without a circle; re-exported here
 # because ``from monosemantic.sae import make_dictionary, register_kind, available_kinds`` is the documented spelling
 from .registry import available_kinds, kind_class, make_dictionary, register_kind
@@ -204,19 +205,39 @@ class Dictionary(nn.Module):
 
     @staticmethod
     def load(directory: str | Path, map_location: str | torch.device = "cpu") -> "Dictionary":
+        """The dictionary saved in ``directory`` (``cfg.json`` + ``sae.safetensors``, as ``save`` writes them).
+
+        A missing, cut-short or unreadable file, a config that is not a dictionary config, or weights that do not
+        fit the config (a tensor missing or of the wrong shape) raise ``CorruptArtifactError`` naming the file and,
+        inside a run directory, the stage that rebuilds it (``dictionary:T/n``, rebuilt by ``monosemantic run``).
+        """
         directory = Path(directory)
         cfg_path, w_path = directory / "cfg.json", directory / "sae.safetensors"
-        if not cfg_path.exists() or not w_path.exists():
+        stage = _rebuilding_stage(directory)
+        if not cfg_path.exists() and not w_path.exists():
             raise FileNotFoundError(
                 f"no dictionary at {directory}: expected cfg.json and sae.safetensors "
-                f"(train one with monosemantic.train_dictionary or `monosemantic run`)"
-            )
-        cfg = DictionaryConfig.from_dict(json.loads(cfg_path.read_text())["dictionary"])
+                + (f"(run `monosemantic run --out {directory.parents[2]}` to train {stage})" if stage else
+                   "(train one with monosemantic.train_dictionary or `monosemantic run`)"))
+        for path, other in ((cfg_path, w_path), (w_path, cfg_path)):
+            if not path.exists():
+                raise CorruptArtifactError(path, f"missing, though {other.name} is beside it", stage)
+        cfg = _saved_config(cfg_path, stage)
         sae = make_dictionary(cfg)
-        state = load_safetensors(w_path, device=str(map_location))
-        missing = set(sae.state_dict()) - set(state)
+        try:
+            state = load_safetensors(w_path, device=str(map_location), stage=stage)
+        except SafetensorError as e:  # a header that parses over data that does not
+            raise CorruptArtifactError(w_path, f"not a readable safetensors file ({e})", stage) from None
+        expected = sae.state_dict()
+        missing = sorted(set(expected) - set(state))
         if missing:
-            raise ConfigError(f"{w_path} lacks tensors {sorted(missing)}; it was not written by this kind ({cfg.kind})")
+            raise CorruptArtifactError(w_path, f"lacks tensors {missing} that a {cfg.kind!r} dictionary has "
+                                               f"(has {sorted(state)})", stage)
+        wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+                 if state[k].shape != v.shape]
+        if wrong:
+            raise CorruptArtifactError(w_path, f"holds tensors of the wrong shape for d_in={cfg.d_in}, "
+                                               f"d_sae={cfg.d_sae} in {cfg_path.name}: {', '.join(wrong)}", stage)
         sae.load_state_dict(state, strict=False)
         return sae.to(map_location)
 
@@ -241,6 +262,29 @@ class ReluDictionary(Dictionary):
     """The paper's dictionary: ReLU encoder, L1 penalty on feature activations (see module docstring)."""
 
     bias_sets_density = True
+
+
+def _rebuilding_stage(directory: Path) -> str | None:
+    """``dictionary:T/n`` when ``directory`` is a run's ``dictionaries/T/n`` (the stage that rebuilds it), else None."""
+    if directory.parent.parent.name == "dictionaries" and (directory.parents[2] / "run.json").exists():
+        return f"dictionary:{directory.parent.name}/{directory.name}"
+    return None
+
+
+def _saved_config(cfg_path: Path, stage: str | None) -> DictionaryConfig:
+    """The DictionaryConfig in a dictionary's ``cfg.json``; anything else there is a corrupt artifact."""
+    saved = read_json(cfg_path, stage=stage)  # not JSON at all: CorruptArtifactError from io
+    d = saved.get("dictionary") if isinstance(saved, dict) else None
+    if not isinstance(d, dict):
+        raise CorruptArtifactError(cfg_path, "has no 'dictionary' object (Dictionary.save writes one)", stage)
+    if isinstance(d.get("kind"), str) and d["kind"] not in available_kinds():
+        # not corruption: the kind's module (a notebook cell, another package) has not run in this process
+        raise ConfigError(f"{cfg_path} names dictionary kind {d['kind']!r}, which is not registered here "
+                          f"(registered: {available_kinds()}); import the module that defines it first")
+    try:
+        return DictionaryConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise CorruptArtifactError(cfg_path, f"holds an invalid dictionary config ({e})", stage) from None
 
 
 @torch.no_grad()

@@ -238,3 +238,93 @@ def test_training_applies_init_density_only_when_asked():
     set_ = train_dictionary(x, cfg, SAETrainConfig(**{**train.__dict__, "init_density": 0.05}), progress=False)
     with torch.no_grad():
         assert abs(float((set_.encode(x) > 0).float().mean()) - 0.05) < 0.01
+
+
+# ---- Dictionary.load on damaged files: the project's error, naming the file, the problem and the stage ----------
+
+def _cut(p, keep=0.5):
+    b = p.read_bytes()
+    p.write_bytes(b[:int(len(b) * keep)])
+
+
+def _swap_weights_for_another_size(d):
+    make_dictionary(DictionaryConfig(d_in=8, d_sae=32)).save(d / "other")
+    (d / "other/sae.safetensors").replace(d / "sae.safetensors")
+
+
+def _drop_tensor(d):
+    from monosemantic.io import load_safetensors, save_safetensors
+
+    state = load_safetensors(d / "sae.safetensors")
+    del state["b_dec_D"]
+    save_safetensors(state, d / "sae.safetensors")
+
+
+def _inconsistent_header(d):
+    import json
+    import struct
+
+    # a header that parses and promises no more bytes than the file has, over an offset that does not fit the shape
+    h = json.dumps({"W_enc_DF": {"dtype": "F32", "shape": [8, 16], "data_offsets": [0, 100]}}).encode()
+    (d / "sae.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + bytes(600))
+
+
+def _rewrite_cfg(d, obj):
+    import json
+
+    (d / "cfg.json").write_text(json.dumps(obj))
+
+
+DAMAGE = {  # case: (damage, file at fault, message fragment)
+    "weights truncated": (lambda d: _cut(d / "sae.safetensors"), "sae.safetensors", "truncated"),
+    "weights are random bytes": (lambda d: (d / "sae.safetensors").write_bytes(bytes(range(256)) * 8),
+                                 "sae.safetensors", "not a safetensors file"),
+    "weights of another size": (_swap_weights_for_another_size, "sae.safetensors",
+                                "wrong shape for d_in=8, d_sae=16 in cfg.json: W_enc_DF (8, 32) (expected (8, 16))"),
+    "weights with an inconsistent header": (_inconsistent_header, "sae.safetensors",
+                                            "not a readable safetensors file"),
+    "a weight tensor missing": (_drop_tensor, "sae.safetensors", "lacks tensors ['b_dec_D']"),
+    "weights missing": (lambda d: (d / "sae.safetensors").unlink(), "sae.safetensors",
+                        "missing, though cfg.json is beside it"),
+    "config truncated": (lambda d: _cut(d / "cfg.json"), "cfg.json", "not valid JSON"),
+    "config missing": (lambda d: (d / "cfg.json").unlink(), "cfg.json", "missing, though sae.safetensors"),
+    "config without a dictionary": (lambda d: _rewrite_cfg(d, {"train": {}}), "cfg.json", "no 'dictionary' object"),
+    "config with a bad size": (lambda d: _rewrite_cfg(d, {"dictionary": {"d_in": 8, "d_sae": -1}}), "cfg.json",
+                               "invalid dictionary config (dictionary d_sae must be a positive integer"),
+}
+
+
+@pytest.mark.parametrize("in_run", [True, False], ids=["in a run", "standalone"])
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_load_of_a_damaged_dictionary_names_the_file_the_problem_and_the_stage(tmp_path, case, in_run):
+    from monosemantic.errors import CorruptArtifactError
+
+    if in_run:
+        (tmp_path / "run.json").write_text("{}")
+        d = tmp_path / "dictionaries" / "A" / "1"
+    else:
+        d = tmp_path / "mine"
+    make_dictionary(DictionaryConfig(d_in=8, d_sae=16)).save(d)
+    Dictionary.load(d)  # intact: loads
+    damage, at_fault, fragment = DAMAGE[case]
+    damage(d)
+    with pytest.raises(CorruptArtifactError) as e:
+        Dictionary.load(d)
+    msg = str(e.value)
+    assert msg.startswith(f"{d / at_fault} is corrupt: ") and fragment in msg and "\n" not in msg
+    if in_run:
+        assert e.value.stage == "dictionary:A/1" and "rerun `monosemantic run" in msg and "dictionary:A/1" in msg
+    else:
+        assert e.value.stage is None and "rerun the command that wrote it" in msg
+
+
+def test_load_of_nothing_and_of_an_unregistered_kind_say_what_to_do(tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"no dictionary at .*dictionaries/A/1.*monosemantic run --out .* "
+                                                r"to train dictionary:A/1"):
+        Dictionary.load(tmp_path / "dictionaries" / "A" / "1")
+    d = tmp_path / "mine"
+    make_dictionary(DictionaryConfig(d_in=8, d_sae=16)).save(d)
+    _rewrite_cfg(d, {"dictionary": {"d_in": 8, "d_sae": 16, "kind": "my-notebook-kind"}})
+    with pytest.raises(ConfigError, match="names dictionary kind 'my-notebook-kind', which is not registered here"):
+        Dictionary.load(d)
