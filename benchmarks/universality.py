@@ -27,7 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from monosemantic.universality import CrossStats, encode_sparse
+from monosemantic.sparse import encode_sparse
+from monosemantic.universality import CrossStats
 
 
 def synthetic_pair(n: int, F: int, l0: float, seed: int = 0):

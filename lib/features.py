@@ -81,9 +81,10 @@ import torch
 from .corpus import DOMAINS, PROXY_DOMAIN
 from .errors import ConfigError
 from .io import atomic_path, atomic_write_json, read_json
+from .sparse import SparseEncoder, offsets, positive_entries, sampled_dots
 
 __all__ = ["FeatureStatsConfig", "preset_config", "StatsAccumulator", "FeatureStats", "UnitStats", "Example",
-           "Histogram", "compute_feature_stats", "compute_neuron_stats", "compute_stats", "stats_dir", "sparse_encode",
+           "Histogram", "compute_feature_stats", "compute_neuron_stats", "compute_stats", "stats_dir",
            "SparseEncoder", "FastMLPActs", "logit_effects", "correlated_neurons", "token_set_contexts"]
 
 STATS_VERSION = 1
@@ -111,7 +112,7 @@ class FeatureStatsConfig:
     seed: int = 0
     checkpoint_seconds: float = 60.0
     row_group_units: int = 32          # units per parquet row group of examples.parquet
-    bf16: bool | None = None           # bf16 encoder filter (exact: see SparseEncoder); None = when the CPU has it
+    bf16: bool | None = None           # bf16 encoder filter (exact: see SparseEncoder); None = sparse.bf16_default(F)
     workers: int | None = None         # worker threads (one per core by default; results do not depend on it)
 
     def validate(self) -> "FeatureStatsConfig":
@@ -495,126 +496,6 @@ class StatsAccumulator:
 # sparse encoding (dictionary features or raw neurons → strictly positive entries)
 # =====================================================================================================
 
-from .fast import _BIAS_SLACK, _U_BF16, _bf16_hardware, _flat_nonzero  # noqa: E402  (one bf16 filter, two users)
-
-_MARGIN_C = 3 * _U_BF16         # filter margin (fast.py's analysis needs c ≥ 2.03u; 3u leaves room)
-_CHUNK_ELEMS = 1 << 22          # entries per row chunk of the dense product (16 MiB fp32)
-
-
-class SparseEncoder:
-    """Strictly positive entries ``(rows, cols, vals)`` of ``sae.encode(x_ND)``, sorted by row then column,
-    without materialising the dense (N, F) matrix in fp32.
-
-    For the ReLU-L1 dictionary (a kind that keeps the base ``encode``) the dense product runs in row chunks,
-    and with bf16 hardware as an exact *filter*: one bf16 matmul computes x̄·w_j + c‖x̄‖‖w_j‖ + b_j, whose
-    rounding error the margin term provably exceeds (fast.py derives the bound), so its positive entries are a
-    superset of the fp32 active set; the candidates are then recomputed in fp32 (``sampled_addmm``) and only the
-    strictly positive ones kept — the same entries and values as the fp32 path.  Any other kind falls back to
-    its own ``encode``, densely in row chunks."""
-
-    def __init__(self, sae, bf16: bool | None = None):
-        from .sae import Dictionary
-
-        self.sae = sae
-        cls = type(sae)
-        self.linear = isinstance(sae, Dictionary) and all(
-            getattr(cls, n) is getattr(Dictionary, n) for n in ("pre_acts", "encode"))
-        self.bf16 = bool(self.linear and (_bf16_hardware() if bf16 is None else bf16))
-        if self.linear:
-            self.W = sae.W_enc_DF.detach().float().contiguous()
-            self.b = sae.b_enc_F.detach().float()
-            self.b_dec = sae.b_dec_D.detach().float()
-        if self.bf16:
-            D, F = self.W.shape
-            self.Kp = (D + 3 + 15) // 16 * 16
-            Wa = torch.zeros(self.Kp, F, dtype=torch.bfloat16)
-            Wa[:D] = self.W
-            Wa[D] = self.W.norm(dim=0)
-            b2 = self.b + self.b.abs() * _BIAS_SLACK
-            hi = b2.to(torch.bfloat16)
-            Wa[D + 1] = hi
-            Wa[D + 2] = b2 - hi.float()
-            self.Wa = Wa
-
-    @torch.no_grad()
-    def __call__(self, x_ND: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``inplace``: ``x_ND`` (float32, contiguous) may be overwritten (saves a copy of the chunk)."""
-        x = x_ND.float().contiguous()
-        N = x.shape[0]
-        if not self.linear:
-            return self._generic(x)
-        F = self.W.shape[1]
-        xbar = x.sub_(self.b_dec) if inplace and x is x_ND else x - self.b_dec
-        R = max(8, min(N, (_CHUNK_ELEMS // F) // 8 * 8))
-        if self.bf16:
-            D = xbar.shape[1]
-            xa = torch.zeros(N, self.Kp, dtype=torch.bfloat16)
-            xa[:, :D] = xbar
-            xa[:, D] = xbar.norm(dim=1).mul_(_MARGIN_C)
-            xa[:, D + 1:D + 3] = 1.0
-            buf = torch.empty(R, F, dtype=torch.bfloat16)
-            idx = []
-            for i in range(0, N, R):
-                n = min(R, N - i)
-                out = torch.mm(xa[i:i + n], self.Wa, out=buf[:n])
-                # bf16 > 0 ⇔ its int16 bit pattern > 0 (a NaN passes and is dropped by the recompute)
-                idx.append(_flat_nonzero(out.view(torch.int16) > 0).add_(i * F))
-            fl = torch.cat(idx)
-            rows = torch.div(fl, F, rounding_mode="floor")
-            cols = fl - rows * F
-            crow = torch.zeros(N + 1, dtype=torch.int64)
-            torch.cumsum(torch.bincount(rows, minlength=N), 0, out=crow[1:])
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-                pat = torch.sparse_csr_tensor(crow, cols, self.b.index_select(0, cols), (N, F),
-                                              check_invariants=False)
-                vals = torch.sparse.sampled_addmm(pat, xbar, self.W).values()
-            keep = vals > 0
-            return rows[keep], cols[keep], vals[keep]
-        buf = torch.empty(R, F, dtype=torch.float32)
-        idx, vals = [], []
-        for i in range(0, N, R):
-            n = min(R, N - i)
-            pre = torch.addmm(self.b, xbar[i:i + n], self.W, out=buf[:n])
-            fl = _flat_nonzero(pre > 0)
-            vals.append(pre.view(-1).index_select(0, fl))
-            idx.append(fl.add_(i * F))
-        fl = torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64)
-        rows = torch.div(fl, F, rounding_mode="floor")
-        return rows, fl - rows * F, (torch.cat(vals) if vals else torch.zeros(0))
-
-    def _generic(self, x):
-        F = int(self.sae.d_sae)
-        step = max(8, (1 << 22) // F)
-        rows_l, cols_l, vals_l = [], [], []
-        for i in range(0, x.shape[0], step):
-            f = self.sae.encode(x[i:i + step]).float()
-            fl = _flat_nonzero((f > 0).contiguous())
-            r = torch.div(fl, F, rounding_mode="floor")
-            rows_l.append(r + i)
-            cols_l.append(fl - r * F)
-            vals_l.append(f.reshape(-1).index_select(0, fl))
-        z = torch.zeros(0, dtype=torch.int64)
-        return (torch.cat(rows_l) if rows_l else z, torch.cat(cols_l) if cols_l else z,
-                torch.cat(vals_l) if vals_l else torch.zeros(0))
-
-
-def sparse_encode(sae, x_ND: torch.Tensor, bf16: bool | None = None):
-    """One-off :class:`SparseEncoder` call (build the encoder once when encoding many chunks)."""
-    return SparseEncoder(sae, bf16)(x_ND)
-
-
-def positive_entries(x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Strictly positive entries of a dense matrix (the neurons' own activations)."""
-    x = x_ND.float().contiguous()
-    D = x.shape[1]
-    fl = _flat_nonzero(x > 0)
-    rows = torch.div(fl, D, rounding_mode="floor")
-    return rows, fl - rows * D, x.view(-1).index_select(0, fl)
-
-
 class FastMLPActs:
     """A fused forward to the MLP activations of a one-layer attention + MLP model (LayerNorm, learned
     positions, causal attention): ``F.layer_norm`` and ``F.scaled_dot_product_attention`` instead of the hooked
@@ -970,15 +851,7 @@ def _example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarra
             # only the (token, unit) pairs the windows need: a sampled matmul over their unique pairs
             key, inv = torch.unique(flat_row * U + u, return_inverse=True)
             r_, c_ = torch.div(key, U, rounding_mode="floor"), key % U
-            crow = torch.zeros(xf.shape[0] + 1, dtype=torch.int64)
-            torch.cumsum(torch.bincount(r_, minlength=xf.shape[0]), 0, out=crow[1:])
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                pat = torch.sparse_csr_tensor(crow, c_, c_F.index_select(0, c_), (xf.shape[0], U),
-                                              check_invariants=False)
-                a = torch.relu(torch.sparse.sampled_addmm(pat, xf, W_enc).values())[inv]
+            a = torch.relu(sampled_dots(offsets(r_, xf.shape[0]), c_, c_F.index_select(0, c_), xf, W_enc))[inv]
         else:
             a = xf[flat_row, u]
         a_out = np.where(valid, a.view(len(sel), W).numpy(), 0.0).astype(np.float32)

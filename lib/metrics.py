@@ -23,6 +23,7 @@ import torch
 
 from .config import EvalConfig
 from .sae import Dictionary
+from .sparse import SparseEncoder
 from .subject import SubjectModel
 from .tokenizer import TokenSplit
 
@@ -109,10 +110,8 @@ def store_density(sae: Dictionary, store, rows: int, progress: bool = False) -> 
     """(fraction of rows on which each feature fires, rows read) over the first ``rows`` rows of an activation
     store (its shards hold shuffled rows of random contexts, so a prefix is a uniform sample; they are training
     rows, as the paper's dead-neuron counts are).  Sparse: the
-    encoder runs as fast.py's exact bf16 filter where the CPU has one (features.SparseEncoder)."""
+    encoder runs as the exact bf16 filter where the CPU has one (sparse.SparseEncoder)."""
     from tqdm.auto import tqdm
-
-    from .features import SparseEncoder
 
     dev = next(sae.parameters()).device
     enc = SparseEncoder(sae) if dev.type == "cpu" else None  # on a GPU the dense encoder is the fast one

@@ -43,8 +43,8 @@ import torch
 from .errors import ConfigError
 from .io import atomic_parquet, atomic_write_json, json_safe, read_json, safe_name
 from .corpus import DOMAINS
-from .universality import (SPLIT_TOKENS, CrossStats, Side, encode_sparse, iter_activation_batches, token_set,
-                           update_analyses)
+from .sparse import encode_sparse
+from .universality import SPLIT_TOKENS, CrossStats, Side, iter_activation_batches, token_set, update_analyses
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
            "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]

@@ -33,9 +33,9 @@ def use_autocast(cfg: LMTrainConfig, device: torch.device) -> bool:
         return False
     if cfg.autocast == "bf16" or device.type == "cuda":
         return True
-    from .fast import _bf16_hardware
+    from .sparse import bf16_available
 
-    return _bf16_hardware()
+    return bf16_available()
 
 
 def batch_indices(step: int, batch: int, n: int, seed: int) -> np.ndarray:

@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
+from .sparse import encode_sparse
 from .io import atomic_parquet, atomic_save_npy, atomic_write_json, json_safe, load_npy, read_json, safe_name
 
 try:  # in-place ``dense += csr`` (scipy's own kernel behind csr.toarray(out=...)): no dense temporary per batch
@@ -50,7 +51,7 @@ except Exception:  # pragma: no cover - a scipy without the private module: fall
     _csr_todense = None
 
 __all__ = [
-    "PAPER", "DEFAULT_TOKENS", "Side", "TokenSet", "token_set", "default_tokens", "encode_sparse", "CrossStats",
+    "PAPER", "DEFAULT_TOKENS", "Side", "TokenSet", "token_set", "default_tokens", "CrossStats",
     "best_matches", "one_to_one", "logit_weights", "rowwise_pearson", "max_cosine", "diagonal_order",
     "PairResult", "Comparison", "compare", "load_comparison", "comparison_dir", "update_analyses",
 ]
@@ -144,57 +145,6 @@ def _resolve(run, spec) -> Side:
         return Side(f"{t}/neurons", t, None)
     run.cfg.dictionary(spec)  # raises with the list of ids
     return Side(spec, t, run.dictionary(spec))
-
-
-# ---- sparse encoding ---------------------------------------------------------------------------------------
-
-FAST_MIN_FEATURES = 2048
-
-
-def encode_sparse(sae, x_ND: torch.Tensor, chunk_elems: int = 1 << 22, kernel: str = "auto") -> sp.csr_matrix:
-    """The dictionary's feature activations as a CSR matrix (N, F) float32 holding exactly the nonzero entries.
-
-    ``kernel="dense"``: ``sae.encode`` on row chunks of ``chunk_elems`` entries (kept in cache), then the nonzero
-    entries — works for every dictionary kind.  ``kernel="fast"``: the sparse-aware ReLU-L1 kernel of
-    ``monosemantic.fast`` (an exact bf16 filter where the CPU has bf16 dot products).  ``"auto"``: fast for
-    dictionaries of ≥ 2048 features that support it (where the filter pays: ``benchmarks/universality.py``),
-    dense otherwise.  All three give the same entries."""
-    x = x_ND.float().contiguous()
-    N, F = x.shape[0], sae.d_sae
-    if kernel == "auto":
-        kernel = "dense"
-        if F >= FAST_MIN_FEATURES and x.device.type == "cpu":
-            try:
-                from .fast import fast_supported
-
-                kernel = "fast" if fast_supported(sae) else "dense"
-            except Exception:  # pragma: no cover - the fast module missing or changed
-                kernel = "dense"
-    with torch.no_grad():
-        if kernel == "fast":
-            from .fast import fast_loss, fast_supported
-
-            if not fast_supported(sae):
-                raise ConfigError(f"the fast kernel does not support dictionary kind {sae.cfg.kind!r}; use 'dense'")
-            f = fast_loss(sae, x)["f_BF"]
-            crow, col, val = f.crow_indices(), f.col_indices(), f.values()
-            return sp.csr_matrix((val.numpy().astype(np.float32, copy=False), col.numpy(), crow.numpy()), shape=(N, F))
-        if kernel != "dense":
-            raise ConfigError(f"unknown encode kernel {kernel!r}; use 'auto', 'dense' or 'fast'")
-        R = max(1, chunk_elems // max(F, 1))
-        rows, cols, vals = [], [], []
-        for i in range(0, N, R):
-            f = sae.encode(x[i:i + R])
-            nz = (f != 0).nonzero()
-            vals.append(f[nz[:, 0], nz[:, 1]].float())
-            rows.append(nz[:, 0] + i)
-            cols.append(nz[:, 1])
-        if not vals:
-            return sp.csr_matrix((N, F), dtype=np.float32)
-        r, c, v = torch.cat(rows).numpy(), torch.cat(cols).numpy(), torch.cat(vals).numpy()
-        indptr = np.zeros(N + 1, np.int64)
-        np.cumsum(np.bincount(r, minlength=N), out=indptr[1:])
-        return sp.csr_matrix((v, c.astype(np.int32), indptr), shape=(N, F))
 
 
 # ---- streaming statistics ----------------------------------------------------------------------------------

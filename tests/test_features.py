@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from monosemantic import ConfigError, DictionaryConfig, make_dictionary
-from monosemantic.features import (FeatureStats, FeatureStatsConfig, SparseEncoder, StatsAccumulator, _Interrupted,
+from monosemantic import ConfigError
+from monosemantic.features import (FeatureStats, FeatureStatsConfig, StatsAccumulator, _Interrupted,
                                    compute_feature_stats, compute_neuron_stats, compute_stats, correlated_neurons,
                                    logit_effects, token_set_contexts)
 from monosemantic.prompt import prompt_activations
@@ -201,25 +201,6 @@ def test_config_errors_name_the_fix():
         FeatureStatsConfig(fine_bins=48).validate()
     with pytest.raises(ConfigError, match="n_intervals"):
         FeatureStatsConfig(fine_bins=16, n_intervals=11).validate()
-
-
-@pytest.mark.parametrize("bf16", [False, True])
-def test_sparse_encoder_matches_dense_encode(bf16):
-    torch.manual_seed(0)
-    sae = make_dictionary(DictionaryConfig(d_in=48, d_sae=300, seed=1))
-    with torch.no_grad():
-        sae.b_enc_F.uniform_(-2.5, -0.8)
-        sae.b_dec_D.uniform_(-0.1, 0.1)
-    x = torch.relu(torch.randn(1000, 48))
-    enc = SparseEncoder(sae, bf16=bf16)
-    assert enc.bf16 == bf16
-    rows, cols, vals = enc(x)
-    f = sae.encode(x).detach()
-    nz = torch.nonzero(f > 0)
-    assert 0.005 < len(nz) / f.numel() < 0.2
-    np.testing.assert_array_equal(rows.numpy(), nz[:, 0].numpy())
-    np.testing.assert_array_equal(cols.numpy(), nz[:, 1].numpy())
-    np.testing.assert_allclose(vals.numpy(), f[nz[:, 0], nz[:, 1]].numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_logit_effects_match_a_direct_computation():

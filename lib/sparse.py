@@ -1,0 +1,365 @@
+"""Sparse encoding: the strictly positive entries of a dictionary's encoder without a dense fp32 (N, F) matrix.
+
+The one home of the mechanism every consumer shares — training (``fast.py``), the statistics pass
+(``features``), dead/ultralow counts (``metrics.store_density``), universality and feature splitting
+(``encode_sparse``):
+
+- capability: ``bf16_available()`` (the CPU has native bf16 dot products) and ``bf16_default(d_sae)`` (whether the
+  bf16 filter is used when the caller does not say; ``MONOSEMANTIC_FAST_BF16=0/1`` forces it);
+- active entries of x̄ W + b: ``active_fp32`` (a dense fp32 product in row chunks, each chunk's positive entries
+  compacted while it is in cache) and ``candidates_bf16`` (a bf16 product with a proven error margin whose
+  positive entries are a superset of the fp32 ones: see its docstring); ``sampled_dots`` recomputes chosen
+  entries in fp32;
+- compaction and CSR helpers: ``flat_nonzero``, ``flat_positive_bf16``, ``offsets``, ``csr_tensor``;
+- ``SparseEncoder`` (entries ``(rows, cols, vals)`` of ``sae.encode``), ``positive_entries`` (of a dense matrix,
+  the neurons), ``encode_sparse`` (a scipy CSR matrix).
+
+The bf16 filter is exact: candidates are recomputed in fp32 and only strictly positive ones kept, so both modes
+give the same entries, with fp32 values.  Dictionary activations are non-negative for every registered kind, so
+"active" means strictly positive throughout.
+
+Work buffers (``scratch``) are kept per thread between calls: fresh multi-MB allocations cost page faults on
+every training step.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["bf16_available", "bf16_default", "flat_nonzero", "flat_positive_bf16", "offsets", "csr_tensor",
+           "sampled_dots", "scratch", "chunk_rows", "active_fp32", "bf16_operand", "bf16_operand_rows",
+           "candidates_bf16", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES"]
+
+U_BF16 = 2.0 ** -8           # unit roundoff of bf16 (8 significant bits, round to nearest)
+BIAS_SLACK = 2.0 ** -10      # relative slack on the bias row (covers u^2 and the fp32 accumulation on it)
+CHUNK_ELEMS = 1 << 23        # entries of pre per row chunk (32 MiB fp32): full-speed GEMMs, filter mostly from cache
+
+
+# ---- capability ---------------------------------------------------------------------------------------------
+
+_BF16_HW: bool | None = None
+
+
+def bf16_available() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX); probed once."""
+    global _BF16_HW
+    if _BF16_HW is None:
+        ok = False
+        try:
+            ok = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except Exception:  # older/newer torch without the probes
+            try:
+                ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and \
+                    torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+            except Exception:
+                ok = False
+        _BF16_HW = ok
+    return _BF16_HW
+
+
+_BF16_MIN_F = 1024  # below this the fp32 recompute of the candidates costs more than the bf16 matmul saves
+
+
+def bf16_default(d_sae: int | None = None) -> bool:
+    """Whether to use the bf16 filter when the caller does not say: the hardware has it and F ≥ 1024.  The
+    environment variable ``MONOSEMANTIC_FAST_BF16=0/1`` forces it off/on."""
+    env = os.environ.get("MONOSEMANTIC_FAST_BF16", "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
+    return bf16_available() and (d_sae is None or d_sae >= _BF16_MIN_F)
+
+
+# ---- compaction and CSR -----------------------------------------------------------------------------------------
+
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of the True entries of a contiguous bool tensor.
+
+    Looks at 8 bools per int64 word first, so the expensive compaction runs only over the (few) non-zero words.
+    """
+    flat = mask.reshape(-1)
+    n = flat.numel()
+    if n == 0 or n % 8:
+        return flat.nonzero().view(-1)
+    words = flat.view(torch.int64)
+    w = words.nonzero().view(-1)
+    if w.numel() == 0:
+        return w
+    sub = words.index_select(0, w).view(torch.uint8).view(-1, 8).nonzero()
+    return w.index_select(0, sub[:, 0]).mul_(8).add_(sub[:, 1])
+
+
+def flat_positive_bf16(out: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of the entries > 0 of a contiguous bf16 tensor, which it overwrites.
+
+    bf16 > 0 ⇔ its int16 bit pattern > 0 (sign bit clear, not +0).  Clamping the int16 view at 0 (one vectorised
+    in-place pass) zeroes everything else, then the non-zero int64 words (4 entries each) are expanded.  A NaN
+    with the sign bit clear also passes (the fp32 recompute drops it).
+    """
+    v = out.view(torch.int16).clamp_min_(0).reshape(-1)
+    if v.numel() % 4:
+        return v.nonzero().view(-1)
+    words = v.view(torch.int64)
+    w = words.nonzero().view(-1)
+    if w.numel() == 0:
+        return w
+    sub = words.index_select(0, w).view(torch.int16).view(-1, 4).nonzero()
+    return w.index_select(0, sub[:, 0]).mul_(4).add_(sub[:, 1])
+
+
+def offsets(keys: torch.Tensor, n: int) -> torch.Tensor:
+    """Row pointer (n+1,) of sorted bucket ids ``keys``."""
+    ptr = torch.zeros(n + 1, dtype=torch.int64)
+    if keys.numel():
+        torch.cumsum(torch.bincount(keys, minlength=n), 0, out=ptr[1:])
+    return ptr
+
+
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, shape) -> torch.Tensor:
+    """``torch.sparse_csr_tensor`` without the invariant check (the callers build valid patterns) or the beta
+    warning."""
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+
+
+def sampled_dots(ptr: torch.Tensor, idx: torch.Tensor, init: torch.Tensor, A_MK: torch.Tensor,
+                 B_KN: torch.Tensor) -> torch.Tensor:
+    """Values of ``A_MK @ B_KN + init`` on the CSR pattern (``ptr``, ``idx``) only, in pattern order, fp32."""
+    pattern = csr_tensor(ptr, idx, init, (A_MK.shape[0], B_KN.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.sampled_addmm(pattern, A_MK, B_KN).values()
+
+
+# ---- work buffers ---------------------------------------------------------------------------------------------
+
+_SCRATCH: dict = {}
+
+
+def scratch(name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A reused work buffer, one per thread and name (its contents are garbage between calls).
+
+    Always a normal tensor, even when first asked for under ``torch.inference_mode``: a buffer born there is an
+    inference tensor, and the next caller outside it (training after an analysis, in one notebook) could not write
+    into it ("Inplace update to inference tensor outside InferenceMode")."""
+    key = (name, threading.get_ident())
+    n = math.prod(shape)
+    t = _SCRATCH.get(key)
+    if t is None or t.dtype != dtype or t.numel() < n or t.is_inference():
+        _SCRATCH.pop(key, None)
+        with torch.inference_mode(False):
+            t = _SCRATCH[key] = torch.empty(n, dtype=dtype)
+    return t[:n].view(shape)
+
+
+def chunk_rows(B: int, F: int) -> int:
+    """Rows per chunk of a (B, F) product: ``CHUNK_ELEMS`` entries, a multiple of 8 rows (so r·F is divisible by
+    8 and the word-wise compaction applies to every chunk but maybe the last)."""
+    r = max(8, CHUNK_ELEMS // max(F, 1))
+    r -= r % 8
+    return max(8, min(r, B))
+
+
+# ---- active entries of x̄ W + b ---------------------------------------------------------------------------------
+
+def active_fp32(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices, values) of the strictly positive entries of xbar @ W + b, computed in row chunks."""
+    N, F = xbar_ND.shape[0], W_DF.shape[1]
+    R = chunk_rows(N, F)
+    buf = scratch("pre32", (R, F), torch.float32)
+    idx, vals = [], []
+    for i in range(0, N, R):
+        n = min(R, N - i)
+        pre = torch.addmm(b_F, xbar_ND[i:i + n], W_DF, out=buf[:n])
+        fl = flat_nonzero(pre > 0)
+        vals.append(pre.view(-1).index_select(0, fl))
+        idx.append(fl.add_(i * F))
+    if not idx:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+    return torch.cat(idx), torch.cat(vals)
+
+
+def bf16_operand_rows(D: int) -> int:
+    """Rows K of the filter's operands: D, two margin rows, two bias rows, padded to a multiple of 16."""
+    return (D + 4 + 15) // 16 * 16
+
+
+def bf16_operand(W_DF: torch.Tensor, b_F: torch.Tensor, out: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The right-hand operand (K, F) bf16 of the filter's product (see ``candidates_bf16``) and Σ‖W_:j‖², which
+    is NaN/inf iff W holds a NaN/inf.  Built once per weight matrix; ``out`` a (K, F) bf16 buffer to fill."""
+    D, F = W_DF.shape
+    Kp = bf16_operand_rows(D)
+    up = 1.0 + 4 * U_BF16
+    Wa = torch.empty(Kp, F, dtype=torch.bfloat16) if out is None else out
+    n2 = torch.zeros(F, dtype=torch.float32)
+    nlo2 = torch.zeros(F, dtype=torch.float32)
+    for i in range(0, D, 128):  # bf16 copy and the two squared column norms in row blocks (no D×F temporary)
+        blk = W_DF[i:i + 128]
+        r = blk.shape[0]
+        Wa[i:i + r] = blk
+        n2 += blk.square().sum(0)
+        nlo2 += Wa[i:i + r].float().sub_(blk).square_().sum(0)
+    Wa[D] = n2.sqrt().mul_(up)
+    Wa[D + 1] = nlo2.sqrt_().mul_(up)
+    b2 = b_F + b_F.abs() * BIAS_SLACK
+    hi = b2.to(torch.bfloat16)
+    Wa[D + 2] = hi
+    Wa[D + 3] = b2 - hi.float()
+    Wa[D + 4:] = 0
+    return Wa, n2.sum()
+
+
+def candidates_bf16(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor) -> torch.Tensor:
+    """Flat indices of a superset of {xbar @ W + b > 0} from one bf16 matmul with a rigorous error margin
+    (``Wa_KF = bf16_operand(W, b)[0]``).
+
+    With x̃ = bf16(x̄) = x̄ − x_lo and w̃ = bf16(w) = w − w_lo (x_lo, w_lo exact in fp32):
+
+        x̄·w − x̃·w̃ = x_lo·w + x̃·w_lo,   |·| ≤ ‖x_lo‖‖w‖ + ‖x̃‖‖w_lo‖            (Cauchy–Schwarz)
+
+    and the fp32 accumulation of the K exact bf16 products adds ≤ γ_K Σ|x̃_i w̃_i| ≤ γ_K (1+u) ‖x̃‖‖w‖
+    (γ_K = K·2⁻²⁴/(1 − K·2⁻²⁴)).  So one (N × K) @ (K × F) bf16 product, K = D + 4 (padded to 16), computes
+
+        x̃·w̃ + (‖x_lo‖ + γ_K(1+u)‖x̃‖)·‖w‖ + ‖x̃‖·‖w_lo‖ + b_hi + b_lo
+
+    with both margin factors inflated by (1 + 4u) before their own bf16 rounding, and b_hi + b_lo carrying
+    b + 2⁻¹⁰|b| to 16 bits (covering the residual u²|b| and the accumulation error on the bias terms).  That sum is
+    ≥ the fp32 pre-activation's exact value minus nothing, i.e. > 0 wherever x̄·w + b > 0; rounding the fp32
+    accumulator to bf16 keeps its sign (up to flush-to-zero below 1e-38).  Typically ‖x_lo‖ ≈ 0.4u‖x̄‖, so the
+    margin is ≈ 0.8u‖x̄‖‖w‖ (u = 2⁻⁸) and the candidates are ≈ 1.3× the active entries.
+    """
+    N, D = xbar_ND.shape
+    Kp, F = Wa_KF.shape
+    up = 1.0 + 4 * U_BF16
+    gamma = (Kp * 2.0 ** -24) / (1 - Kp * 2.0 ** -24) * (1 + U_BF16)
+    xa = scratch("xa16", (N, Kp), torch.bfloat16)
+    xa[:, :D] = xbar_ND  # round to nearest even
+    xt = xa[:, :D].float()
+    xt_norm = xt.square().sum(1).sqrt_()
+    xlo_norm = xt.neg_().add_(xbar_ND).square_().sum(1).sqrt_()  # ‖x̄ − x̃‖
+    xa[:, D] = xlo_norm.add_(xt_norm, alpha=gamma).mul_(up)
+    xa[:, D + 1] = xt_norm.mul_(up)
+    xa[:, D + 2:D + 4] = 1.0
+    xa[:, D + 4:] = 0
+    R = chunk_rows(N, F)
+    buf = scratch("pre16", (R, F), torch.bfloat16)
+    idx = []
+    for i in range(0, N, R):
+        n = min(R, N - i)
+        fl = flat_positive_bf16(torch.mm(xa[i:i + n], Wa_KF, out=buf[:n]))
+        idx.append(fl.add_(i * F))
+    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64)
+
+
+# ---- encoders ---------------------------------------------------------------------------------------------------
+
+def linear_encoder(sae) -> bool:
+    """True when ``sae`` encodes as ReLU(x̄ W_enc + b_enc) — a kind that overrides neither ``pre_acts`` nor
+    ``encode`` — with its parameters on the CPU: the kernels here apply to it."""
+    from .sae import Dictionary
+
+    cls = type(sae)
+    return (isinstance(sae, Dictionary)
+            and all(getattr(cls, n) is getattr(Dictionary, n) for n in ("pre_acts", "encode"))
+            and all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)))
+
+
+class SparseEncoder:
+    """Strictly positive entries ``(rows, cols, vals)`` of ``sae.encode(x_ND)``, sorted by row then column,
+    without materialising the dense (N, F) matrix in fp32.
+
+    For the ReLU-L1 dictionary (a kind that keeps the base ``pre_acts``/``encode``) x̄ = x − b_dec goes through
+    ``active_fp32``, or, with ``bf16`` (default ``bf16_default(F)``), through the exact bf16 filter
+    (``candidates_bf16``, then an fp32 recompute of the candidates, ``sampled_dots``) — the same entries.  Any
+    other kind, or ``dense=True``, runs its own ``encode`` densely in row chunks of ``chunk_elems`` entries."""
+
+    def __init__(self, sae, bf16: bool | None = None, dense: bool = False, chunk_elems: int = 1 << 22):
+        self.sae = sae
+        self.chunk_elems = int(chunk_elems)
+        self.linear = not dense and linear_encoder(sae)
+        self.bf16 = bool(self.linear and (bf16_default(int(sae.d_sae)) if bf16 is None else bf16))
+        if self.linear:
+            self.W = sae.W_enc_DF.detach().float().contiguous()
+            self.b = sae.b_enc_F.detach().float()
+            self.b_dec = sae.b_dec_D.detach().float()
+        if self.bf16:
+            self.Wa, _ = bf16_operand(self.W, self.b)
+
+    @torch.no_grad()
+    def __call__(self, x_ND: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``inplace``: ``x_ND`` (float32, contiguous) may be overwritten (saves a copy of the chunk)."""
+        x = x_ND.float().contiguous()
+        N = x.shape[0]
+        if not self.linear:
+            return self._generic(x)
+        F = self.W.shape[1]
+        xbar = x.sub_(self.b_dec) if inplace and x is x_ND else x - self.b_dec
+        if self.bf16:
+            fl = candidates_bf16(xbar, self.Wa)
+            rows = torch.div(fl, F, rounding_mode="floor")
+            cols = fl - rows * F
+            vals = sampled_dots(offsets(rows, N), cols, self.b.index_select(0, cols), xbar, self.W)
+            keep = vals > 0
+            return rows[keep], cols[keep], vals[keep]
+        fl, vals = active_fp32(xbar, self.W, self.b)
+        rows = torch.div(fl, F, rounding_mode="floor")
+        return rows, fl - rows * F, vals
+
+    def _generic(self, x):
+        F = int(self.sae.d_sae)
+        step = max(1, self.chunk_elems // F)
+        rows_l, cols_l, vals_l = [], [], []
+        for i in range(0, x.shape[0], step):
+            f = self.sae.encode(x[i:i + step]).float()
+            fl = flat_nonzero((f > 0).contiguous())
+            r = torch.div(fl, F, rounding_mode="floor")
+            rows_l.append(r + i)
+            cols_l.append(fl - r * F)
+            vals_l.append(f.reshape(-1).index_select(0, fl))
+        z = torch.zeros(0, dtype=torch.int64)
+        return (torch.cat(rows_l) if rows_l else z, torch.cat(cols_l) if cols_l else z,
+                torch.cat(vals_l) if vals_l else torch.zeros(0))
+
+
+def positive_entries(x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Strictly positive entries of a dense matrix (the neurons' own activations)."""
+    x = x_ND.float().contiguous()
+    D = x.shape[1]
+    fl = flat_nonzero(x > 0)
+    rows = torch.div(fl, D, rounding_mode="floor")
+    return rows, fl - rows * D, x.view(-1).index_select(0, fl)
+
+
+FAST_MIN_FEATURES = 2048  # encode_sparse's "auto": the sparse kernel from here up (benchmarks/universality.py)
+
+
+def encode_sparse(sae, x_ND: torch.Tensor, chunk_elems: int = 1 << 22, kernel: str = "auto") -> sp.csr_matrix:
+    """The dictionary's feature activations as a CSR matrix (N, F) float32 holding exactly the nonzero entries.
+
+    ``kernel="dense"``: ``sae.encode`` on row chunks of ``chunk_elems`` entries (kept in cache) — works for every
+    dictionary kind.  ``kernel="fast"``: the ``SparseEncoder`` of a ReLU dictionary (an exact bf16 filter where
+    ``bf16_default(F)``).  ``"auto"``: fast for dictionaries of ≥ 2048 features on the CPU that support it (where
+    the filter pays), dense otherwise.  All three give the same entries."""
+    x = x_ND.float().contiguous()
+    N, F = x.shape[0], int(sae.d_sae)
+    if kernel == "auto":
+        kernel = "fast" if F >= FAST_MIN_FEATURES and x.device.type == "cpu" and linear_encoder(sae) else "dense"
+    if kernel == "fast" and not linear_encoder(sae):
+        raise ConfigError(f"the fast kernel does not support dictionary kind {sae.cfg.kind!r}; use 'dense'")
+    if kernel not in ("fast", "dense"):
+        raise ConfigError(f"unknown encode kernel {kernel!r}; use 'auto', 'dense' or 'fast'")
+    rows, cols, vals = SparseEncoder(sae, dense=kernel == "dense", chunk_elems=chunk_elems)(x)
+    indptr = offsets(rows.cpu(), N).numpy()
+    return sp.csr_matrix((vals.cpu().numpy().astype(np.float32, copy=False), cols.cpu().numpy().astype(np.int32),
+                          indptr), shape=(N, F))
