@@ -48,6 +48,16 @@ class _Tags(html.parser.HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
+def page_block(page: str, block_id: str):
+    """The JSON data block ``block_id`` of a static page, decoded."""
+    return json.loads(page.split(f'id="{block_id}">', 1)[1].split("</script>", 1)[0])
+
+
+def page_state(page: str, view: int = 0) -> dict:
+    """The synced state of the page's ``view``-th widget (0: the exported widget, then its linked cards)."""
+    return page_block(page, "ms-data")["views"][view]["state"]
+
+
 def synthetic_unit(tokens=HOSTILE, kind="feature"):
     K = 4
     ex = [Example(section=-1, rank=i, act=1.0 - 0.1 * i, context=i, pos=3, token_ids=list(range(len(tokens))),
@@ -100,10 +110,10 @@ def test_static_page_cannot_be_broken_out_of(tmp_path):
     tags = [t for t, _ in p.tags]
     assert "img" not in tags and "iframe" not in tags
     scripts = [a for t, a in p.tags if t == "script"]
-    assert scripts == [{"type": "application/json", "id": "ms-state"}, {"type": "module"}]
+    assert scripts == [{"type": "application/json", "id": "ms-modules"}, {"type": "application/json", "id": "ms-data"},
+                       {"type": "module"}]
     assert "<title>&lt;script&gt;x&lt;/script&gt;</title>" in page
-    state = page.split('id="ms-state">', 1)[1].split("</script>", 1)[0]
-    card = json.loads(state)["card"]
+    card = page_state(page)["card"]
     toks = card["panels"]["top"]["groups"][0]["seqs"][0]["tokens"]
     assert toks[0] == "<script>alert(1)</script>" and "⟨U+202E⟩" in toks[2] and "␀" in toks[3]
     from monosemantic.widgets.html import write_static_page
@@ -225,7 +235,7 @@ def test_browser_sorts_searches_filters_and_steps(run_with_stats, tmp_path):
     b.select(order[0])
     assert b.prev() == order[0]                                # clamped at the start
     out = b.to_html(tmp_path / "browser.html", max_rows=5, include_plotly=False)
-    state = json.loads(out.read_text().split('id="ms-state">', 1)[1].split("</script>", 1)[0])
+    state = page_state(out.read_text())
     assert len(state["static_rows"]) == 5
     assert set(state["static_cards"]) == {str(r["unit"]) for r in state["static_rows"]}
     nb = FeatureBrowser.from_run(run, "A")

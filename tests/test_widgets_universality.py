@@ -1,4 +1,5 @@
 """CorrelationMatrix, SplittingTree, FeatureMap: the synced state (the truth), clicks → linked cards, export."""
+import base64
 import json
 import re
 import shutil
@@ -8,7 +9,8 @@ import pandas as pd
 import pytest
 
 from monosemantic.universality import Comparison, PairResult, one_to_one
-from monosemantic.widgets.correlation import CorrelationMatrix, LinkedCards, encode_image
+from monosemantic.widgets.base import LinkedCards
+from monosemantic.widgets.correlation import CorrelationMatrix, encode_image
 from monosemantic.widgets.feature_map import FeatureMap, feature_map_figure
 from monosemantic.widgets.splitting import SplittingTree
 
@@ -131,10 +133,11 @@ def test_matrix_to_html_is_self_contained_and_escaped(tmp_path):
     assert "<script>alert(1)</script>" not in text                  # neither in the state nor in the cards
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text           # the summary card, escaped
     assert re.search(r"""<(script|link|img|iframe)[^>]*(src|href)=["']?(https?:)?//""", text) is None   # nothing fetched
-    m = re.search(r"const STATE = (.*?);\n", text)
-    state = json.loads(m.group(1).replace("<\\/", "</"))
+    view = json.loads(text.split('id="ms-data">', 1)[1].split("</script>", 1)[0])["views"][0]
+    state = view["state"]
     assert state["a_label"] == evil and state["selected_pair"] == [0, 1]
-    assert state["image"] and "image" in json.loads(re.search(r"const BYTES_KEYS = (.*?);\n", text).group(1))
+    assert state["image"] and view["bytes"] == ["image"]
+    assert base64.b64decode(state["image"]) == w.image
 
 
 def _planted_splitting():
@@ -194,21 +197,17 @@ def test_feature_map_click_and_colour():
 
 
 def test_real_feature_card_opens_from_a_click(tiny_run, tmp_path):
-    """With ``widgets/card.py`` present the default factory opens a real FeatureCard (stats computed first);
-    without it, a summary card.  Either way the container follows the click."""
-    import importlib.util
-
+    """With a run directory the default factory opens a real FeatureCard (stats computed first); a feature
+    without statistics shows why its card could not be built.  Either way the container follows the click."""
+    from monosemantic.features import FeatureStatsConfig, compute_feature_stats
     from monosemantic.runs import Run
     from monosemantic.splitting import link_dictionaries
+    from monosemantic.widgets.card import FeatureCard
 
     root = tmp_path / "run"
     shutil.copytree(tiny_run.root, root, ignore=shutil.ignore_patterns("analyses*", "feature_stats", "neuron_stats"))
     run = Run.open(root)
-    has_card = importlib.util.find_spec("monosemantic.widgets.card") is not None
-    if has_card:
-        from monosemantic.features import FeatureStatsConfig, compute_feature_stats
-
-        compute_feature_stats(run, "A/1", FeatureStatsConfig(n_tokens=1500), progress=False)
+    compute_feature_stats(run, "A/1", FeatureStatsConfig(n_tokens=1500), progress=False)
     link_dictionaries(run, n_tokens=2000)
     t = SplittingTree.from_run(root)
     child = next(n for n in t.tree["nodes"] if n["dict_id"] == "A/1")
@@ -216,15 +215,15 @@ def test_real_feature_card_opens_from_a_click(tiny_run, tmp_path):
     col = t.cards.box.children[0]
     card = col.children[1]
     assert _heads(t.cards) == [f"A/1:{child['idx']}"]
-    if has_card:
-        from monosemantic.widgets.card import FeatureCard
-
-        assert isinstance(card, FeatureCard) and card.unit == child["idx"] and card.source == "A/1"
-    else:
-        assert f"feature {child['idx']}" in card.value
+    assert isinstance(card, FeatureCard) and card.unit == child["idx"] and card.source == "A/1"
+    p = t.to_html(tmp_path / "tree.html")
+    text = p.read_text()
+    views = json.loads(text.split('id="ms-data">', 1)[1].split("</script>", 1)[0])["views"]
+    assert [v["esm"] for v in views] == ["splitting", "card"] and views[1]["state"]["card"]["unit"] == child["idx"]
+    assert text.count("<script>") == 1 and "window.Plotly" in text   # the card's histogram: plotly.js, once
     t.select("A/0", t.root[1])                        # an A/0 node: no stats computed for A/0
     msg = t.cards.box.children[0].children[1]
-    if has_card:
-        assert "could not be built" in msg.value and "compute_feature_stats" in msg.value
-    p = t.to_html(tmp_path / "tree.html")
-    assert p.stat().st_size > 1000
+    assert "could not be built" in msg.value and "compute_feature_stats" in msg.value
+    t.selected_feature = []
+    bare = t.to_html(tmp_path / "bare.html").read_text()
+    assert "<script>" not in bare and len(bare) < len(text) / 10  # no card open: no plot, no plotly.js

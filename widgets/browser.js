@@ -17,7 +17,7 @@ function msBrowserStatic(model) {
 export default {
   render({ model, el }) {
     el.classList.add("ms-widget", "ms-browser-widget");
-    const isStatic = !!model.__static;
+    const isStatic = msIsStatic(model);
     const root = msEl("div", "ms-browser");
     const bar = msEl("div", "ms-toolbar");
     const search = msEl("input", "ms-search");

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import traitlets
 
-from .card import CardLayout, MsWidget, _open_run, card_spec, default_dictionary, neuron_features
-from .html import css, display_token, esm, write_static_page
+from .base import MsWidget, open_run
+from .card import CardLayout, card_spec, default_dictionary, neuron_features
+from .html import display_token
 
 COLUMNS = [
     {"key": "unit", "label": "id", "fmt": "int"},
@@ -33,8 +34,7 @@ FILTERS = ("alive", "all", "dead", "ultralow")
 
 
 class FeatureBrowser(MsWidget):
-    _esm = esm("browser")
-    _css = css()
+    _js = "browser"
     columns = traitlets.List(traitlets.Dict()).tag(sync=True)
     rows = traitlets.List(traitlets.Dict()).tag(sync=True)
     n_total = traitlets.Int(0).tag(sync=True)
@@ -70,7 +70,7 @@ class FeatureBrowser(MsWidget):
         """``source`` "A/1" (features) or "A" (neurons); ``traits`` e.g. ``sort_by="proxy_corr"``."""
         from monosemantic.features import FeatureStats
 
-        run = _open_run(run)
+        run = open_run(run)
         features_from = default_dictionary(run, source) if "/" not in source else None
         return cls(FeatureStats.load(run, source), layout=layout, features_from=features_from, **traits)
 
@@ -143,15 +143,20 @@ class FeatureBrowser(MsWidget):
         return out
 
     # ---- selection -------------------------------------------------------------------------------------------
+    # validated, not checked in the observer: anywidget swallows an error raised inside an @observe, while a
+    # TraitError from a validator reaches the caller and leaves the selection as it was (as FeatureCard.unit)
+    @traitlets.validate("selected")
+    def _check_selected(self, proposal):
+        u = int(proposal["value"])
+        if u >= self._stats.n_units:
+            raise traitlets.TraitError(f"{self._stats.kind} {u} out of range: {self._stats.source} has "
+                                       f"{self._stats.n_units} (0 … {self._stats.n_units - 1}; -1 for none)")
+        return max(u, -1)
+
     @traitlets.observe("selected")
     def _on_selected(self, change):
         u = int(change["new"])
-        if u < 0:
-            self.card = {}
-            return
-        if not 0 <= u < self._stats.n_units:
-            raise traitlets.TraitError(f"{self._stats.kind} {u} out of range (0 … {self._stats.n_units - 1})")
-        self.card = self._card(u)
+        self.card = self._card(u) if u >= 0 else {}
 
     def _card(self, u: int) -> dict:
         feats = None
@@ -190,16 +195,20 @@ class FeatureBrowser(MsWidget):
             self.step(int(content.get("delta", 1)))
 
     # ---- static export ------------------------------------------------------------------------------------------
-    def to_html(self, path, max_rows: int = 50, include_plotly: bool = True) -> Path:
-        """A self-contained page: the first ``max_rows`` rows of the current view, each with its card (rows can be
-        sorted, searched and clicked there without a kernel)."""
-        view = self.view().head(int(max_rows))
-        rows = self._records(view)
+    def static_state(self, max_rows: int = 50) -> dict:
+        """The first ``max_rows`` rows of the current view, each with its card (rows can be sorted, searched and
+        clicked on the static page without a kernel)."""
+        rows = self._records(self.view().head(int(max_rows)))
         cards = {str(r["unit"]): self._card(r["unit"]) for r in rows}
         sel = self.selected if str(self.selected) in cards else (rows[0]["unit"] if rows else -1)
-        state = {"columns": self.columns, "rows": rows, "static_rows": rows, "static_cards": cards,
-                 "n_total": len(rows), "n_matching": len(rows), "n_pages": 1, "page": 0, "page_size": self.page_size,
-                 "query": "", "sort_by": self.sort_by, "descending": self.descending, "filter": "all",
-                 "selected": sel, "card": cards.get(str(sel), {}), "unit_kind": self.unit_kind}
-        return write_static_page(path, "browser", state, title=f"{self._stats.source} {self.unit_kind} browser",
-                                 include_plotly=include_plotly)
+        return {"columns": self.columns, "rows": rows, "static_rows": rows, "static_cards": cards,
+                "n_total": len(rows), "n_matching": len(rows), "n_pages": 1, "page": 0, "page_size": self.page_size,
+                "query": "", "sort_by": self.sort_by, "descending": self.descending, "filter": "all",
+                "selected": sel, "card": cards.get(str(sel), {}), "unit_kind": self.unit_kind}
+
+    def page_title(self) -> str:
+        return f"{self._stats.source} {self.unit_kind} browser"
+
+    def to_html(self, path, max_rows: int = 50, include_plotly: bool | None = None) -> Path:
+        """A self-contained page: the first ``max_rows`` rows of the current view, each with its card."""
+        return super().to_html(path, include_plotly, max_rows=max_rows)

@@ -16,33 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import anywidget
 import numpy as np
 import traitlets
 
-from .html import css, display_token, escape_html, esm, plotly_js, write_static_page
-
-DOMAIN_COLORS = {"python": "#3b7dd8", "bible": "#b8860b", "base64": "#2e9e5b", "text": "#8c8c8c"}
-
-
-class MsWidget(anywidget.AnyWidget):
-    """Base of the monosemantic widgets: hands plotly.js (offline, from the plotly package) to the front-end
-    the first time a page asks for it."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.on_msg(self._on_custom_msg)
-
-    def _on_custom_msg(self, _widget, content, buffers):
-        if isinstance(content, dict) and content.get("type") == "need-plotly":
-            self.send({"type": "plotly-js"}, [plotly_js()])
-        else:
-            self._handle(content)
-
-    def _handle(self, content) -> None:  # widget-specific messages
-        pass
+from .base import DOMAIN_COLORS, MsWidget, open_run
+from .html import display_token, escape_html, token_label
 
 
 # ---- panels -----------------------------------------------------------------------------------------------
@@ -190,10 +169,10 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
     if r.get("proxy_specificity", 0) >= 0.5:
         badges.append({"kind": "proxy", "text": f"{us.proxy_domain} (exact proxy): {_pct(r['proxy_specificity'])} "
                                                  f"of its activation"})
-    top_toks = [display_token(t) for t in r.get("top_tokens", [])]
+    top_toks = list(r.get("top_tokens", []))
     header = HeaderPanel(
         title=f"{'Feature' if kind == 'feature' else 'Neuron'} {us.source}/{us.unit}",
-        subtitle=("top tokens: " + "  ".join(f"‹{t}›" for t in top_toks)) if top_toks else "",
+        subtitle=("top tokens: " + token_label(top_toks, sep="  ")) if top_toks else "",
         badges=badges,
         facts=[("density", _pct(r["density"])), ("tokens fired", f"{int(r['count']):,} / {us.n_tokens:,}"),
                ("max activation", _num(r["max_act"])), ("mean when firing", _num(r["mean_act"])),
@@ -213,7 +192,8 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
         units = None
     doms = DomainsPanel(rows=[{"domain": d, "specificity": float(r.get(f"act_share_{d}", 0.0)),
                                "sensitivity": float(r.get(f"sensitivity_{d}", 0.0)),
-                               "corr": float(r.get(f"corr_{d}", 0.0)), "proxy": d == us.proxy_domain}
+                               "corr": float(r.get(f"corr_{d}", 0.0)), "proxy": d == us.proxy_domain,
+                               "color": DOMAIN_COLORS.get(d, "#999")}
                               for d in us.domains if us.domain_tokens.get(d, 0) > 0])
     max_act = float(r["max_act"]) or 1.0
     top = ExamplesPanel(title="Top activations", subtitle=f"{min(layout.n_top, len(us.top))} of the largest",
@@ -240,18 +220,15 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
             "layout": {"columns": [list(c) for c in layout.columns]}}
 
 
-def _open_run(run):
-    from monosemantic.runs import Run
-
-    return Run.open(run) if isinstance(run, (str, Path)) else run
-
-
 def default_dictionary(run, transformer: str) -> str | None:
     """The dictionary a neuron's page links to: ``T/1`` (the paper's) if it has statistics, then any with
     statistics, then ``T/1``, then any trained dictionary of ``transformer``."""
+    from monosemantic.features import stats_dir
+
     trained = [d.id for d in run.cfg.dictionaries if d.transformer == transformer
-               and (run.dict_dir(d.id) / "sae.safetensors").exists()]
-    with_stats = [d for d in trained if (run.dict_dir(d) / "feature_stats" / "meta.json").exists()]
+               and run.is_done(f"dictionary:{d.id}")]
+    # meta.json is written last by the statistics pass: its presence means they are complete
+    with_stats = [d for d in trained if (stats_dir(run, d) / "meta.json").exists()]
     paper = f"{transformer}/1"
     for group in ([d for d in with_stats if d == paper], with_stats, [d for d in trained if d == paper], trained):
         if group:
@@ -261,11 +238,12 @@ def default_dictionary(run, transformer: str) -> str | None:
 
 def neuron_features(run, dict_id: str, neuron: int, n: int = 8) -> list[tuple[int, float]]:
     """The features of ``dict_id`` with the largest |decoder weight| on ``neuron``."""
-    from monosemantic.io import load_safetensors
+    import torch
 
-    W = load_safetensors(_open_run(run).dict_dir(dict_id) / "sae.safetensors")["W_dec_FD"][:, int(neuron)]
-    idx = W.abs().topk(min(n, W.numel())).indices
-    return [(int(i), float(W[i])) for i in idx]
+    with torch.no_grad():
+        W_F = open_run(run).dictionary(dict_id).W_dec_FD[:, int(neuron)]
+    idx = W_F.abs().topk(min(n, W_F.numel())).indices
+    return [(int(i), float(W_F[i])) for i in idx]
 
 
 # ---- the widgets ------------------------------------------------------------------------------------------------
@@ -273,8 +251,7 @@ def neuron_features(run, dict_id: str, neuron: int, n: int = 8) -> list[tuple[in
 class FeatureCard(MsWidget):
     """One feature's (or neuron's) page.  ``unit`` and ``source`` are synced; the card follows them."""
 
-    _esm = esm("card")
-    _css = css()
+    _js = "card"
     card = traitlets.Dict().tag(sync=True)
     unit = traitlets.Int(0).tag(sync=True)
     source = traitlets.Unicode("").tag(sync=True)
@@ -294,7 +271,7 @@ class FeatureCard(MsWidget):
         """``run`` a run directory (or ``Run``); ``source`` "A/1" (features) or "A" (neurons)."""
         from monosemantic.features import FeatureStats
 
-        run = _open_run(run)
+        run = open_run(run)
         if features_from is None and "/" not in source:
             features_from = default_dictionary(run, source)
         return cls(FeatureStats.load(run, source), unit, layout=layout, features_from=features_from)
@@ -325,10 +302,8 @@ class FeatureCard(MsWidget):
             feats = neuron_features(self._stats.run, self._features_from, unit)
         return card_spec(us, self._layout, features_of_neuron=feats, features_source=self._features_from)
 
-    def to_html(self, path, include_plotly: bool = True) -> Path:
-        """A self-contained static HTML page of this card (plotly.js inlined unless ``include_plotly=False``)."""
-        return write_static_page(path, "card", {"card": self.card}, title=self.card.get("title", "card"),
-                                 include_plotly=include_plotly)
+    def page_title(self) -> str:
+        return self.card.get("title", "card")
 
 
 class NeuronCard(FeatureCard):

@@ -11,226 +11,19 @@ distribution of best-match correlations for features and for neurons (plotly), w
 
 Synced state is the truth: ``view`` (window in matrix order), ``image`` (uint8 codes of the pooled window: 0..250
 ↦ r ∈ [−1, 1], 255 = undefined), ``pick`` (a block clicked), ``selected_pair`` ([a feature, b feature] or []).
-
-This module also holds what the three universality/splitting widgets share: ``LinkedCards`` (the card container
-every click updates), ``default_card_factory`` (``FeatureCard.from_run`` from ``.card``, or a summary card when
-that module is absent), and ``standalone_html`` (a self-contained page, no network: the widget's own ESM run
-against a small in-page model, for ``.to_html(path)``).
 """
 from __future__ import annotations
 
-import base64
-import html
-import json
-import pathlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import anywidget
 import ipywidgets
 import numpy as np
 import traitlets
 
-HERE = pathlib.Path(__file__).parent
-CSS = HERE / "widgets_uni.css"
+from .base import LinkedCards, MsWidget, WithLinkedCards, default_card_factory, open_run
 
-__all__ = ["CorrelationMatrix", "LinkedCards", "default_card_factory", "standalone_html",
-           "best_match_distribution_figure", "encode_image"]
-
-
-# ---- shared: cards ---------------------------------------------------------------------------------------
-
-def _esc(s: Any) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def summary_card(dict_id: str, idx: int, info: dict | None = None) -> ipywidgets.HTML:
-    """A small card from what the analysis itself knows (used when ``widgets/card.py`` is not available)."""
-    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in (info or {}).items())
-    return ipywidgets.HTML(
-        f'<div class="mono-uni-summarycard"><div class="mono-uni-summarycard-title">{_esc(dict_id)} '
-        f'feature {_esc(idx)}</div><table>{rows}</table></div>')
-
-
-def default_card_factory(run_dir: str | Path | None, compact: bool = False) -> Callable[[str, int, dict], Any]:
-    """``factory(dict_id, idx, info) -> widget``: ``FeatureCard.from_run(run_dir, dict_id, idx)`` when
-    ``monosemantic.widgets.card`` exists (``compact``: its one-column layout, for cards side by side), else a
-    summary card.  A card that fails to build shows its error."""
-
-    def factory(dict_id: str, idx: int, info: dict | None = None):
-        try:
-            from . import card as card_mod  # built by the inspection issue; imported lazily
-        except ImportError:
-            return summary_card(dict_id, idx, info)
-        if run_dir is None:
-            return summary_card(dict_id, idx, info)
-        kw = {}
-        if compact and hasattr(getattr(card_mod, "CardLayout", None), "compact"):
-            kw["layout"] = card_mod.CardLayout.compact()
-        try:
-            return card_mod.FeatureCard.from_run(run_dir, dict_id, int(idx), **kw)
-        except Exception as e:  # noqa: BLE001 - shown to the user in place of the card, never swallowed
-            return ipywidgets.HTML(f'<div class="mono-uni-cardError">card {_esc(dict_id)} #{_esc(idx)} could not '
-                                   f'be built: {_esc(type(e).__name__)}: {_esc(e)}</div>')
-
-    return factory
-
-
-class WithLinkedCards(traitlets.HasTraits):  # HasTraits so a mixin may carry @observe handlers
-    """For a widget whose clicks open cards in ``self.cards`` (a :class:`LinkedCards`): in a notebook it displays
-    as :meth:`panel` — the widget above its cards — built once."""
-
-    def panel(self) -> ipywidgets.VBox:
-        return ipywidgets.VBox([self, self.cards.box])
-
-    def _repr_mimebundle_(self, **kwargs):
-        if not hasattr(self, "_panel"):
-            self._panel = self.panel()
-        return self._panel._repr_mimebundle_(**kwargs)
-
-
-class WithFeatureSelection(WithLinkedCards):
-    """A :class:`WithLinkedCards` widget selecting one feature by a ``selected_feature`` trait [dict_id, idx]:
-    a selection opens that feature's card with the lines ``feature_info(dict_id, idx)`` gives (None: not a feature
-    of this widget, and the selection is cleared); an empty selection closes the cards."""
-
-    def select(self, dict_id: str, idx: int) -> None:
-        self.selected_feature = [dict_id, int(idx)]
-
-    def feature_info(self, dict_id: str, idx: int) -> dict | None:
-        raise NotImplementedError
-
-    @traitlets.observe("selected_feature")
-    def _on_select(self, change):
-        if len(self.selected_feature) != 2:
-            self.cards.show([])
-            return
-        d, i = str(self.selected_feature[0]), int(self.selected_feature[1])
-        info = self.feature_info(d, i)
-        if info is None:
-            self.selected_feature = []
-            return
-        self.cards.show([(d, i, info)])
-
-
-class LinkedCards:
-    """The card container a widget's clicks update: ``box`` (an ipywidgets.HBox) holds one column per feature,
-    each a header (``.mono-uni-cardhead`` with ``data-feature="A/1:12"``) above the card."""
-
-    def __init__(self, factory: Callable[[str, int, dict], Any], placeholder: str = "click to open feature cards"):
-        self.factory = factory
-        self.keys: list[tuple[str, int]] = []
-        self.cards: list[Any] = []
-        self.box = ipywidgets.HBox(layout=ipywidgets.Layout(align_items="flex-start", flex_flow="row", width="100%",
-                                                            grid_gap="12px"))
-        self.box.add_class("mono-uni-cards")
-        self._placeholder = ipywidgets.HTML(f'<div class="mono-uni-placeholder">{_esc(placeholder)}</div>')
-        self.box.children = [self._placeholder]
-
-    def show(self, items: list[tuple[str, int, dict]]) -> None:
-        cols, keys, cards = [], [], []
-        for dict_id, idx, info in items:
-            card = self.factory(dict_id, int(idx), info)
-            head = ipywidgets.HTML(f'<div class="mono-uni-cardhead" data-feature="{_esc(dict_id)}:{int(idx)}">'
-                                   f'{_esc(dict_id)} #{int(idx)}</div>')
-            col = ipywidgets.VBox([head, card], layout=ipywidgets.Layout(flex="1 1 0", min_width="0",
-                                                                         overflow="hidden"))
-            col.add_class("mono-uni-cardcol")   # side by side, sharing the width
-            cols.append(col)
-            keys.append((dict_id, int(idx)))
-            cards.append(card)
-        self.keys, self.cards = keys, cards
-        self.box.children = cols or [self._placeholder]
-
-    def html(self) -> str:
-        """The current cards as static HTML (a card's own ``to_html`` when it has one, in an iframe)."""
-        import tempfile
-
-        parts = []
-        for (dict_id, idx), card in zip(self.keys, self.cards):
-            body = ""
-            if hasattr(card, "to_html") and not isinstance(card, ipywidgets.HTML):
-                with tempfile.TemporaryDirectory() as td:
-                    p = Path(td) / "card.html"
-                    card.to_html(p)
-                    body = (f'<iframe class="mono-uni-cardframe" srcdoc="{_esc(p.read_text())}" '
-                            f'sandbox="allow-scripts"></iframe>')
-            elif isinstance(card, ipywidgets.HTML):
-                body = card.value   # built by this module from escaped parts
-            parts.append(f'<div class="mono-uni-cardcol"><div class="mono-uni-cardhead" data-feature="'
-                         f'{_esc(dict_id)}:{idx}">{_esc(dict_id)} #{idx}</div>{body}</div>')
-        return f'<div class="mono-uni-cards mono-uni-static">{"".join(parts)}</div>'
-
-
-# ---- shared: standalone HTML -------------------------------------------------------------------------------
-
-_SHIM = r"""
-class StaticModel {
-  constructor(state) { this.state = state; this.handlers = {}; }
-  get(k) { return this.state[k]; }
-  set(k, v) { this.state[k] = v; for (const f of (this.handlers["change:" + k] || [])) f(); }
-  on(ev, f) { for (const e of ev.split(" ")) (this.handlers[e] = this.handlers[e] || []).push(f); }
-  off(ev, f) { if (!ev) { this.handlers = {}; return; } for (const e of ev.split(" ")) this.handlers[e] = (this.handlers[e] || []).filter(g => f && g !== f); }
-  save_changes() {}
-  send() {}
-}
-const fromB64 = s => { const b = atob(s); const u = new Uint8Array(b.length); for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new DataView(u.buffer); };
-for (const k of BYTES_KEYS) if (typeof STATE[k] === "string") STATE[k] = fromB64(STATE[k]);
-const url = URL.createObjectURL(new Blob([ESM], {type: "text/javascript"}));
-const mod = await import(url);
-const w = mod.default;
-const model = new StaticModel(STATE);
-model.state.__static = true;
-if (w.initialize) await w.initialize({model});
-await w.render({model, el: document.getElementById("mono-uni-root")});
-document.body.dataset.rendered = "1";
-"""
-
-
-def _script_json(obj) -> str:
-    """JSON safe inside <script>: no '</' can close the element, no U+2028/9 line breaks."""
-    s = json.dumps(obj, allow_nan=False, default=_jsonable)
-    return s.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def _jsonable(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
-
-
-def standalone_html(widget: anywidget.AnyWidget, title: str, below: str = "", beside: str = "") -> str:
-    """A self-contained page running ``widget``'s ESM on its current synced state (bytes as base64)."""
-    state, bytes_keys = {}, []
-    for name in widget.keys:
-        if name.startswith("_") or name in ("layout", "tabbable", "tooltip", "comm", "keys", "log"):
-            continue
-        v = getattr(widget, name)
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            state[name] = base64.b64encode(bytes(v)).decode()
-            bytes_keys.append(name)
-        elif isinstance(v, ipywidgets.Widget):
-            continue
-        else:
-            state[name] = v
-    esm, css = str(widget._esm), str(widget._css)
-    script = (f"const ESM = {_script_json(esm)};\nconst STATE = {_script_json(state)};\n"
-              f"const BYTES_KEYS = {_script_json(bytes_keys)};\n{_SHIM}")
-    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>\n'
-            f'<style>{css}</style></head>\n<body class="mono-uni-page">\n'
-            f'<div class="mono-uni-row"><div id="mono-uni-root"></div>{beside}</div>\n{below}\n'
-            f'<script type="module">\n{script}\n</script>\n</body></html>\n')
-
-
-def _write(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+__all__ = ["CorrelationMatrix", "best_match_distribution_figure", "encode_image"]
 
 
 # ---- the matrix ------------------------------------------------------------------------------------------
@@ -277,12 +70,12 @@ def best_match_distribution_figure(comparison, height: int = 340):
     return fig
 
 
-class CorrelationMatrix(WithLinkedCards, anywidget.AnyWidget):
+class CorrelationMatrix(WithLinkedCards, MsWidget):
     """See the module docstring.  ``CorrelationMatrix(comparison, run_dir=run.root)`` or
     ``CorrelationMatrix.from_run(run_dir, "A/1", "B/1")`` (a comparison saved by ``monosemantic compare``)."""
 
-    _esm = HERE / "correlation_uni.js"
-    _css = CSS
+    _js = "correlation"
+    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     title = traitlets.Unicode("").tag(sync=True)
     a_label = traitlets.Unicode("").tag(sync=True)
@@ -328,10 +121,9 @@ class CorrelationMatrix(WithLinkedCards, anywidget.AnyWidget):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, a: str = "A/1", b: str = "B/1", **kw) -> "CorrelationMatrix":
-        from monosemantic.runs import Run
         from monosemantic.universality import load_comparison
 
-        run = Run.open(run_dir)
+        run = open_run(run_dir)
         return cls(load_comparison(run, a, b), run_dir=run.root, **kw)
 
     # ---- kernel side ----
@@ -419,14 +211,16 @@ class CorrelationMatrix(WithLinkedCards, anywidget.AnyWidget):
                                                             flex_flow="row wrap"))
         return ipywidgets.VBox([row, self.cards.box])
 
-    def to_html(self, path: str | Path) -> Path:
-        """A self-contained page: the matrix (zoom within the exported window, hover, click), the distributions
-        (plotly.js inline, no network) and the cards open at export time."""
-        beside = ""
-        if self.distribution is not None:
-            import plotly.graph_objects as go
+    def page_title(self) -> str:
+        return self.title
 
-            beside = go.Figure(self.distribution).to_html(full_html=False, include_plotlyjs=True,
-                                                          config={"displaylogo": False})
-            beside = f'<div class="mono-uni-dist">{beside}</div>'
-        return _write(path, standalone_html(self, self.title, below=self.cards.html(), beside=beside))
+    def static_state(self) -> dict:
+        # the kernel-side bookkeeping of the last pooled click is not needed without a kernel
+        return {k: v for k, v in super().static_state().items() if k != "pick"}
+
+    def _page_extras(self) -> dict:
+        """The open cards below, and the distributions beside the matrix (drawn by the page's one plotly.js)."""
+        extras = super()._page_extras()
+        if self.distribution is not None:
+            extras["figures"] = [self.distribution.to_plotly_json()]
+        return extras

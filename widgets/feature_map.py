@@ -10,26 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import anywidget
 import numpy as np
 import traitlets
 
-from .correlation import (CSS, HERE, LinkedCards, WithFeatureSelection, _write, default_card_factory,
-                          standalone_html)
+from .base import LinkedCards, MsWidget, WithFeatureSelection, default_card_factory, open_run
+from .html import escape_html, token_label
 
 __all__ = ["FeatureMap", "feature_map_figure"]
 
 
-def _tok_label(toks, k: int = 5) -> str:
-    """Top tokens as ‹tok› ‹tok›, escapes visible (‹\\n›), each at most 20 characters."""
-    return " ".join("‹" + repr(str(t))[1:-1][:20] + "›" for t in list(toks)[:k]) if toks is not None else ""
+def _tok_label(toks) -> str:
+    """A point's label: its first five top tokens, each at most 20 characters."""
+    return token_label(toks, 5, max_chars=20)
 
 
-class FeatureMap(WithFeatureSelection, anywidget.AnyWidget):
+class FeatureMap(WithFeatureSelection, MsWidget):
     """``FeatureMap(df, run_dir=run.root)`` or ``FeatureMap.from_run(run_dir)`` (the saved ``feature_map``)."""
 
-    _esm = HERE / "feature_map_uni.js"
-    _css = CSS
+    _js = "feature_map"
+    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     dict_ids = traitlets.List(traitlets.Unicode()).tag(sync=True)
     sizes = traitlets.List(traitlets.Int()).tag(sync=True)
@@ -63,10 +62,9 @@ class FeatureMap(WithFeatureSelection, anywidget.AnyWidget):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, transformer: str = "A", **kw) -> "FeatureMap":
-        from monosemantic.runs import Run
         from monosemantic.splitting import load_feature_map
 
-        run = Run.open(run_dir)
+        run = open_run(run_dir)
         return cls(load_feature_map(run, transformer), run_dir=run.root, **kw)
 
     @traitlets.validate("color_by")
@@ -87,14 +85,12 @@ class FeatureMap(WithFeatureSelection, anywidget.AnyWidget):
             info["density"] = f"{float(r['density']):.2g}"
         return info
 
-    def to_html(self, path: str | Path) -> Path:
-        return _write(path, standalone_html(self, "feature map", below=self.cards.html()))
+    def page_title(self) -> str:
+        return "feature map"
 
 
 def feature_map_figure(df, color_by: str = "dict", height: int = 560):
     """The map as a plotly scatter (WebGL), hover with top tokens."""
-    import html as _html
-
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -104,7 +100,7 @@ def feature_map_figure(df, color_by: str = "dict", height: int = 560):
         sub = df[df["dict_id"] == g] if color_by == "dict" else df[df["cluster"] == g]
         name = f"{g} ({int(sub['d_sae'].iloc[0])})" if color_by == "dict" else ("noise" if g < 0 else f"cluster {g}")
         toks = sub["top_tokens"] if "top_tokens" in sub else [[]] * len(sub)
-        text = ["<br>".join(_html.escape(x) for x in (f"{d} #{i}", f"cluster {c}", _tok_label(t)))
+        text = ["<br>".join(escape_html(x) for x in (f"{d} #{i}", f"cluster {c}", _tok_label(t)))
                 for d, i, c, t in zip(sub["dict_id"], sub["idx"], sub["cluster"], toks)]
         fig.add_trace(go.Scattergl(x=sub["x"], y=sub["y"], mode="markers", name=name, text=text,
                                    hoverinfo="text", marker=dict(size=6 if color_by == "dict" else 5, opacity=0.75)))

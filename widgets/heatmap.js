@@ -18,11 +18,6 @@ function msHeatFigure(data, r) {
   };
 }
 
-// plotly renders hover and tick text as (a subset of) HTML: escape it
-function msEscapeHover(s) {
-  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
-}
-
 export default {
   render({ model, el }) {
     el.classList.add("ms-widget", "ms-heatmap-widget");

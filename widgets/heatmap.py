@@ -11,18 +11,15 @@ of the shown units), ``selected`` (which unit colours the rows) and ``heat_row``
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import traitlets
 
-from .card import MsWidget, _open_run
-from .html import css, display_token, esm, write_static_page
+from .base import MsWidget, open_run
+from .html import display_token, token_label
 
 
 class ActivationHeatmap(MsWidget):
-    _esm = esm("heatmap")
-    _css = css()
+    _js = "heatmap"
     data = traitlets.Dict().tag(sync=True)
     selected = traitlets.Int(0).tag(sync=True)
     heat_row = traitlets.Int(0).tag(sync=True)
@@ -30,7 +27,7 @@ class ActivationHeatmap(MsWidget):
     def __init__(self, run, source: str, texts: list[str], units: list[int] | None = None, top: int = 8,
                  labels: list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
-        self._run = _open_run(run)
+        self._run = open_run(run)
         self.source = source
         self._top = int(top)
         self._fixed_units = None if units is None else list(dict.fromkeys(int(u) for u in units))
@@ -92,7 +89,7 @@ class ActivationHeatmap(MsWidget):
             if self._stats is not None:
                 row = self._stats.table.loc[u]
                 info["max"] = max(float(row["max_act"]), seen)
-                info["hint"] = "top tokens " + " ".join(f"‹{display_token(t)}›" for t in row["top_tokens"][:4])
+                info["hint"] = "top tokens " + token_label(row["top_tokens"], 4)
             unit_info.append(info)
         rows = []
         for i, a in enumerate(acts):
@@ -108,7 +105,5 @@ class ActivationHeatmap(MsWidget):
         self.selected = min(self.selected, max(0, len(units) - 1))
         self.heat_row = min(self.heat_row, len(rows) - 1)
 
-    def to_html(self, path, include_plotly: bool = True) -> Path:
-        return write_static_page(path, "heatmap", {"data": self.data, "selected": self.selected,
-                                                   "heat_row": self.heat_row},
-                                 title=self.data.get("title", "activations"), include_plotly=include_plotly)
+    def page_title(self) -> str:
+        return self.data.get("title", "activations")

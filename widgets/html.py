@@ -1,25 +1,38 @@
-"""Escaping and static-page helpers shared by the widgets.
+"""What every widget puts in front of a reader: visible token labels, escaping, the front-end assets, static pages.
 
-Token strings are untrusted: a corpus can hold ``<script>``, ``"><img onerror=…>``, bidi overrides or NUL bytes.
-Three layers keep them text:
+Token strings are untrusted: a corpus can hold ``<script>``, ``"><img onerror=…>``, ``<!--``, bidi overrides or
+NUL bytes.  Three layers keep them text:
 
 1. ``display_token`` makes invisible and dangerous code points visible (``↵`` for a newline, ``␀`` for NUL,
    ``⟨U+202E⟩`` for a bidi control, ``\\x07`` for other controls), so a token can neither reorder the text
-   around it nor hide;
+   around it nor hide; ``token_label`` is the one way a list of tokens is written (``‹a› ‹b›``);
 2. the front-end puts every string into the DOM with ``textContent`` or an attribute value (never innerHTML);
-   plotly hover/tick text, which plotly treats as HTML, is escaped with ``escape_html`` / the JS equivalent;
+   HTML built in Python and plotly hover/tick text (which plotly treats as HTML) go through ``escape_html``;
 3. data embedded in a static page goes through ``script_json``, which escapes ``<``, ``>``, ``&`` and the JS line
-   separators, so no string can close the ``<script>`` element that holds it.
+   separators, so no string can open a comment or a script (``<!--``, ``<script``) or close the element holding
+   it (``</script``).
+
+The front-end: ``base.js`` (shared rendering) prepended to each widget's own file by ``esm_bundle`` — the one
+place that joins them — and one stylesheet, ``widgets.css``.  A static page runs that same bundle, from a blob
+URL as anywidget does, against ``static.js``'s stand-in model (no kernel, no network).
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
-import math
 from functools import lru_cache
 from pathlib import Path
 
+# anywidget's own file-watching contents (0.11, pinned <0.12 in pyproject): a widget whose ``_esm`` is one of
+# these gets the new text whenever it changes, which is how a Path ``_esm`` hot-reloads.
+from anywidget._file_contents import FileContents, VirtualFileContents
+
+from monosemantic.errors import ConfigError
+from monosemantic.io import atomic_path, json_safe
+
 HERE = Path(__file__).resolve().parent
+CSS_PATH = HERE / "widgets.css"
 
 _BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 _INVISIBLE = {0x200B, 0x200C, 0x200D, 0x2028, 0x2029, 0xFEFF, 0x00AD}
@@ -45,37 +58,64 @@ def display_token(s: str) -> str:
     return "".join(out)
 
 
-def escape_html(s: str) -> str:
+def token_label(tokens, k: int | None = None, max_chars: int | None = None, sep: str = " ") -> str:
+    """The first ``k`` tokens as ``‹tok› ‹tok›``, each through ``display_token`` and cut to ``max_chars``."""
+    toks = [display_token(t) for t in list(tokens if tokens is not None else [])[:k]]
+    return sep.join(f"‹{t[:max_chars] if max_chars else t}›" for t in toks)
+
+
+def escape_html(s) -> str:
     """HTML-escaped (quotes included) form of ``display_token(s)``."""
     return html.escape(display_token(s), quote=True)
 
 
-def _finite(o):
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def script_json(obj) -> str:
-    """JSON safe to place inside a ``<script>`` element (no ``</script>``, no ``<!--``, no U+2028/9)."""
-    s = json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """``obj`` as JSON safe inside a ``<script>`` element: numpy made plain and NaN/inf made null (``json_safe``),
+    and no ``<``, ``>``, ``&``, U+2028 or U+2029 left raw, so no string can form ``<!--``, ``<script`` or
+    ``</script`` (which end or derail the element) or break a JS string."""
+    s = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return (s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-@lru_cache(maxsize=None)
-def esm(name: str) -> str:
-    """The front-end module of a widget: the shared renderer followed by the widget's own file."""
-    return (HERE / "common.js").read_text() + "\n" + (HERE / f"{name}.js").read_text()
+# ---- front-end assets ------------------------------------------------------------------------------------------
+
+class EsmBundle(VirtualFileContents):
+    """``base.js`` followed by a widget's own file, as one ES module text.  anywidget imports ``_esm`` from a blob
+    URL, where ``import "./base.js"`` cannot resolve, so the shared module is prepended here, once.  Each part is
+    an anywidget ``FileContents`` (watched when ``ANYWIDGET_HMR=1``, as a Path ``_esm`` is): an edit to either
+    file re-sends the bundle to every live widget."""
+
+    def __init__(self, *paths: Path):
+        hmr = _hmr_enabled()
+        self.parts = [FileContents(p, start_thread=hmr) for p in paths]
+        super().__init__(self._join())
+        for part in self.parts:
+            part.changed.connect(self._on_part_changed)
+
+    def _join(self) -> str:
+        return "\n".join(str(p) for p in self.parts)
+
+    def _on_part_changed(self, _text: str) -> None:
+        self.contents = self._join()
+
+
+def _hmr_enabled() -> bool:
+    import os
+
+    if os.environ.get("ANYWIDGET_HMR") != "1":
+        return False
+    try:
+        import watchfiles  # noqa: F401 - anywidget's file watcher
+    except ImportError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=None)
-def css() -> str:
-    return (HERE / "widgets.css").read_text()
+def esm_bundle(name: str) -> EsmBundle:
+    """The front-end module of widget ``name`` (``card`` → ``base.js`` + ``card.js``)."""
+    return EsmBundle(HERE / "base.js", HERE / f"{name}.js")
 
 
 @lru_cache(maxsize=1)
@@ -85,40 +125,78 @@ def plotly_js() -> bytes:
 
     p = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not p.exists():
-        raise FileNotFoundError(f"{p} missing: reinstall plotly (pip install 'plotly>=7.1,<7.2')")
+        raise ConfigError(f"{p} missing: reinstall plotly (pip install 'plotly>=7.1,<7.2')")
     return p.read_bytes()
 
 
-def static_page(name: str, state: dict, title: str, include_plotly: bool = True) -> str:
-    """A self-contained HTML page running widget ``name``'s front-end on ``state`` (no kernel, no network)."""
-    code = esm(name).replace("export default {", "const __msWidget = {", 1)
-    if "</script" in code.lower():
-        raise ValueError("widget code must not contain '</script'")
+def _inline_code(code: str, what: str) -> str:
+    """Trusted code placed verbatim in a ``<script>``: refuse what would end or derail the element."""
+    low = code.lower()
+    for bad in ("</script", "<!--", "<script"):
+        if bad in low:
+            raise ConfigError(f"{what} contains {bad!r}, which would end the <script> holding it; "
+                              f"embed it as data through script_json instead")
+    return code
+
+
+# ---- static pages ----------------------------------------------------------------------------------------------
+
+def view_spec(name: str, state: dict) -> dict:
+    """One widget on a static page: its front-end ``name`` and synced ``state`` (bytes travel as base64)."""
+    st, blobs = {}, []
+    for k, v in state.items():
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            st[k] = base64.b64encode(bytes(v)).decode("ascii")
+            blobs.append(k)
+        else:
+            st[k] = v
+    return {"esm": name, "state": st, "bytes": blobs}
+
+
+def static_page(name: str, state: dict, title: str, include_plotly: bool = True, *, cards: list | None = None,
+                figures: list[dict] | None = None) -> str:
+    """A self-contained HTML page running widget ``name``'s front-end on ``state`` (no kernel, no network).
+
+    ``cards``: linked cards below the widget, each ``{"head": text, "key": "A/1:12", "view": view_spec(…)}`` or
+    ``{"head": …, "key": …, "html": trusted escaped HTML}``; ``figures``: plotly figure dicts drawn beside it.
+    Every piece of data, the module texts included, is a ``script_json`` block; the only inline code is
+    plotly.js and ``static.js``."""
+    views = [view_spec(name, state)]
+    below = []
+    for i, c in enumerate(cards or []):
+        if "view" in c:
+            views.append({**c["view"], "el": f"ms-card-{i}"})
+            body = f'<div id="ms-card-{i}" class="ms-widget"></div>'
+        else:
+            body = c["html"]
+        below.append(f'<div class="ms-cardcol"><div class="ms-cardhead" data-feature="{escape_html(c["key"])}">'
+                     f'{escape_html(c["head"])}</div>{body}</div>')
+    views[0]["el"] = "ms-root"
+    modules = {v["esm"]: str(esm_bundle(v["esm"])) for v in views}
+    beside = "".join(f'<div class="ms-figure" id="ms-figure-{i}"></div>' for i in range(len(figures or [])))
     plot = ""
     if include_plotly:
-        src = plotly_js().decode("utf-8")
-        plot = "<script>" + src.replace("</script", "<\\/script") + "</script>"
+        plot = "<script>" + _inline_code(plotly_js().decode("utf-8"), "plotly.min.js") + "</script>"
+    data = {"views": views, "figures": list(figures or [])}
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
-        f"<style>{css()}\nbody{{margin:16px;background:#fff}}</style>{plot}</head>\n<body>"
-        "<div id=\"ms-root\" class=\"ms-widget\"></div>\n"
-        f"<script type=\"application/json\" id=\"ms-state\">{script_json(state)}</script>\n"
-        f"<script type=\"module\">\n{code}\n"
-        "const state = JSON.parse(document.getElementById('ms-state').textContent);\n"
-        "__msWidget.render({ model: msStaticModel(state), el: document.getElementById('ms-root') });\n"
-        "</script></body></html>\n"
+        f"<style>{CSS_PATH.read_text(encoding='utf-8')}</style>{plot}</head>\n<body class=\"ms-page\">\n"
+        f"<div class=\"ms-page-row\"><div id=\"ms-root\" class=\"ms-widget\"></div>{beside}</div>\n"
+        + (f"<div class=\"ms-cards ms-static\">{''.join(below)}</div>\n" if below else "")
+        + f"<script type=\"application/json\" id=\"ms-modules\">{script_json(modules)}</script>\n"
+        f"<script type=\"application/json\" id=\"ms-data\">{script_json(data)}</script>\n"
+        f"<script type=\"module\">\n{_inline_code((HERE / 'static.js').read_text(encoding='utf-8'), 'static.js')}"
+        "</script>\n</body></html>\n"
     )
 
 
-def write_static_page(path, name: str, state: dict, title: str, include_plotly: bool = True) -> Path:
+def write_static_page(path, name: str, state: dict, title: str, include_plotly: bool = True, **extra) -> Path:
     """Write ``static_page`` atomically to ``path`` (a ``.html`` file)."""
-    from monosemantic.io import atomic_path
-
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"{path}: a static export is an .html file; pass a path ending in .html")
+        raise ConfigError(f"{path}: a static export is an .html file; pass a path ending in .html")
     with atomic_path(path, suffix=".html") as tmp:
-        tmp.write_text(static_page(name, state, title, include_plotly), encoding="utf-8")
+        tmp.write_text(static_page(name, state, title, include_plotly, **extra), encoding="utf-8")
         tmp.chmod(0o644)  # a page to share, not a private temp file
     return path

@@ -11,21 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import anywidget
 import traitlets
 
-from .correlation import (CSS, HERE, LinkedCards, WithFeatureSelection, _write, default_card_factory,
-                          standalone_html)
+from monosemantic.errors import ConfigError
+
+from .base import LinkedCards, MsWidget, WithFeatureSelection, default_card_factory, open_run
+from .html import display_token, token_label
 
 __all__ = ["SplittingTree"]
 
 
-class SplittingTree(WithFeatureSelection, anywidget.AnyWidget):
+class SplittingTree(WithFeatureSelection, MsWidget):
     """``SplittingTree(splitting, root=("A/0", 12), run_dir=run.root)`` or ``SplittingTree.from_run(run_dir)``
     (default root: the feature of the smallest dictionary with the largest family)."""
 
-    _esm = HERE / "splitting_uni.js"
-    _css = CSS
+    _js = "splitting"
+    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     levels = traitlets.List(traitlets.Unicode()).tag(sync=True)
     sizes = traitlets.List(traitlets.Int()).tag(sync=True)
@@ -52,24 +53,41 @@ class SplittingTree(WithFeatureSelection, anywidget.AnyWidget):
     @classmethod
     def from_run(cls, run_dir: str | Path, transformer: str = "A", root: tuple[str, int] | None = None,
                  **kw) -> "SplittingTree":
-        from monosemantic.runs import Run
         from monosemantic.splitting import load_splitting
 
-        run = Run.open(run_dir)
+        run = open_run(run_dir)
         return cls(load_splitting(run, transformer), root=root, run_dir=run.root, **kw)
+
+    @traitlets.validate("root")
+    def _check_root(self, proposal):
+        r = list(proposal["value"])
+        try:
+            dict_id, idx = r
+            if isinstance(idx, bool) or int(idx) != idx:
+                raise ValueError(idx)
+        except (TypeError, ValueError):
+            raise traitlets.TraitError(f"root must be [dict_id, feature index], e.g. ['A/0', 12]; got {r!r}") from None
+        return [str(dict_id), int(idx)]
 
     @traitlets.observe("root", "threshold", "max_children")
     def _rebuild(self, change):
-        if len(self.root) != 2:
+        if not self.root:           # the threshold set while constructing, before the root
             return
-        dict_id, idx = str(self.root[0]), int(self.root[1])
+        dict_id, idx = self.root
         try:
             fam = self._sp.family(dict_id, idx, self.threshold, max_children=self.max_children)
-        except (KeyError, Exception) as e:  # noqa: BLE001 - a bad root typed in the box: say so in the widget
-            self.error = f"{type(e).__name__}: {e}"
+        except KeyError as e:       # no such feature in the analysis (a number typed in the root box)
+            self.error = f"{e.args[0]}; pick a feature index below its dictionary's size"
+            return
+        except ConfigError as e:    # a dictionary the analysis did not link
+            self.error = str(e)
             return
         self.error = ""
-        self.tree = fam.to_dict()
+        tree = fam.to_dict()
+        # token strings are shown as the cards show them (display_token), never raw
+        tree["nodes"] = [{**n, "top_tokens": [display_token(t) for t in n.get("top_tokens", [])]}
+                         for n in tree["nodes"]]
+        self.tree = tree
 
     def family(self):
         """The ``Family`` currently drawn."""
@@ -81,12 +99,11 @@ class SplittingTree(WithFeatureSelection, anywidget.AnyWidget):
         except KeyError:
             return None
         info = {"fires on": f"{n['fires']} tokens (density {n['density']:.2g})",
-                "top tokens": " ".join(repr(t) for t in n["top_tokens"][:6])}
+                "top tokens": token_label(n["top_tokens"], 6)}
         par = self._sp.parents(d, i, self.threshold)
         if len(par):
             info["parents"] = ", ".join(f"{r.src} #{r.src_idx} ({r.sim:.2f})" for r in par.head(4).itertuples())
         return info
 
-    def to_html(self, path: str | Path) -> Path:
-        title = f"feature family of {self.root[0]} #{self.root[1]}"
-        return _write(path, standalone_html(self, title, below=self.cards.html()))
+    def page_title(self) -> str:
+        return f"feature family of {self.root[0]} #{self.root[1]}"

@@ -1,4 +1,4 @@
-// CorrelationMatrix front end (monosemantic.widgets.correlation). All text goes through textContent.
+// CorrelationMatrix (widgets/correlation.py), after base.js. All text goes through textContent.
 const STOPS = [[-1, [33, 102, 172]], [-0.5, [146, 197, 222]], [0, [247, 247, 247]], [0.5, [244, 165, 130]], [1, [178, 24, 43]]];
 
 function palette() {
@@ -22,55 +22,39 @@ function palette() {
 }
 const PALETTE = palette();
 
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function bytesOf(v) {
-  if (!v) return new Uint8Array(0);
-  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  if (v instanceof ArrayBuffer) return new Uint8Array(v);
-  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  return new Uint8Array(0);
-}
-
-const fmt = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : Number(x).toFixed(d);
 const codeToR = q => (q === 255 ? null : (q / 250) * 2 - 1);
 
 function render({ model, el: root }) {
   const SIZE = 400;
-  const wrap = el("div", "mono-uni mono-uni-matrix");
-  const title = el("div", "mono-uni-title");
-  const stats = el("div", "mono-uni-stats");
-  const bar = el("div", "mono-uni-toolbar");
-  const reset = el("button", "mono-uni-btn mono-uni-reset", "reset zoom");
-  const out = el("button", "mono-uni-btn mono-uni-zoomout", "zoom out");
-  const where = el("span", "mono-uni-where");
+  const wrap = msEl("div", "ms-analysis ms-matrix");
+  const title = msEl("div", "ms-title");
+  const stats = msEl("div", "ms-stats");
+  const bar = msEl("div", "ms-toolbar");
+  const reset = msEl("button", "ms-btn ms-reset", "reset zoom");
+  const out = msEl("button", "ms-btn ms-zoomout", "zoom out");
+  const where = msEl("span", "ms-where");
   bar.append(reset, out, where);
-  const body = el("div", "mono-uni-matrixbody");
-  const ylab = el("div", "mono-uni-ylabel");
-  const stage = el("div", "mono-uni-stage");
-  const canvas = el("canvas", "mono-uni-canvas");
+  const body = msEl("div", "ms-matrixbody");
+  const ylab = msEl("div", "ms-ylabel");
+  const stage = msEl("div", "ms-stage");
+  const canvas = msEl("canvas", "ms-canvas");
   canvas.width = SIZE; canvas.height = SIZE;
   canvas.style.width = SIZE + "px"; canvas.style.height = SIZE + "px";
-  const overlay = el("canvas", "mono-uni-overlay");
+  const overlay = msEl("canvas", "ms-overlay");
   overlay.width = SIZE; overlay.height = SIZE;
   overlay.style.width = SIZE + "px"; overlay.style.height = SIZE + "px";
-  const band = el("div", "mono-uni-band");
-  const tip = el("div", "mono-uni-tip");
+  const band = msEl("div", "ms-band");
+  const tip = msEl("div", "ms-tip");
   stage.append(canvas, overlay, band, tip);
-  const xlab = el("div", "mono-uni-xlabel");
+  const xlab = msEl("div", "ms-xlabel");
   body.append(ylab, stage);
-  const legend = el("div", "mono-uni-legend");
-  const sel = el("div", "mono-uni-selection", "no pair selected: click a cell");
+  const legend = msEl("div", "ms-legend");
+  const sel = msEl("div", "ms-selection", "no pair selected: click a cell");
   wrap.append(title, stats, bar, body, xlab, legend, sel);
   root.appendChild(wrap);
 
   // legend: the colour scale
-  const lc = el("canvas", "mono-uni-legendbar");
+  const lc = msEl("canvas", "ms-legendbar");
   lc.width = 200; lc.height = 10;
   const lctx = lc.getContext("2d");
   for (let x = 0; x < 200; x++) {
@@ -78,7 +62,7 @@ function render({ model, el: root }) {
     lctx.fillStyle = `rgb(${PALETTE[q * 4]},${PALETTE[q * 4 + 1]},${PALETTE[q * 4 + 2]})`;
     lctx.fillRect(x, 0, 1, 10);
   }
-  legend.append(el("span", "", "r = −1 "), lc, el("span", "", " +1   "), el("span", "mono-uni-nan", " "), el("span", "", " undefined (dead)"));
+  legend.append(msEl("span", "", "r = −1 "), lc, msEl("span", "", " +1   "), msEl("span", "ms-nan", " "), msEl("span", "", " undefined (dead)"));
 
   let rowPos = null, colPos = null;
   const positions = () => {
@@ -90,7 +74,7 @@ function render({ model, el: root }) {
   const imgCanvas = document.createElement("canvas");
   function drawImage() {
     const [h, w] = model.get("image_shape") || [0, 0];
-    const data = bytesOf(model.get("image"));
+    const data = msBytes(model.get("image"));
     const ctx = canvas.getContext("2d");
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, SIZE, SIZE);
@@ -128,8 +112,8 @@ function render({ model, el: root }) {
     title.textContent = model.get("title");
     const s = model.get("stats") || {};
     const paper = s.paper || {};
-    stats.textContent = `median best-match r — features ${fmt(s.feature_median)} (paper ${fmt(paper.feature_median)})` +
-      (s.neuron_median !== null && s.neuron_median !== undefined ? ` · neurons ${fmt(s.neuron_median)} (paper ${fmt(paper.neuron_median)})` : "") +
+    stats.textContent = `median best-match r — features ${msFixed(s.feature_median)} (paper ${msFixed(paper.feature_median)})` +
+      (s.neuron_median !== null && s.neuron_median !== undefined ? ` · neurons ${msFixed(s.neuron_median)} (paper ${msFixed(paper.neuron_median)})` : "") +
       (s.tokens ? ` · ${Number(s.tokens).toLocaleString()} tokens` : "");
     const [P, Q] = model.get("shape");
     const [r0, r1, c0, c1] = model.get("view");
@@ -140,8 +124,8 @@ function render({ model, el: root }) {
     const p = model.get("selected_pair") || [];
     if (p.length === 2) {
       let v = model.get("selected_value");
-      if ((v === null || v === undefined) && model.get("__static")) v = cellValue(rowPos.get(p[0]), colPos.get(p[1]));
-      sel.textContent = `selected: ${a} #${p[0]} ↔ ${b} #${p[1]}, r = ${fmt(v, 3)}`;
+      if ((v === null || v === undefined) && msIsStatic(model)) v = cellValue(rowPos.get(p[0]), colPos.get(p[1]));
+      sel.textContent = `selected: ${a} #${p[0]} ↔ ${b} #${p[1]}, r = ${msFixed(v, 3)}`;
       sel.dataset.pair = `${p[0]},${p[1]}`;
     } else {
       sel.textContent = "no pair selected: click a cell";
@@ -161,7 +145,7 @@ function render({ model, el: root }) {
     while (k < h - 1 && re[k + 1] <= r) k++;
     while (l < w - 1 && ce[l + 1] <= c) l++;
     if (re[k] > r || re[k + 1] <= r || ce[l] > c || ce[l + 1] <= c) return null;   // outside the exported image
-    const data = bytesOf(model.get("image"));
+    const data = msBytes(model.get("image"));
     return { r, c, k, l, rows: [re[k], re[k + 1]], cols: [ce[l], ce[l + 1]], code: data[k * w + l] };
   }
   function cellValue(r, c) {
@@ -171,7 +155,7 @@ function render({ model, el: root }) {
     for (let k = 0; k < h; k++) if (re[k] <= r && r < re[k + 1])
       for (let l = 0; l < w; l++) if (ce[l] <= c && c < ce[l + 1]) {
         if (re[k + 1] - re[k] !== 1 || ce[l + 1] - ce[l] !== 1) return null;
-        return codeToR(bytesOf(model.get("image"))[k * w + l]);
+        return codeToR(msBytes(model.get("image"))[k * w + l]);
       }
     return null;
   }
@@ -196,8 +180,8 @@ function render({ model, el: root }) {
     const a = model.get("a_label"), b = model.get("b_label");
     const single = cell.rows[1] - cell.rows[0] === 1 && cell.cols[1] - cell.cols[0] === 1;
     tip.textContent = single
-      ? `${a} #${ro[cell.r]} ↔ ${b} #${co[cell.c]}: r = ${fmt(codeToR(cell.code))}`
-      : `${a} rows ${cell.rows[0]}–${cell.rows[1] - 1} ↔ ${b} columns ${cell.cols[0]}–${cell.cols[1] - 1}: max r = ${fmt(codeToR(cell.code))} (click: strongest pair)`;
+      ? `${a} #${ro[cell.r]} ↔ ${b} #${co[cell.c]}: r = ${msFixed(codeToR(cell.code))}`
+      : `${a} rows ${cell.rows[0]}–${cell.rows[1] - 1} ↔ ${b} columns ${cell.cols[0]}–${cell.cols[1] - 1}: max r = ${msFixed(codeToR(cell.code))} (click: strongest pair)`;
     tip.style.display = "block";
     tip.style.left = Math.min(x + 12, SIZE - 180) + "px";
     tip.style.top = (y + 14) + "px";
@@ -223,7 +207,7 @@ function render({ model, el: root }) {
     const ro = model.get("row_order"), co = model.get("col_order");
     if (cell.rows[1] - cell.rows[0] === 1 && cell.cols[1] - cell.cols[0] === 1) {
       model.set("selected_pair", [ro[cell.r], co[cell.c]]);
-      if (model.get("__static")) model.set("selected_value", codeToR(cell.code));
+      if (msIsStatic(model)) model.set("selected_value", codeToR(cell.code));
     } else {
       model.set("pick", [cell.rows[0], cell.rows[1], cell.cols[0], cell.cols[1], Date.now() % 1000000]);
     }

@@ -1,14 +1,49 @@
-// monosemantic widgets: shared rendering (prepended to card.js, heatmap.js and browser.js).
+// monosemantic widgets: the shared front-end, prepended to every widget's own file (widgets/html.py esm_bundle).
 // Every string from the data (token strings above all) goes into the DOM through textContent or an
-// attribute value, never through innerHTML: a hostile token renders as text.
-
-const MS_DOMAIN_COLORS = { python: "#3b7dd8", bible: "#b8860b", base64: "#2e9e5b", text: "#8c8c8c" };
+// attribute value, never through innerHTML: a hostile token renders as text.  Colours that mean something
+// (domains) come with the data from Python, so they are defined once.
 
 function msEl(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text !== undefined && text !== null) e.textContent = String(text);
   return e;
+}
+
+const MS_SVG_NS = "http://www.w3.org/2000/svg";
+function msSvg(tag, attrs = {}, text) {
+  const e = document.createElementNS(MS_SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+// a static page (static.js) has no kernel: widgets do locally what the kernel would do
+const msIsStatic = (model) => !!(model && model.__static);
+
+// a Bytes trait as bytes: a DataView from the kernel or the static page, or any typed array / buffer
+function msBytes(v) {
+  if (!v) return new Uint8Array(0);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  return new Uint8Array(0);
+}
+
+// a Bytes trait as a typed array of type T (copied, so the alignment T needs always holds)
+function msTyped(v, T) {
+  const b = msBytes(v);
+  return new T(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+// tokens already made visible by Python's display_token, written as ‹a› ‹b› (html.token_label's form)
+const msTokenLabel = (toks, k) => (toks || []).slice(0, k === undefined ? undefined : k).map((t) => `‹${t}›`).join(" ");
+
+// a fixed number of decimals, "–" for a missing value
+const msFixed = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x)) ? "–" : Number(x).toFixed(d);
+
+// plotly renders hover and tick text as (a subset of) HTML: escape it
+function msEscapeHover(s) {
+  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 }
 
 function msFmt(v, digits = 3) {
@@ -56,7 +91,7 @@ function msSeq(seq, max) {
 function msPlotly(model) {
   if (window.Plotly) return Promise.resolve(window.Plotly);
   if (window.__msPlotly) return window.__msPlotly;
-  if (!model || typeof model.send !== "function" || model.__static) return Promise.reject(new Error("no plotly"));
+  if (!model || typeof model.send !== "function" || msIsStatic(model)) return Promise.reject(new Error("no plotly"));
   window.__msPlotly = new Promise((resolve, reject) => {
     const timer = setTimeout(() => { window.__msPlotly = null; reject(new Error("plotly.js not received")); }, 60000);
     const onMsg = (msg, buffers) => {
@@ -168,7 +203,7 @@ const MS_PANELS = {
       const tr = msEl("tr", r.proxy ? "ms-proxy-row" : "");
       const d = msEl("td");
       const dot = msEl("span", "ms-dot");
-      dot.style.background = MS_DOMAIN_COLORS[r.domain] || "#999";
+      dot.style.background = r.color || "#999";
       d.appendChild(dot);
       d.appendChild(document.createTextNode(r.domain + (r.proxy ? " (proxy)" : "")));
       tr.appendChild(d);
@@ -230,18 +265,4 @@ function msRenderCard(model, el, card) {
   el.appendChild(root);
   ctx.plots.forEach(([div, fig]) => msPlot(model, div, fig));
   return root;
-}
-
-// a stand-in for the widget model on static pages (no kernel): the same render() code runs there
-function msStaticModel(state) {
-  const handlers = {};
-  return {
-    __static: true,
-    get: (k) => state[k],
-    set: (k, v) => { const old = state[k]; state[k] = v; if (old !== v) (handlers["change:" + k] || []).forEach((f) => f()); },
-    save_changes: () => {},
-    send: () => {},
-    on: (ev, f) => { (handlers[ev] = handlers[ev] || []).push(f); },
-    off: () => {},
-  };
 }

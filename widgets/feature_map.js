@@ -1,52 +1,37 @@
-// FeatureMap front end (monosemantic.widgets.feature_map). All text goes through textContent.
+// FeatureMap (widgets/feature_map.py), after base.js. All text goes through textContent.
 const DICT_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"];
 const CLUSTER_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
   "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1",
   "#636363", "#9c9ede"];
 const NOISE = "#c8c8c8";
 
-const el = (tag, cls, text) => {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-};
-function view(v, T) {
-  if (!v) return new T(0);
-  if (v instanceof DataView || ArrayBuffer.isView(v)) {
-    const b = v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength);
-    return new T(b);
-  }
-  if (v instanceof ArrayBuffer) return new T(v.slice(0));
-  return new T(0);
-}
 
 function render({ model, el: root }) {
   const SIZE = 520, PAD = 12;
-  const wrap = el("div", "mono-uni mono-uni-map");
-  const title = el("div", "mono-uni-title", "decoder vectors across dictionary sizes (UMAP, cosine; HDBSCAN clusters)");
-  const bar = el("div", "mono-uni-toolbar");
-  const bDict = el("button", "mono-uni-btn mono-uni-colordict", "colour: dictionary size");
-  const bClu = el("button", "mono-uni-btn mono-uni-colorcluster", "colour: cluster");
-  const count = el("span", "mono-uni-where");
+  const wrap = msEl("div", "ms-analysis ms-map");
+  const title = msEl("div", "ms-title", "decoder vectors across dictionary sizes (UMAP, cosine; HDBSCAN clusters)");
+  const bar = msEl("div", "ms-toolbar");
+  const bDict = msEl("button", "ms-btn ms-colordict", "colour: dictionary size");
+  const bClu = msEl("button", "ms-btn ms-colorcluster", "colour: cluster");
+  const count = msEl("span", "ms-where");
   bar.append(bDict, bClu, count);
-  const stage = el("div", "mono-uni-stage");
-  const canvas = el("canvas", "mono-uni-canvas");
+  const stage = msEl("div", "ms-stage");
+  const canvas = msEl("canvas", "ms-canvas");
   canvas.width = SIZE; canvas.height = SIZE;
   canvas.style.width = SIZE + "px"; canvas.style.height = SIZE + "px";
   canvas.style.cursor = "pointer";
-  const tip = el("div", "mono-uni-tip");
+  const tip = msEl("div", "ms-tip");
   stage.append(canvas, tip);
-  const legend = el("div", "mono-uni-maplegend");
-  const sel = el("div", "mono-uni-selection");
+  const legend = msEl("div", "ms-maplegend");
+  const sel = msEl("div", "ms-selection");
   wrap.append(title, bar, stage, legend, sel);
   root.appendChild(wrap);
 
   let X, Y, Wh, I, C, px, py, grid;
   const CELL = 12;
   function load() {
-    X = view(model.get("xs"), Float32Array); Y = view(model.get("ys"), Float32Array);
-    Wh = view(model.get("which"), Uint8Array); I = view(model.get("idx"), Int32Array); C = view(model.get("cluster"), Int32Array);
+    X = msTyped(model.get("xs"), Float32Array); Y = msTyped(model.get("ys"), Float32Array);
+    Wh = msTyped(model.get("which"), Uint8Array); I = msTyped(model.get("idx"), Int32Array); C = msTyped(model.get("cluster"), Int32Array);
     const n = X.length;
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
     for (let i = 0; i < n; i++) { x0 = Math.min(x0, X[i]); x1 = Math.max(x1, X[i]); y0 = Math.min(y0, Y[i]); y1 = Math.max(y1, Y[i]); }
@@ -89,16 +74,16 @@ function render({ model, el: root }) {
       }
       sel.textContent = `selected: ${s[0]} #${s[1]}`;
     } else sel.textContent = "";
-    bDict.classList.toggle("mono-uni-on", model.get("color_by") !== "cluster");
-    bClu.classList.toggle("mono-uni-on", model.get("color_by") === "cluster");
+    bDict.classList.toggle("ms-btn-on", model.get("color_by") !== "cluster");
+    bClu.classList.toggle("ms-btn-on", model.get("color_by") === "cluster");
     legend.replaceChildren();
     if (model.get("color_by") === "cluster") {
-      legend.append(el("span", "", `${model.get("n_clusters")} HDBSCAN clusters of the embedding; grey: noise`));
+      legend.append(msEl("span", "", `${model.get("n_clusters")} HDBSCAN clusters of the embedding; grey: noise`));
     } else {
       const sizes = model.get("sizes") || [];
       ids.forEach((d, k) => {
-        const sw = el("span", "mono-uni-swatch"); sw.style.background = DICT_COLORS[k % DICT_COLORS.length];
-        legend.append(sw, el("span", "", `${d} (${sizes[k]})`));
+        const sw = msEl("span", "ms-swatch"); sw.style.background = DICT_COLORS[k % DICT_COLORS.length];
+        legend.append(sw, msEl("span", "", `${d} (${sizes[k]})`));
       });
     }
   }
