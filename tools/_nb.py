@@ -1,4 +1,5 @@
 """What the notebook generators share: the set-up cell, cell building and writing (committed without outputs)."""
+import sys
 from pathlib import Path
 
 import nbformat as nbf
@@ -31,8 +32,20 @@ def nb(cells):
     return n
 
 
-def write(notebooks: dict) -> None:
-    """``{"01_name.ipynb": notebook, ...}`` into notebooks/."""
+def out_dir(argv: list[str] | None = None) -> Path:
+    """Where the generators write: notebooks/, or the folder given as ``--out DIR`` on their command line (how
+    tests/test_notebook_sources.py regenerates them to compare with the committed ones)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write the notebooks (committed without outputs)")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    return ap.parse_args(sys.argv[1:] if argv is None else argv).out
+
+
+def write(notebooks: dict, out: Path | None = None) -> None:
+    """``{"01_name.ipynb": notebook, ...}`` into ``out`` (default: ``out_dir()``, i.e. notebooks/ or ``--out``)."""
+    out = out_dir() if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     for name, n in notebooks.items():
-        nbf.write(n, OUT / name)
-    print("wrote", ", ".join(str(OUT / name) for name in notebooks))
+        nbf.write(n, out / name)
+    print("wrote", ", ".join(str(out / name) for name in notebooks))
