@@ -169,6 +169,48 @@ def import_saelens(directory: str | Path, *, scaling_factor: float | None = None
     ``.saelens_metadata``.
     """
     directory = Path(directory)
+    cfg, st = _read_saelens(directory, expect_hook_name)
+    meta = cfg.get("metadata") or {}
+    w = _fold_input_convention(cfg, st, directory, scaling_factor)
+    kind, options, threshold = _our_kind(cfg, st, w, directory / SAELENS_WEIGHTS)
+    our_cfg = (meta.get("monosemantic") or {}).get("dictionary") or {}
+    if kind == "batchtopk" and float(threshold) < 0:
+        threshold = torch.zeros(())  # SAELens: ReLU(h)·1[h > θ] is the same for every θ ≤ 0
+    if our_cfg.get("kind") == kind:  # our own export: restore the original options and coefficients
+        options = {**options, **(our_cfg.get("options") or {})}
+    l1 = our_cfg.get("l1_coefficient", cfg.get("l1_coefficient", cfg.get("l0_coefficient", 0.0)))
+    dcfg = DictionaryConfig(d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), kind=kind, l1_coefficient=float(l1 or 0.0),
+                            seed=int(our_cfg.get("seed", 0)), options=options)
+    sae = make_dictionary(dcfg)
+
+    if fold_decoder_norm:
+        if kind not in ("relu", "jumprelu"):
+            raise ConfigError(f"fold_decoder_norm changes which latents win a top-k, so it is refused for {kind}")
+        n = w["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * n, w["b_enc"] * n, w["W_dec"] / n[:, None]
+        if kind == "jumprelu":
+            threshold = threshold * n
+
+    with torch.no_grad():
+        sae.W_enc_DF.copy_(w["W_enc"])
+        sae.b_enc_F.copy_(w["b_enc"])
+        sae.W_dec_FD.copy_(w["W_dec"])
+        sae.b_dec_D.copy_(w["b_dec"])
+        if kind == "jumprelu":
+            # θ ≤ 0 acts as θ = 0 in SAELens (ReLU first); the smallest positive float keeps log finite
+            tiny = torch.finfo(torch.float32).tiny
+            sae.log_threshold_F.copy_(threshold.clamp_min(tiny).log())
+        elif kind == "batchtopk":
+            sae.threshold.copy_(threshold)
+            sae.threshold_updates.fill_(max(1, int(sae.threshold_updates)))  # θ is an estimate, not unset
+    sae.saelens_metadata = meta
+    return sae.to(device).eval()
+
+
+def _read_saelens(directory: Path, expect_hook_name: str | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The SAELens config (pre-6.0 conventions converted) and its tensors in float64, after checking that this is
+    an SAE we can import: a known architecture and reshape, no fine-tuning scale, W_enc/b_enc/W_dec/b_dec of the
+    config's shape."""
     cfg_path, w_path = directory / SAELENS_CFG, directory / SAELENS_WEIGHTS
     if not cfg_path.exists() or not w_path.exists():
         raise FileNotFoundError(f"no SAELens SAE at {directory}: expected {SAELENS_CFG} and {SAELENS_WEIGHTS} "
@@ -198,11 +240,17 @@ def import_saelens(directory: str | Path, *, scaling_factor: float | None = None
         if name not in st:
             raise ConfigError(f"{w_path} lacks tensor {name!r} (has {sorted(st)}); "
                               f"not a {arch} SAE as SAELens saves it")
-    W_enc, b_enc, W_dec, b_dec = st["W_enc"], st["b_enc"], st["W_dec"], st["b_dec"]
-    if tuple(W_enc.shape) != (d_in, d_sae) or tuple(W_dec.shape) != (d_sae, d_in):
-        raise ConfigError(f"{w_path}: W_enc {tuple(W_enc.shape)} / W_dec {tuple(W_dec.shape)} do not match "
-                          f"d_in={d_in}, d_sae={d_sae} in {cfg_path}")
+    if tuple(st["W_enc"].shape) != (d_in, d_sae) or tuple(st["W_dec"].shape) != (d_sae, d_in):
+        raise ConfigError(f"{w_path}: W_enc {tuple(st['W_enc'].shape)} / W_dec {tuple(st['W_dec'].shape)} do not "
+                          f"match d_in={d_in}, d_sae={d_sae} in {cfg_path}")
+    return cfg, st
 
+
+def _fold_input_convention(cfg: dict, st: dict[str, torch.Tensor], directory: Path,
+                           scaling_factor: float | None) -> dict[str, torch.Tensor]:
+    """W_enc, b_enc, W_dec, b_dec rewritten for our input convention: a constant activation scale folded in (as
+    SAELens's ``fold_activation_norm_scaling_factor``), and b_dec always subtracted before the encoder."""
+    W_enc, b_enc, W_dec, b_dec = st["W_enc"], st["b_enc"], st["W_dec"], st["b_dec"]
     # activation normalisation: only a constant input scale is expressible (folded like SAELens does)
     norm = cfg.get("normalize_activations", "none")
     if norm == "expected_average_only_in":
@@ -211,80 +259,53 @@ def import_saelens(directory: str | Path, *, scaling_factor: float | None = None
         # the threshold / b_enc live in pre-activation space, which the fold leaves unchanged
     elif norm != "none":
         raise ConfigError(
-            f"SAELens normalize_activations={norm!r} (in {cfg_path}) normalises each input by its own statistics "
-            f"(or whitens it unfolded), which a Dictionary cannot express; only 'none' and "
+            f"SAELens normalize_activations={norm!r} (in {directory / SAELENS_CFG}) normalises each input by its own "
+            f"statistics (or whitens it unfolded), which a Dictionary cannot express; only 'none' and "
             f"'expected_average_only_in' (a constant scale) can be imported")
 
     # our kinds always compute pre = (x − b_dec) W_enc + b_enc
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc
+    return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
 
-    mono = meta.get("monosemantic") or {}
-    our_cfg = mono.get("dictionary") or {}
+
+def _our_kind(cfg: dict, st: dict[str, torch.Tensor], w: dict[str, torch.Tensor], w_path: Path):
+    """``(kind, options, threshold)`` for the SAELens architecture; a topk SAE that rescales by decoder norm gets the
+    norms folded into ``w`` (in place)."""
+    arch = cfg.get("architecture", "standard")
+    meta = cfg.get("metadata") or {}
+    our_cfg = (meta.get("monosemantic") or {}).get("dictionary") or {}
     options: dict[str, Any] = {}
     threshold = None
     if arch == "standard":
-        kind = "relu"
-    elif arch in ("topk", "batchtopk"):
-        kind = arch
+        return "relu", options, threshold
+    if arch in ("topk", "batchtopk"):
         options["k"] = int(cfg["k"]) if arch == "topk" else cfg["k"]
         if cfg.get("rescale_acts_by_decoder_norm", False):
-            n = W_dec.norm(dim=-1).clamp_min(1e-8)
-            W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
+            n = w["W_dec"].norm(dim=-1).clamp_min(1e-8)
+            w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * n, w["b_enc"] * n, w["W_dec"] / n[:, None]
         if arch == "batchtopk":
             if "topk_threshold" not in st:
                 raise ConfigError(f"{w_path} lacks 'topk_threshold'; not a SAELens batchtopk checkpoint")
             threshold = st["topk_threshold"].reshape(())
             if cfg.get("topk_threshold_lr") is not None:
                 options["threshold_lr"] = float(cfg["topk_threshold_lr"])
-    else:  # jumprelu
-        if "threshold" not in st:
-            raise ConfigError(f"{w_path} lacks 'threshold'; not a SAELens jumprelu SAE")
-        thr = st["threshold"]
-        train_arch = meta.get("training_architecture")
-        details = meta.get("training_architecture_details") or {}
-        shared = bool((thr == thr[0]).all())
-        if shared and our_cfg.get("kind") == "batchtopk":
-            kind, options, threshold = "batchtopk", dict(our_cfg.get("options") or {}), thr[0]
-        elif shared and train_arch == "batchtopk" and details.get("k") is not None:
-            kind, threshold = "batchtopk", thr[0]
-            options["k"] = details["k"]
-            if details.get("topk_threshold_lr") is not None:
-                options["threshold_lr"] = float(details["topk_threshold_lr"])
-        else:
-            kind, threshold = "jumprelu", thr
-
-    if kind == "batchtopk" and float(threshold) < 0:
-        threshold = torch.zeros(())  # SAELens: ReLU(h)·1[h > θ] is the same for every θ ≤ 0
-    if our_cfg.get("kind") == kind:  # our own export: restore the original options and coefficients
-        options = {**options, **(our_cfg.get("options") or {})}
-    l1 = our_cfg.get("l1_coefficient", cfg.get("l1_coefficient", cfg.get("l0_coefficient", 0.0)))
-    dcfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, kind=kind, l1_coefficient=float(l1 or 0.0),
-                            seed=int(our_cfg.get("seed", 0)), options=options)
-    sae = make_dictionary(dcfg)
-
-    if fold_decoder_norm:
-        if kind not in ("relu", "jumprelu"):
-            raise ConfigError(f"fold_decoder_norm changes which latents win a top-k, so it is refused for {kind}")
-        n = W_dec.norm(dim=-1).clamp_min(1e-8)
-        W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
-        if kind == "jumprelu":
-            threshold = threshold * n
-
-    with torch.no_grad():
-        sae.W_enc_DF.copy_(W_enc)
-        sae.b_enc_F.copy_(b_enc)
-        sae.W_dec_FD.copy_(W_dec)
-        sae.b_dec_D.copy_(b_dec)
-        if kind == "jumprelu":
-            # θ ≤ 0 acts as θ = 0 in SAELens (ReLU first); the smallest positive float keeps log finite
-            tiny = torch.finfo(torch.float32).tiny
-            sae.log_threshold_F.copy_(threshold.clamp_min(tiny).log())
-        elif kind == "batchtopk":
-            sae.threshold.copy_(threshold)
-            sae.threshold_updates.fill_(max(1, int(sae.threshold_updates)))  # θ is an estimate, not unset
-    sae.saelens_metadata = meta
-    return sae.to(device).eval()
+        return arch, options, threshold
+    # jumprelu
+    if "threshold" not in st:
+        raise ConfigError(f"{w_path} lacks 'threshold'; not a SAELens jumprelu SAE")
+    thr = st["threshold"]
+    train_arch = meta.get("training_architecture")
+    details = meta.get("training_architecture_details") or {}
+    shared = bool((thr == thr[0]).all())
+    if shared and our_cfg.get("kind") == "batchtopk":
+        return "batchtopk", dict(our_cfg.get("options") or {}), thr[0]
+    if shared and train_arch == "batchtopk" and details.get("k") is not None:
+        options["k"] = details["k"]
+        if details.get("topk_threshold_lr") is not None:
+            options["threshold_lr"] = float(details["topk_threshold_lr"])
+        return "batchtopk", options, thr[0]
+    return "jumprelu", options, thr
 
 
 def same_function(a: Dictionary, b: Dictionary, x_ND: torch.Tensor, atol: float = 1e-5) -> bool:
