@@ -328,3 +328,16 @@ def test_load_of_nothing_and_of_an_unregistered_kind_say_what_to_do(tmp_path):
     _rewrite_cfg(d, {"dictionary": {"d_in": 8, "d_sae": 16, "kind": "my-notebook-kind"}})
     with pytest.raises(ConfigError, match="names dictionary kind 'my-notebook-kind', which is not registered here"):
         Dictionary.load(d)
+
+
+def test_init_b_dec_false_keeps_the_given_dictionarys_decoder_bias():
+    x, _ = planted(n=2048)
+    train = SAETrainConfig(steps=1, batch_size=256, lr=0.0, geometric_median_rows=2048, resample_at=(),
+                           init_density=None)
+    given = make_dictionary(DictionaryConfig(d_in=32, d_sae=64))
+    with torch.no_grad():
+        given.b_dec_D.fill_(0.25)
+    kept = train_dictionary(x, given, train, progress=False, init_b_dec=False)
+    assert torch.equal(kept.b_dec_D, torch.full((32,), 0.25))  # lr 0: the step moves nothing
+    median = train_dictionary(x, DictionaryConfig(d_in=32, d_sae=64), train, progress=False)
+    assert torch.allclose(median.b_dec_D, geometric_median(x), atol=1e-6)
