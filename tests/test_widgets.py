@@ -2,22 +2,22 @@
 import html.parser
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import traitlets
 
-from monosemantic.features import (Example, FeatureStatsConfig, Histogram, UnitStats, compute_feature_stats,
-                                   compute_neuron_stats)
+from monosemantic.features import FeatureStatsConfig, compute_feature_stats, compute_neuron_stats
 from monosemantic.prompt import prompt_activations
 from monosemantic.widgets.browser import FeatureBrowser
 from monosemantic.widgets.card import CardLayout, FeatureCard, NeuronCard, card_spec, proxy_figure, side_by_side
 from monosemantic.widgets.heatmap import ActivationHeatmap
 from monosemantic.widgets.html import display_token, escape_html, script_json, static_page
 
-HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "\u202eevil\u202c", "nul\x00byte",
-           "</script><!--", "a\u2028b", "&amp;", "\n", "\t", "\x07bell", "\u2066iso\u2069", "\ud800"]
-
+sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
+from widget_fixtures import HOSTILE, PAGE_BREAKERS, SyntheticStats, hostile_exports, synthetic_unit  # noqa: E402
 
 def test_display_token_makes_controls_visible():
     assert display_token("\n") == "↵" and display_token("\t") == "⇥" and display_token("\x00") == "␀"
@@ -58,30 +58,6 @@ def page_state(page: str, view: int = 0) -> dict:
     return page_block(page, "ms-data")["views"][view]["state"]
 
 
-def synthetic_unit(tokens=HOSTILE, kind="feature"):
-    K = 4
-    ex = [Example(section=-1, rank=i, act=1.0 - 0.1 * i, context=i, pos=3, token_ids=list(range(len(tokens))),
-                  tokens=list(tokens), acts=[0.0] * 3 + [1.0 - 0.1 * i] + [0.2] * (len(tokens) - 4), center=3)
-          for i in range(3)]
-    counts = np.zeros((142, K), np.int64)
-    counts[70:80, 0] = 5
-    counts[75:85, 2] = 3
-    row = {"density": 0.01, "count": 80, "max_act": 1.0, "mean_act": 0.4, "dead": False, "ultralow": False,
-           "top_domain": "python", "top_tokens": tokens[:3], "proxy_specificity": 0.6, "proxy_corr": 0.3,
-           **{f"{m}_{d}": 0.1 for m in ("act_share", "sensitivity", "corr", "fire_share")
-              for d in ("python", "bible", "base64", "text")}}
-    edges = 10.0 ** np.linspace(-4, 3, 141)
-    intervals = [{"index": i, "lo": i / 11, "hi": (i + 1) / 11, "count": 10, "examples": ex[:1] if i == 10 else []}
-                 for i in range(11)]
-    return UnitStats(kind=kind, source="A/1" if kind == "feature" else "A", unit=7, row=row,
-                     histogram=Histogram(edges=edges, counts=counts, zero=8000, domains=["python", "bible",
-                                                                                        "base64", "text"]),
-                     top=ex, intervals=intervals, logits_top=[(t, 0.5) for t in tokens[:5]],
-                     logits_bottom=[(t, -0.5) for t in tokens[5:10]], neurons=[(3, 0.4), (9, -0.2)], n_tokens=8080,
-                     proxy_domain="base64", domains=["python", "bible", "base64", "text"],
-                     domain_tokens={"python": 100, "bible": 100, "base64": 10, "text": 0})
-
-
 def test_card_spec_is_data_with_escaped_tokens():
     spec = card_spec(synthetic_unit())
     assert spec["kind"] == "feature" and spec["unit"] == 7
@@ -102,6 +78,34 @@ def test_card_spec_is_data_with_escaped_tokens():
     assert len(compact["panels"]["top"]["groups"][0]["seqs"][0]["tokens"]) <= 6 + 1 + 3
 
 
+def test_front_end_is_one_bundle_that_follows_edits_of_either_file(tmp_path):
+    """Every widget's ESM is base.js followed by its own file (nothing pasted); when either file changes (anywidget's
+    file watcher, ANYWIDGET_HMR=1) the bundle and every live widget's ``_esm`` follow."""
+    from monosemantic.widgets.html import HERE, CSS_PATH, EsmBundle, esm_bundle
+
+    base = (HERE / "base.js").read_text()
+    for cls in (FeatureCard, ActivationHeatmap, FeatureBrowser):
+        js = (HERE / f"{cls._js}.js").read_text()
+        assert str(cls._esm) == base + "\n" + js and js.count("function msEl(") == 0
+    assert str(FeatureCard._css) == CSS_PATH.read_text()
+    assert esm_bundle("card") is FeatureCard._esm                 # one bundle per front-end, shared
+    a, b = tmp_path / "base.js", tmp_path / "w.js"
+    a.write_text("const X = 1;")
+    b.write_text("export default { render() {} };")
+    bundle = EsmBundle(a, b)
+    from monosemantic.widgets.base import MsWidget
+
+    class Live(MsWidget):
+        _esm = bundle
+
+    live = Live()
+    assert live._esm == "const X = 1;\nexport default { render() {} };"
+    b.write_text("export default { render() { return X; } };")
+    bundle.parts[1]._contents = None                             # what FileContents.watch does on a change
+    bundle.parts[1].changed.emit(str(bundle.parts[1]))
+    assert str(bundle) == live._esm == "const X = 1;\nexport default { render() { return X; } };"
+
+
 def test_static_page_cannot_be_broken_out_of(tmp_path):
     page = static_page("card", {"card": card_spec(synthetic_unit())}, title="<script>x</script>",
                        include_plotly=False)
@@ -120,6 +124,82 @@ def test_static_page_cannot_be_broken_out_of(tmp_path):
 
     with pytest.raises(ValueError, match=r"\.html"):
         write_static_page(tmp_path / "card.png", "card", {"card": {}}, "t")
+
+
+def _scripts(page: str) -> list[tuple[dict, str]]:
+    """Every <script> element of a page as (attributes, raw text), split as an HTML parser does."""
+    class P(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.out, self._cur = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "script":
+                self._cur = [dict(attrs), ""]
+
+        def handle_data(self, data):
+            if self._cur is not None:
+                self._cur[1] += data
+
+        def handle_endtag(self, tag):
+            if tag == "script" and self._cur is not None:
+                self.out.append(tuple(self._cur))
+                self._cur = None
+
+    p = P()
+    p.feed(page)
+    return p.out
+
+
+def _strings(o):
+    if isinstance(o, str):
+        yield o
+    elif isinstance(o, dict):
+        for k, v in o.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(o, (list, tuple)):
+        for v in o:
+            yield from _strings(v)
+
+
+def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
+    """Issue 11: ``<!--<script>`` in a token blanked the FeatureMap and SplittingTree pages.  On every widget's
+    page the data blocks hold no ``<`` (so no ``<!--``, ``<script``, ``</script``) and no U+2028/9, the page has
+    exactly its own script elements, and every string comes back from the JSON as it went in."""
+    pages = hostile_exports(tmp_path)
+    assert set(pages) == {"card", "browser", "heatmap", "matrix", "tree", "map"}
+    shown = {display_token(t) for t in PAGE_BREAKERS}
+    for name, path in pages.items():
+        page = path.read_text(encoding="utf-8")
+        scripts = _scripts(page)
+        assert [a for a, _ in scripts] == [{"type": "application/json", "id": "ms-modules"},
+                                           {"type": "application/json", "id": "ms-data"}, {"type": "module"}], name
+        for attrs, text in scripts[:2]:
+            assert "<" not in text and ">" not in text, (name, attrs)
+            assert "\u2028" not in text and "\u2029" not in text, (name, attrs)
+            json.loads(text)
+        module = scripts[2][1].lower()
+        assert "<!--" not in module and "<script" not in module
+        data = page_block(page, "ms-data")
+        strings = set(_strings(data))
+        assert shown & strings, f"{name}: no hostile string reached the page's data"
+        modules = page_block(page, "ms-modules")
+        esms = [v["esm"] for v in data["views"]]
+        assert set(modules) == set(esms) and all("export default" in m for m in modules.values())
+        if name in ("matrix", "tree", "map"):          # a linked card open: the card's own front-end below
+            assert esms[1:] and set(esms[1:]) == {"card"}, name
+            assert 'class="ms-cardhead"' in page
+    tree = page_state(pages["tree"].read_text())
+    assert all(n["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS] for n in tree["tree"]["nodes"])
+    fmap = page_state(pages["map"].read_text())
+    assert fmap["labels"][0].startswith("‹<!--<script>› ‹</script><script>win")
+    assert page_state(pages["matrix"].read_text())["a_label"] == "A/" + PAGE_BREAKERS[0]
+    assert page_state(pages["heatmap"].read_text())["data"]["rows"][0]["label"] == PAGE_BREAKERS[0]
+    rows = page_state(pages["browser"].read_text())["static_rows"]
+    assert rows and all(r["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]] for r in rows)
+    card = page_state(pages["card"].read_text())["card"]
+    assert card["panels"]["top"]["groups"][0]["seqs"][0]["tokens"][:2] == [display_token(t) for t in PAGE_BREAKERS[:2]]
 
 
 # ---- widgets on the tiny run ---------------------------------------------------------------------------------
@@ -224,6 +304,14 @@ def test_browser_sorts_searches_filters_and_steps(run_with_stats, tmp_path):
         b.filter = "nope"
     with pytest.raises(traitlets.TraitError, match="sort_by must be one of"):
         b.sort_by = "nope"
+    # a unit out of range is refused where the caller sees it (a validator), the selection and card unchanged
+    before = (b.selected, b.card["unit"])
+    with pytest.raises(traitlets.TraitError, match="out of range"):
+        b.selected = st.n_units
+    assert (b.selected, b.card["unit"]) == before
+    b.selected = -1
+    assert b.card == {}
+    b.selected = before[0]
     # selection and one-click stepping through the current view
     order = list(b.view().index)
     b.select(order[30])

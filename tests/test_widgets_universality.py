@@ -3,36 +3,26 @@ import base64
 import json
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+import traitlets
 
-from monosemantic.universality import Comparison, PairResult, one_to_one
+from monosemantic.universality import one_to_one
 from monosemantic.widgets.base import LinkedCards
 from monosemantic.widgets.correlation import CorrelationMatrix, encode_image
 from monosemantic.widgets.feature_map import FeatureMap, feature_map_figure
 from monosemantic.widgets.splitting import SplittingTree
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
+from widget_fixtures import comparison, map_frame, planted_splitting  # noqa: E402
+
 
 def _decode(w):
     q = np.frombuffer(w.image, np.uint8).reshape(w.image_shape).astype(float)
     return np.where(q == 255, np.nan, q / 250 * 2 - 1)
-
-
-def _comparison(P=30, Q=40, dead=(2,), a="A/1", b="B/1", seed=0):
-    rng = np.random.default_rng(seed)
-    corr = rng.uniform(-0.1, 0.3, (P, Q)).astype(np.float32)
-    perm = rng.permutation(Q)
-    for i in range(P):
-        corr[i, perm[i]] = 0.5 + 0.45 * rng.random()
-    corr[list(dead), :] = np.nan
-    fires = np.full(P, 50)
-    fires[list(dead)] = 0
-    feats = PairResult(a, b, corr, fires, np.full(Q, 50), 10_000, 1e-5, False)
-    ncorr = rng.uniform(0, 0.6, (8, 8)).astype(np.float32)
-    neurons = PairResult("A/neurons", "B/neurons", ncorr, np.full(8, 5000), np.full(8, 5000), 10_000, 1e-5, False)
-    return Comparison(feats, neurons, {"tokens": 10_000})
 
 
 class Recorder:
@@ -63,7 +53,7 @@ def test_encode_image_codes():
 
 
 def test_matrix_reorders_matches_onto_the_diagonal_and_pools_block_maxima():
-    cmp_ = _comparison()
+    cmp_ = comparison()
     w = CorrelationMatrix(cmp_, max_pixels=16, card_factory=Recorder())
     corr = cmp_.features.corr
     assert w.shape == [30, 40] and w.view == [0, 30, 0, 40] and w.image_shape == [16, 16]
@@ -90,7 +80,7 @@ def test_matrix_reorders_matches_onto_the_diagonal_and_pools_block_maxima():
 
 def test_matrix_click_opens_both_cards():
     rec = Recorder()
-    cmp_ = _comparison()
+    cmp_ = comparison()
     w = CorrelationMatrix(cmp_, max_pixels=16, card_factory=rec)
     assert w.selected_pair == [] and _heads(w.cards) == []
     # a pooled pixel clicked: the front end sends the block, the kernel selects its strongest pair
@@ -116,7 +106,7 @@ def test_matrix_click_opens_both_cards():
 
 
 def test_matrix_distribution_shows_features_and_neurons_side_by_side():
-    w = CorrelationMatrix(_comparison(), card_factory=Recorder())
+    w = CorrelationMatrix(comparison(), card_factory=Recorder())
     bars = [t for t in w.distribution.data if t.type == "bar"]
     assert len(bars) == 2 and {t.name for t in bars} == {"features", "neurons"}
     assert sum(bars[0].y) == 29                       # every alive feature of a (one of 30 is dead)
@@ -126,7 +116,7 @@ def test_matrix_distribution_shows_features_and_neurons_side_by_side():
 
 def test_matrix_to_html_is_self_contained_and_escaped(tmp_path):
     evil = "A/<script>alert(1)</script>"
-    w = CorrelationMatrix(_comparison(a=evil), card_factory=None)
+    w = CorrelationMatrix(comparison(a=evil), card_factory=None)
     w.select(0, 1)
     p = w.to_html(tmp_path / "m.html")
     text = p.read_text()
@@ -140,18 +130,8 @@ def test_matrix_to_html_is_self_contained_and_escaped(tmp_path):
     assert base64.b64decode(state["image"]) == w.image
 
 
-def _planted_splitting():
-    """A parent that splits into three children, from hand-built dictionaries on synthetic activations."""
-    from test_splitting import planted_dictionaries, planted_batches
-
-    from monosemantic.splitting import link_activations
-
-    small, large = planted_dictionaries()
-    return link_activations(planted_batches(), {"S": small, "L": large})
-
-
 def test_splitting_tree_family_and_clicks():
-    sp = _planted_splitting()
+    sp = planted_splitting()
     rec = Recorder()
     t = SplittingTree(sp, root=("S", 0), card_factory=rec)
     keys = {n["key"] for n in t.tree["nodes"]}
@@ -169,16 +149,18 @@ def test_splitting_tree_family_and_clicks():
     assert {n["key"] for n in t.tree["nodes"]} == {"S:3", "L:5", "L:6"} and t.error == ""
     t.root = ["S", 99]
     assert "no feature S:99" in t.error and {n["key"] for n in t.tree["nodes"]} == {"S:3", "L:5", "L:6"}
+    t.root = ["Z", 0]                                 # a dictionary the analysis did not link
+    assert "not one of the linked dictionaries" in t.error
+    with pytest.raises(traitlets.TraitError, match=r"root must be \[dict_id, feature index\]"):
+        t.root = ["S", "three"]
+    t.root = ["S", 3]
+    assert t.error == "" and t.root == ["S", 3]
     default = SplittingTree(sp, card_factory=rec)     # default root: the largest family
     assert default.root == ["S", 0]
 
 
 def test_feature_map_click_and_colour():
-    rng = np.random.default_rng(0)
-    df = pd.DataFrame({"dict_id": ["A/0"] * 5 + ["A/1"] * 10, "idx": list(range(5)) + list(range(10)),
-                       "d_sae": [5] * 5 + [10] * 10, "x": rng.normal(size=15), "y": rng.normal(size=15),
-                       "cluster": [0, 0, 1, 1, -1] * 3, "density": rng.random(15),
-                       "top_tokens": [[" the", "<b>"]] * 15})
+    df = map_frame()
     rec = Recorder()
     m = FeatureMap(df, card_factory=rec)
     assert m.dict_ids == ["A/0", "A/1"] and m.sizes == [5, 10] and m.n_clusters == 2

@@ -1,0 +1,146 @@
+"""Synthetic data for the widget tests (no run needed), and every widget's static export built on hostile strings.
+
+Used by ``tests/test_widgets*.py`` (structure and round trip of the pages) and ``test_static_exports_browser.py``
+(the same pages in Chromium: they render, the strings show as text, nothing runs).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/: the planted splitting of test_splitting
+
+# token strings a corpus can hold that must stay text: markup, script and comment openers, JS line separators
+HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "\u202eevil\u202c", "nul\x00byte",
+           "</script><!--", "a\u2028b", "&amp;", "\n", "\t", "\x07bell", "\u2066iso\u2069", "\ud800"]
+# what blanked the FeatureMap / SplittingTree exports (issue 11): a script-data comment opener before <script>
+PAGE_BREAKERS = ["<!--<script>", "</script><script>window.__pwned=3</script>", "<SCRIPT>window.__pwned=1</script>",
+                 '"><img src=x onerror="window.__pwned=2">', "x\u2028y\u2029z", "<!--", "</ScRiPt >"]
+DOMAINS = ["python", "bible", "base64", "text"]
+
+
+def synthetic_unit(tokens=HOSTILE, kind="feature", unit=7):
+    """A ``UnitStats`` whose every token string (examples, top tokens, logits) comes from ``tokens``."""
+    from monosemantic.features import Example, Histogram, UnitStats
+
+    tokens = list(tokens) + ["pad"] * max(0, 10 - len(tokens))
+    K = len(DOMAINS)
+    ex = [Example(section=-1, rank=i, act=1.0 - 0.1 * i, context=i, pos=3, token_ids=list(range(len(tokens))),
+                  tokens=list(tokens), acts=[0.0] * 3 + [1.0 - 0.1 * i] + [0.2] * (len(tokens) - 4), center=3)
+          for i in range(3)]
+    counts = np.zeros((142, K), np.int64)
+    counts[70:80, 0] = 5
+    counts[75:85, 2] = 3
+    row = {"density": 0.01, "count": 80, "max_act": 1.0, "mean_act": 0.4, "dead": False, "ultralow": False,
+           "top_domain": "python", "top_tokens": tokens[:3], "proxy_specificity": 0.6, "proxy_corr": 0.3,
+           **{f"{m}_{d}": 0.1 for m in ("act_share", "sensitivity", "corr", "fire_share") for d in DOMAINS}}
+    edges = 10.0 ** np.linspace(-4, 3, 141)
+    intervals = [{"index": i, "lo": i / 11, "hi": (i + 1) / 11, "count": 10, "examples": ex[:1] if i == 10 else []}
+                 for i in range(11)]
+    return UnitStats(kind=kind, source="A/1" if kind == "feature" else "A", unit=unit, row=row,
+                     histogram=Histogram(edges=edges, counts=counts, zero=8000, domains=list(DOMAINS)),
+                     top=ex, intervals=intervals, logits_top=[(t, 0.5) for t in tokens[:5]],
+                     logits_bottom=[(t, -0.5) for t in tokens[5:10]], neurons=[(3, 0.4), (9, -0.2)], n_tokens=8080,
+                     proxy_domain="base64", domains=list(DOMAINS),
+                     domain_tokens={"python": 100, "bible": 100, "base64": 10, "text": 0})
+
+
+class SyntheticStats:
+    """Stands in for ``features.FeatureStats``: every unit is ``synthetic_unit(tokens)``; ``table`` the browser's
+    columns, unit ``u`` with density ``(u + 1) / 1000``."""
+
+    def __init__(self, tokens=HOSTILE, n_units: int = 6, source: str = "A/1"):
+        self.tokens, self.n_units, self.source = list(tokens), n_units, source
+        self.kind, self.run, self.n_tokens = "feature", None, 8080
+        self.table = pd.DataFrame({
+            "density": [(u + 1) / 1000 for u in range(n_units)], "count": [80] * n_units,
+            "max_act": [1.0] * n_units, "top_tokens": [self.tokens[:3]] * n_units,
+            "top_domain": ["python"] * n_units, "proxy_specificity": [0.6] * n_units,
+            "proxy_sensitivity": [0.1] * n_units, "proxy_corr": [0.3] * n_units,
+            "dead": [False] * n_units, "ultralow": [False] * n_units})
+
+    def unit(self, u: int):
+        return synthetic_unit(self.tokens, unit=int(u))
+
+
+def comparison(P=30, Q=40, dead=(2,), a="A/1", b="B/1", seed=0):
+    """A universality comparison with a planted one-to-one match per row (``dead`` rows never fire)."""
+    from monosemantic.universality import Comparison, PairResult
+
+    rng = np.random.default_rng(seed)
+    corr = rng.uniform(-0.1, 0.3, (P, Q)).astype(np.float32)
+    perm = rng.permutation(Q)
+    for i in range(P):
+        corr[i, perm[i]] = 0.5 + 0.45 * rng.random()
+    corr[list(dead), :] = np.nan
+    fires = np.full(P, 50)
+    fires[list(dead)] = 0
+    feats = PairResult(a, b, corr, fires, np.full(Q, 50), 10_000, 1e-5, False)
+    ncorr = rng.uniform(0, 0.6, (8, 8)).astype(np.float32)
+    neurons = PairResult("A/neurons", "B/neurons", ncorr, np.full(8, 5000), np.full(8, 5000), 10_000, 1e-5, False)
+    return Comparison(feats, neurons, {"tokens": 10_000})
+
+
+def planted_splitting():
+    """A parent that splits into three children, from hand-built dictionaries on synthetic activations."""
+    from test_splitting import planted_batches, planted_dictionaries
+
+    from monosemantic.splitting import link_activations
+
+    small, large = planted_dictionaries()
+    return link_activations(planted_batches(), {"S": small, "L": large})
+
+
+def map_frame(tokens=(" the", "<b>"), seed=0) -> pd.DataFrame:
+    """A feature map of two dictionaries (5 and 10 features), every point's top tokens ``tokens``."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"dict_id": ["A/0"] * 5 + ["A/1"] * 10, "idx": list(range(5)) + list(range(10)),
+                         "d_sae": [5] * 5 + [10] * 10, "x": rng.normal(size=15), "y": rng.normal(size=15),
+                         "cluster": [0, 0, 1, 1, -1] * 3, "density": rng.random(15),
+                         "top_tokens": [list(tokens)] * 15})
+
+
+def hostile_exports(out: Path, tokens=PAGE_BREAKERS, include_plotly: bool = False) -> dict[str, Path]:
+    """Every widget's static export with ``tokens`` wherever a token string (or a label) reaches the page; the
+    three analysis widgets with a linked card open.  ``{widget name: page}``."""
+    from monosemantic.widgets.browser import FeatureBrowser
+    from monosemantic.widgets.card import FeatureCard
+    from monosemantic.widgets.correlation import CorrelationMatrix
+    from monosemantic.widgets.feature_map import FeatureMap
+    from monosemantic.widgets.html import display_token, write_static_page
+    from monosemantic.widgets.splitting import SplittingTree
+
+    out = Path(out)
+    stats = SyntheticStats(tokens)
+
+    def cards(dict_id, idx, info):
+        return FeatureCard(stats, int(idx) % stats.n_units)
+
+    pages = {"card": FeatureCard(stats, 3).to_html(out / "card.html", include_plotly=include_plotly)}
+    browser = FeatureBrowser(stats, filter="all")
+    browser.select(4)
+    pages["browser"] = browser.to_html(out / "browser.html", include_plotly=include_plotly)
+    # the heatmap's texts run through the model: its page is built from the state it would sync
+    shown = [display_token(t) for t in tokens]
+    data = {"title": f"A/1: 1 feature on {tokens[0]}", "kind": "feature", "source": "A/1",
+            "units": [{"id": 3, "label": "feature 3", "max": 1.0, "hint": " ".join(shown)}],
+            "rows": [{"label": tokens[0], "tokens": shown, "acts": [[0.1 * (i + 1)] for i in range(len(shown))],
+                      "top": [[("feature 3", 0.5)]] * len(shown)}]}
+    pages["heatmap"] = write_static_page(out / "heatmap.html", "heatmap", {"data": data, "selected": 0,
+                                                                           "heat_row": 0},
+                                         title=data["title"], include_plotly=include_plotly)
+    matrix = CorrelationMatrix(comparison(a="A/" + tokens[0]), card_factory=cards)
+    matrix.select(0, 1)
+    pages["matrix"] = matrix.to_html(out / "matrix.html", include_plotly=include_plotly)
+    sp = planted_splitting()
+    sp.nodes["top_tokens"] = [list(tokens)] * len(sp.nodes)
+    tree = SplittingTree(sp, root=("S", 0), card_factory=cards)
+    tree.select("L", 1)
+    pages["tree"] = tree.to_html(out / "tree.html", include_plotly=include_plotly)
+    fmap = FeatureMap(map_frame(tokens), card_factory=cards)
+    fmap.select("A/1", 4)
+    pages["map"] = fmap.to_html(out / "map.html", include_plotly=include_plotly)
+    return pages
