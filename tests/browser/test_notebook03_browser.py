@@ -167,28 +167,14 @@ HOSTILE = ["<script>window.__pwned=1</script>", '"><img src=x onerror="window.__
 def test_static_pages_keep_hostile_tokens_as_text(lab, tmp_path):
     """A card and a browser exported with hostile token strings: nothing executes, every token shows as text,
     and the static browser switches cards on a click."""
-    import numpy as np
-
-    from monosemantic.features import Example, Histogram, UnitStats
     from monosemantic.widgets.card import card_spec
     from monosemantic.widgets.html import write_static_page
+    from widget_fixtures import synthetic_unit
 
     root, run_dir, base_url, page, shots = lab
 
     def unit(u):
-        ex = [Example(section=-1, rank=0, act=1.0, context=0, pos=3, token_ids=list(range(len(HOSTILE))),
-                      tokens=HOSTILE, acts=[0.1, 0.2, 1.0, 0.3, 0.0], center=2)]
-        counts = np.zeros((142, 4), np.int64)
-        counts[80:90, 2] = 4
-        row = {"density": 0.01, "count": 40, "max_act": 1.0, "mean_act": 0.5, "dead": False, "ultralow": False,
-               "top_domain": "base64", "top_tokens": HOSTILE[:2], "proxy_specificity": 0.9, "proxy_corr": 0.5}
-        return UnitStats(kind="feature", source="A/1", unit=u, row=row,
-                         histogram=Histogram(edges=10.0 ** np.linspace(-4, 3, 141), counts=counts, zero=60,
-                                             domains=["python", "bible", "base64", "text"]),
-                         top=ex, intervals=[], logits_top=[(t, 0.5) for t in HOSTILE], logits_bottom=[],
-                         neurons=[(1, 0.5)], n_tokens=100, proxy_domain="base64",
-                         domains=["python", "bible", "base64", "text"],
-                         domain_tokens={"python": 10, "bible": 10, "base64": 10, "text": 10})
+        return synthetic_unit(HOSTILE, unit=u)
 
     card = write_static_page(tmp_path / "hostile_card.html", "card", {"card": card_spec(unit(7))}, "hostile")
     page.goto(card.as_uri())
