@@ -18,6 +18,14 @@ function msSvg(tag, attrs = {}, text) {
   return e;
 }
 
+// a canvas of size×size device pixels shown at size×size CSS pixels
+function msCanvas(cls, size) {
+  const c = msEl("canvas", cls);
+  c.width = size; c.height = size;
+  c.style.width = size + "px"; c.style.height = size + "px";
+  return c;
+}
+
 // a static page (static.js) has no kernel: widgets do locally what the kernel would do
 const msIsStatic = (model) => !!(model && model.__static);
 

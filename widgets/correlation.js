@@ -37,12 +37,8 @@ function render({ model, el: root }) {
   const body = msEl("div", "ms-matrixbody");
   const ylab = msEl("div", "ms-ylabel");
   const stage = msEl("div", "ms-stage");
-  const canvas = msEl("canvas", "ms-canvas");
-  canvas.width = SIZE; canvas.height = SIZE;
-  canvas.style.width = SIZE + "px"; canvas.style.height = SIZE + "px";
-  const overlay = msEl("canvas", "ms-overlay");
-  overlay.width = SIZE; overlay.height = SIZE;
-  overlay.style.width = SIZE + "px"; overlay.style.height = SIZE + "px";
+  const canvas = msCanvas("ms-canvas", SIZE);
+  const overlay = msCanvas("ms-overlay", SIZE);
   const band = msEl("div", "ms-band");
   const tip = msEl("div", "ms-tip");
   stage.append(canvas, overlay, band, tip);

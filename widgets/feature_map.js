@@ -16,9 +16,7 @@ function render({ model, el: root }) {
   const count = msEl("span", "ms-where");
   bar.append(bDict, bClu, count);
   const stage = msEl("div", "ms-stage");
-  const canvas = msEl("canvas", "ms-canvas");
-  canvas.width = SIZE; canvas.height = SIZE;
-  canvas.style.width = SIZE + "px"; canvas.style.height = SIZE + "px";
+  const canvas = msCanvas("ms-canvas", SIZE);
   canvas.style.cursor = "pointer";
   const tip = msEl("div", "ms-tip");
   stage.append(canvas, tip);

@@ -69,7 +69,20 @@ CHROMIUM_ARGS = [
     "--disable-default-apps",
 ]
 
+# JS: (selector) => the fraction of the canvas's pixels that are not white (-1 when there is no such canvas)
+CANVAS_INK_JS = """
+(sel) => {
+  const c = document.querySelector(sel);
+  if (!c) return -1;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
+  return ink / (d.length / 4);
+}
+"""
+
 __all__ = [
+    "CANVAS_INK_JS",
     "CHROMIUM_PATH",
     "NotebookRun",
     "NotebookRunError",

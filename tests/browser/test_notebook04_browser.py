@@ -22,16 +22,7 @@ ARTIFACTS = harness.REPO_ROOT / "artifacts" / "screenshots"
 NOTEBOOK = harness.REPO_ROOT / "notebooks" / "04_universality.ipynb"
 
 # fraction of the matrix canvas that is not white (it is blank until the kernel sends the image)
-_INK_JS = """
-() => {
-  const c = document.querySelector('.ms-matrix canvas.ms-canvas');
-  if (!c) return -1;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
-  return ink / (d.length / 4);
-}
-"""
+_INK_JS = f"() => ({harness.CANVAS_INK_JS})('.ms-matrix canvas.ms-canvas')"
 
 
 @pytest.fixture(scope="module")

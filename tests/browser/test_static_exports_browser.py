@@ -21,17 +21,6 @@ pytestmark = pytest.mark.slow
 
 ARTIFACTS = harness.REPO_ROOT / "artifacts" / "screenshots"
 
-# fraction of a canvas that is not white
-_INK_JS = """
-(sel) => {
-  const c = document.querySelector(sel);
-  if (!c) return -1;
-  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  let ink = 0;
-  for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
-  return ink / (d.length / 4);
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +74,7 @@ def test_static_export_renders_hostile_strings_as_text(browser, name):
         assert page.locator("#ms-root .ms-hrow").count() == 1
         assert PAGE_BREAKERS[0] in root and PAGE_BREAKERS[1] in _text(page, "#ms-root .ms-seq-toks")
     elif name == "matrix":
-        page.wait_for_function(f"() => ({_INK_JS})('.ms-matrix canvas.ms-canvas') > 0.5", timeout=20_000)
+        page.wait_for_function(f"() => ({harness.CANVAS_INK_JS})('.ms-matrix canvas.ms-canvas') > 0.5", timeout=20_000)
         assert f"A/{PAGE_BREAKERS[0]} features" in root
         assert page.locator("#ms-root .ms-selection").get_attribute("data-pair") == "0,1"
         page.wait_for_function("() => !!document.querySelector('.ms-figure .main-svg')", timeout=30_000)
@@ -93,7 +82,7 @@ def test_static_export_renders_hostile_strings_as_text(browser, name):
         assert page.locator("#ms-root .ms-node").count() == 4
         assert "‹<!--<script>›" in _text(page, "#ms-root .ms-node-tok")
     elif name == "map":
-        page.wait_for_function(f"() => ({_INK_JS})('.ms-map canvas.ms-canvas') > 0.001", timeout=20_000)
+        page.wait_for_function(f"() => ({harness.CANVAS_INK_JS})('.ms-map canvas.ms-canvas') > 0.001", timeout=20_000)
         assert "selected: A/1 #4" in root
     if name in ("matrix", "tree", "map"):                                  # the linked cards, rendered below
         heads = page.locator(".ms-cards .ms-cardhead")
