@@ -1,7 +1,8 @@
 """More dictionary kinds behind the one interface of ``sae.Dictionary``: TopK, BatchTopK and JumpReLU.
 
 Select one by config — ``DictionaryConfig(kind="topk", options={"k": 32})`` — and train it with the one loop in
-``train_sae``; nothing here touches the trainer.  Everything a kind needs beyond ``loss`` lives in the kind:
+``train_sae``; nothing here touches the trainer.  Each class registers itself (``registry.register_kind``) where it
+is defined; the package's ``__init__`` imports this module, so the kinds exist whenever ``monosemantic`` is imported.  Everything a kind needs beyond ``loss`` lives in the kind:
 its options (``validate_options``, with errors that name the fix), state that must survive a checkpoint
 (registered buffers, so it travels with ``state_dict`` and ``Dictionary.save``), statistics updated once per
 optimiser step (``after_optimizer_step``, which the trainer calls after every Adam step), and whether the paper's

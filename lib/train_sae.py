@@ -5,6 +5,11 @@
 One loop for every dictionary kind: the kind owns its loss and its constraints (``before_optimizer_step`` /
 ``after_optimizer_step``), the loop owns data, optimisation, the paper's dead-feature resampling, logging and
 checkpoints.  A killed run resumes from its last checkpoint and sees the same batches it would have seen.
+
+Where a training recipe plugs in: the objective, its sparsity schedule (``loss`` receives the step), the decoder
+constraint and whether resampling is part of it belong to the kind (one file, ``@register_kind``); the learning-rate
+schedule is ``lr_at``, the resampling steps and silence window ``resample_schedule``, which features count as dead
+``_Loop.dead_F`` — each a function of ``SAETrainConfig`` alone.
 """
 from __future__ import annotations
 
