@@ -8,8 +8,8 @@ checkpoints.  A killed run resumes from its last checkpoint and sees the same ba
 
 Where a training recipe plugs in: the objective, its sparsity schedule (``loss`` receives the step), the decoder
 constraint and whether resampling is part of it belong to the kind (one file, ``@register_kind``); the learning-rate
-schedule is ``lr_at``, the resampling steps and silence window ``resample_schedule``, which features count as dead
-``_Loop.dead_F`` — each a function of ``SAETrainConfig`` alone.
+schedule is ``lr_at`` and the resampling steps and silence window ``resample_schedule`` (both functions of
+``SAETrainConfig`` alone); which features count as dead is ``_Loop.dead_F`` (the window and the firing record).
 """
 from __future__ import annotations
 
