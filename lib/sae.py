@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-
 from safetensors import SafetensorError
+from torch import nn
 
 from .errors import ConfigError, CorruptArtifactError
 from .io import atomic_write_json, load_safetensors, read_json, save_safetensors
