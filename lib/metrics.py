@@ -99,6 +99,20 @@ def density_modes(density: np.ndarray, min_share: float = 0.01, max_valley: floa
             "low_mean_log10": float(lo.mean()), "high_mean_log10": float(hi.mean())}
 
 
+def feature_status(density: np.ndarray, ultralow_threshold: float, defined: np.ndarray | None = None) -> np.ndarray:
+    """Each unit's status on a token set, the one definition every analysis uses: ``"dead"`` (never fired),
+    ``"ultralow"`` (fired, at a density below ``ultralow_threshold``), ``"undefined"`` (fired but constant on the
+    set, so it has no correlation: possible for dense neurons only; only where ``defined`` is given) or
+    ``"alive"``.  Object array of strings, one per unit."""
+    density = np.asarray(density, dtype=np.float64)
+    st = np.full(len(density), "alive", dtype=object)
+    st[(density > 0) & (density < ultralow_threshold)] = "ultralow"
+    if defined is not None:
+        st[~np.asarray(defined, bool)] = "undefined"
+    st[density == 0] = "dead"
+    return st
+
+
 def eval_contexts(split: TokenSplit, n: int) -> np.ndarray:
     """A fixed, evenly spread set of context indices (the same for every dictionary of a run)."""
     n = min(n, split.n_contexts)
@@ -188,8 +202,8 @@ def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit,
         density, density_tokens = store_density(sae, store, cfg.density_rows, progress)
         source = "store"
     L_clean, L_zero, L_spliced = lc / n_loss, lz / n_loss, ls / n_loss
-    dead = density == 0
-    ultralow = (density > 0) & (density < cfg.ultralow_density)
+    status = feature_status(density, cfg.ultralow_density)
+    dead, ultralow = status == "dead", status == "ultralow"
     return {
         "d_sae": F, "d_in": D, "kind": sae.cfg.kind, "l1_coefficient": sae.cfg.l1_coefficient,
         "tokens": n_tok, "l0": l0_sum / n_tok, "mse": se / (n_tok * D), "fvu": se / total_var,

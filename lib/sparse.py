@@ -280,15 +280,16 @@ class SparseEncoder:
     without materialising the dense (N, F) matrix in fp32.
 
     For the ReLU-L1 dictionary (a kind that keeps the base ``pre_acts``/``encode``) x̄ = x − b_dec goes through
-    ``active_fp32``, or, with ``bf16`` (default ``bf16_default(F)``), through the exact bf16 filter
-    (``candidates_bf16``, then an fp32 recompute of the candidates, ``sampled_dots``) — the same entries.  Any
-    other kind, or ``dense=True``, runs its own ``encode`` densely in row chunks of ``chunk_elems`` entries."""
+    ``active_fp32``, or, with ``bf16`` (default ``bf16_default()``: the hardware has it), through the exact bf16
+    filter (``candidates_bf16``, then an fp32 recompute of the candidates, ``sampled_dots``) — the same entries.
+    Any other kind, or ``dense=True``, runs its own ``encode`` densely in row chunks of ``chunk_elems`` entries."""
 
     def __init__(self, sae, bf16: bool | None = None, dense: bool = False, chunk_elems: int = 1 << 22):
         self.sae = sae
         self.chunk_elems = int(chunk_elems)
         self.linear = not dense and linear_encoder(sae)
-        self.bf16 = bool(self.linear and (bf16_default(int(sae.d_sae)) if bf16 is None else bf16))
+        # None: wherever the hardware has it, whatever F — the statistics pass measured it faster even at F 512
+        self.bf16 = bool(self.linear and (bf16_default() if bf16 is None else bf16))
         if self.linear:
             self.W = sae.W_enc_DF.detach().float().contiguous()
             self.b = sae.b_enc_F.detach().float()
@@ -349,7 +350,7 @@ def encode_sparse(sae, x_ND: torch.Tensor, chunk_elems: int = 1 << 22, kernel: s
 
     ``kernel="dense"``: ``sae.encode`` on row chunks of ``chunk_elems`` entries (kept in cache) — works for every
     dictionary kind.  ``kernel="fast"``: the ``SparseEncoder`` of a ReLU dictionary (an exact bf16 filter where
-    ``bf16_default(F)``).  ``"auto"``: fast for dictionaries of ≥ 2048 features on the CPU that support it (where
+    ``bf16_default()``).  ``"auto"``: fast for dictionaries of ≥ 2048 features on the CPU that support it (where
     the filter pays), dense otherwise.  All three give the same entries."""
     x = x_ND.float().contiguous()
     N, F = x.shape[0], int(sae.d_sae)

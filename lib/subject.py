@@ -137,6 +137,18 @@ class SubjectModel:
                                   fwd_hooks=[(self.hook, grab)])
         return store["a"]
 
+    def mlp_acts_function(self, probe_tokens: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fastest exact way to ``mlp_acts`` here: a ``FastMLPActs`` (fused, thread-safe) when it applies and
+        matches this model on ``probe_tokens``, else the hooked ``self.mlp_acts`` (not thread-safe: its hooks sit
+        on shared modules)."""
+        if str(self.device) != "cpu":
+            return self.mlp_acts
+        try:
+            fast = FastMLPActs(self)
+        except (ConfigError, KeyError, AttributeError):
+            return self.mlp_acts
+        return fast if fast.verify(self, probe_tokens) else self.mlp_acts
+
     @torch.no_grad()
     def loss_with_hook(self, tokens: torch.Tensor, hook: str, fn: Callable, per_token: bool = False) -> torch.Tensor:
         return self.model.run_with_hooks(tokens, return_type="loss", loss_per_token=per_token,
@@ -165,11 +177,33 @@ class SubjectModel:
         ln = getattr(self.model, "ln_final", None)
         return getattr(ln, "w", None)
 
+    @torch.no_grad()
+    def final_ln_scale(self, tokens_BT: torch.Tensor) -> float:
+        """The mean scale the final LayerNorm divides by, over non-BOS positions of ``tokens_BT`` (the paper's
+        LayerNorm approximation freezes it); 1.0 when the model has no final LayerNorm with a scale hook."""
+        hook = "ln_final.hook_scale"
+        if hook not in getattr(self.model, "hook_dict", {}):
+            return 1.0
+        store = {}
+
+        def grab(act, hook):
+            store["s"] = act
+
+        self.model.run_with_hooks(tokens_BT.to(self.device), return_type=None, fwd_hooks=[(hook, grab)])
+        return float(store["s"][:, 1:].double().mean())
+
     # ---- persistence ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights by TransformerLens name (what ``model.safetensors`` holds)."""
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.model.state_dict(), directory / "model.safetensors")
+        save_safetensors(self.state_dict(), directory / "model.safetensors")
         atomic_write_json(directory / "config.json", {"tl_config": _tl_cfg_dict(self.model.cfg), "hook": self.hook,
                                                       "layer": self.layer, **(extra or {})})
 
@@ -195,6 +229,63 @@ class SubjectModel:
         if diff:
             raise CheckpointMismatchError(f"the transformer checkpoint at {where} was written by a different config "
                                           f"({'; '.join(diff)}); use a fresh --out directory or delete {where}")
+
+
+class FastMLPActs:
+    """A fused forward to the MLP activations of a one-layer attention + MLP model (LayerNorm, learned
+    positions, causal attention): ``F.layer_norm`` and ``F.scaled_dot_product_attention`` instead of the hooked
+    module graph — 1.6× faster single-threaded on a CPU and thread-safe (no hooks), so chunks can run in parallel.
+
+    It reads the standard weight names of the subject model's state dict, and is trusted only after it matches
+    ``model.mlp_acts`` on real tokens (:meth:`verify`); ``SubjectModel.mlp_acts_function`` falls back to
+    ``model.mlp_acts`` otherwise."""
+
+    def __init__(self, model):
+        c = model.model.cfg
+        supported = (c.n_layers == 1 and model.layer == 0 and model.hook == "blocks.0.mlp.hook_post"
+                     and c.normalization_type == "LN" and c.positional_embedding_type == "standard"
+                     and c.act_fn in ("relu", "gelu") and not getattr(c, "attn_only", False)
+                     and not getattr(c, "parallel_attn_mlp", False) and not getattr(c, "gated_mlp", False)
+                     and getattr(c, "attention_dir", "causal") == "causal"
+                     and not getattr(c, "use_local_attn", False)
+                     and (getattr(c, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
+                     and getattr(c, "n_key_value_heads", None) in (None, c.n_heads))
+        if not supported:
+            raise ConfigError("the fused forward supports one-layer LayerNorm attention + MLP models only")
+        sd = {k: v.detach().float() for k, v in model.model.state_dict().items()}
+        H, dh, d = c.n_heads, c.d_head, c.d_model
+        self.W_E, self.W_pos = sd["embed.W_E"], sd["pos_embed.W_pos"]
+        self.ln1 = (sd["blocks.0.ln1.w"], sd["blocks.0.ln1.b"])
+        self.ln2 = (sd["blocks.0.ln2.w"], sd["blocks.0.ln2.b"])
+        Wq, Wk, Wv = (sd[f"blocks.0.attn.W_{n}"].permute(1, 0, 2).reshape(d, H * dh) for n in "QKV")
+        self.W_qkv = torch.cat([Wq, Wk, Wv], 1).contiguous()
+        self.b_qkv = torch.cat([sd[f"blocks.0.attn.b_{n}"].reshape(-1) for n in "QKV"])
+        self.W_O = sd["blocks.0.attn.W_O"].reshape(H * dh, d).contiguous()
+        self.b_O = sd["blocks.0.attn.b_O"]
+        self.W_in, self.b_in = sd["blocks.0.mlp.W_in"].contiguous(), sd["blocks.0.mlp.b_in"]
+        self.eps = float(c.eps)
+        self.scale = 1.0 / float(model.model.blocks[0].attn.attn_scale)
+        self.H, self.dh, self.d = H, dh, d
+        self.act = torch.relu if c.act_fn == "relu" else torch.nn.functional.gelu
+
+    @torch.no_grad()
+    def __call__(self, tokens_BT: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as Fn
+
+        B, T = tokens_BT.shape
+        H, dh, d = self.H, self.dh, self.d
+        resid = self.W_E[tokens_BT] + self.W_pos[:T]
+        h = Fn.layer_norm(resid, (d,), *self.ln1, eps=self.eps)
+        qkv = torch.addmm(self.b_qkv, h.view(B * T, d), self.W_qkv).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
+        z = Fn.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True, scale=self.scale)
+        resid = resid + torch.addmm(self.b_O, z.transpose(1, 2).reshape(B * T, H * dh), self.W_O).view(B, T, d)
+        h = Fn.layer_norm(resid, (d,), *self.ln2, eps=self.eps)
+        return self.act(torch.addmm(self.b_in, h.view(B * T, d), self.W_in)).view(B, T, -1)
+
+    def verify(self, model, tokens_BT: torch.Tensor, tol: float = 1e-4) -> bool:
+        ref = model.mlp_acts(tokens_BT).float()
+        got = self(tokens_BT)
+        return got.shape == ref.shape and bool(((got - ref).abs().max() <= tol * (1 + ref.abs().max())).item())
 
 
 _TL_KEYS = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",

@@ -94,7 +94,7 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
                 f"checkpoint in {ckpt_dir} was written by a different config; delete {ckpt_dir} to start over, "
                 f"or run with the config that wrote it")
         state = load_safetensors(ckpt_dir / "state.safetensors", device=str(device))
-        model.model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
         load_optimizer_state(opt, ordered, {k: v for k, v in state.items() if k.startswith("opt.")}, prog["opt_scalars"])
         start = int(prog["step"])
     log_path = out_dir / "train_log.jsonl"
@@ -129,7 +129,7 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
             append_jsonl(log_path, rows)
             rows = []
             tensors, scalars = optimizer_state_tensors(opt, ordered)
-            tensors.update({f"model.{k}": v for k, v in model.model.state_dict().items()})
+            tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
             save_safetensors(tensors, ckpt_dir / "state.safetensors")
             atomic_write_json(ckpt_dir / "progress.json", {"step": step + 1, "opt_scalars": scalars,
                                                            "fingerprint": fingerprint, "last_eval": last_eval})

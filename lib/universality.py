@@ -42,6 +42,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
+from .metrics import feature_status
 from .sparse import encode_sparse
 from .io import atomic_parquet, atomic_save_npy, atomic_write_json, json_safe, load_npy, read_json, safe_name
 
@@ -437,11 +438,7 @@ def _median(x: np.ndarray) -> float | None:
 
 
 def _status(fires: np.ndarray, tokens: int, ultralow: float, defined: np.ndarray) -> np.ndarray:
-    st = np.full(len(fires), "alive", dtype=object)
-    st[(fires > 0) & (fires < ultralow * tokens)] = "ultralow"
-    st[~defined] = "undefined"          # fires, but constant (possible for dense neurons only)
-    st[fires == 0] = "dead"
-    return st
+    return feature_status(fires / max(int(tokens), 1), ultralow, defined)
 
 
 @dataclass

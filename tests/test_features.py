@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from monosemantic import ConfigError
-from monosemantic.features import (FeatureStats, FeatureStatsConfig, StatsAccumulator, _Interrupted,
+from monosemantic.features import (FeatureStats, FeatureStatsConfig, StatsAccumulator,
                                    compute_feature_stats, compute_neuron_stats, compute_stats, correlated_neurons,
                                    logit_effects, token_set_contexts)
 from monosemantic.prompt import prompt_activations
@@ -318,11 +318,15 @@ def test_tiny_run_neurons_and_logits(tiny_stats):
     assert 0 < ns.meta["ln_scale"] and np.isfinite(ns.meta["ln_scale"])
 
 
-def test_resume_after_a_kill_gives_the_same_tables(tiny_stats):
+def test_resume_after_a_kill_gives_the_same_tables(tiny_stats, monkeypatch):
+    from monosemantic.features import passes
+
     run, cfg, st, ns, out = tiny_stats
     d = out / "resumed"
-    with pytest.raises(_Interrupted):
-        compute_stats(run, "A/1", cfg, progress=False, out_dir=d, _stop_after=1)
+    monkeypatch.setattr(passes, "_STOP_AFTER_CHUNKS", 1)  # the test hook: stop after one chunk, as a kill would
+    with pytest.raises(passes.Interrupted):
+        compute_stats(run, "A/1", cfg, progress=False, out_dir=d)
+    monkeypatch.setattr(passes, "_STOP_AFTER_CHUNKS", None)
     assert (d / "state.npz").exists() and not (d / "meta.json").exists()
     with pytest.raises(FileNotFoundError, match="compute_feature_stats"):
         FeatureStats(d)

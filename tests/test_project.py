@@ -40,6 +40,13 @@ def test_lib_never_imports_jupyter_or_widgets():
 def test_transformer_lens_is_behind_one_adapter():
     users = sorted(p.name for p in (ROOT / "lib").rglob("*.py") if "transformer_lens" in p.read_text())
     assert users == ["subject.py"]
+    # its internals too: the hooked module graph, hook points, its config and state-dict names belong to the
+    # adapter (SubjectModel gives the rest of the library weights, activations, losses and the LayerNorm scale)
+    internals = re.compile(r"run_with_hooks|hook_dict|\.model\.(cfg|blocks|state_dict|load_state_dict|embed)\b|"
+                           r"hook_scale|HookedTransformer|\bmodel\.model\b|[\"']blocks\.\d+\.(attn|ln\d|mlp\.W_)")
+    offenders = sorted(f"{p.relative_to(ROOT)}: {m.group(0)}" for p in (ROOT / "lib").rglob("*.py")
+                       if p.name != "subject.py" for m in [internals.search(p.read_text())] if m)
+    assert offenders == []
 
 
 def test_readme_documents_the_two_commands_and_summary_keys():

@@ -30,7 +30,7 @@ def test_sparse_encoder_default_follows_bf16_default(monkeypatch):
     sae = make_dictionary(DictionaryConfig(d_in=8, d_sae=16, seed=1))
     for env, want in (("0", False), ("1", True)):
         monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", env)
-        assert SparseEncoder(sae).bf16 is want is bf16_default(16)
+        assert SparseEncoder(sae).bf16 is want is bf16_default()
     assert SparseEncoder(sae, dense=True).bf16 is False and not SparseEncoder(sae, dense=True).linear
 
 

@@ -1,0 +1,132 @@
+"""The examples table: top activations and interval samples with their surrounding tokens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_path
+
+from ..sparse import offsets, sampled_dots
+from .config import FeatureStatsConfig
+from .threads import pipelined
+
+__all__ = ["example_entries", "example_windows", "write_examples"]
+
+def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray, split, model, sae, progress,
+                     mlp_acts=None, workers: int = 1):
+    """Token ids and unit activations in a window around each example token (re-running the model only on
+    the contexts that hold an example).  Returns (tokens (n, W) int32 with −1 padding, acts (n, W) float32,
+    centre index (n,))."""
+    from tqdm.auto import tqdm
+
+    body, n_ctx = split.body, split.n_ctx
+    Wb, Wa = cfg.window_before, cfg.window_after
+    W = Wb + Wa + 1
+    n = len(ex_g)
+    toks_out = np.full((n, W), -1, dtype=np.int32)
+    acts_out = np.zeros((n, W), dtype=np.float32)
+    k = ex_g // body                  # index into ctx_idx
+    pos = ex_g % body + 1             # position in the context (BOS at 0)
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    uniq = np.unique(ks)
+    B = cfg.batch_contexts
+    offs = np.arange(-Wb, Wa + 1)
+    U = sae.d_sae if sae is not None else model.d_mlp
+    if sae is not None:
+        W_enc = sae.W_enc_DF.detach().float().contiguous()
+        c_F = sae.b_enc_F.detach().float() - sae.b_dec_D.detach().float() @ W_enc
+    fwd = mlp_acts or model.mlp_acts
+
+    def windows(i: int):  # in a worker thread: one batch of contexts
+        kb = uniq[i:i + B]
+        lo, hi = np.searchsorted(ks, kb[0], "left"), np.searchsorted(ks, kb[-1], "right")
+        sel = order[lo:hi]
+        toks = split.contexts(ctx_idx[kb])
+        x = fwd(torch.from_numpy(toks).to(model.device)).float().cpu()              # (b, n_ctx, D)
+        local = np.searchsorted(kb, k[sel])
+        p = pos[sel][:, None] + offs[None, :]                                        # (m, W)
+        valid = (p >= 1) & (p < n_ctx)
+        pc = np.clip(p, 1, n_ctx - 1)
+        t_out = np.where(valid, toks[local[:, None], pc], -1).astype(np.int32)
+        flat_row = torch.from_numpy((local[:, None] * n_ctx + pc).reshape(-1))       # token rows of x
+        u = torch.from_numpy(np.repeat(ex_u[sel].astype(np.int64), W))
+        xf = x.reshape(-1, x.shape[-1])
+        if sae is not None:
+            # only the (token, unit) pairs the windows need: a sampled matmul over their unique pairs
+            key, inv = torch.unique(flat_row * U + u, return_inverse=True)
+            r_, c_ = torch.div(key, U, rounding_mode="floor"), key % U
+            a = torch.relu(sampled_dots(offsets(r_, xf.shape[0]), c_, c_F.index_select(0, c_), xf, W_enc))[inv]
+        else:
+            a = xf[flat_row, u]
+        a_out = np.where(valid, a.view(len(sel), W).numpy(), 0.0).astype(np.float32)
+        return sel, t_out, a_out
+
+    steps = range(0, len(uniq), B)
+    for sel, t_out, a_out in tqdm(pipelined(windows, steps, workers), total=len(steps), desc="example windows",
+                                  disable=not progress, unit="batch"):
+        toks_out[sel] = t_out
+        acts_out[sel] = a_out
+    return toks_out, acts_out, np.full(n, Wb, dtype=np.int16)
+
+
+def example_entries(res: dict, cfg: FeatureStatsConfig) -> dict[str, np.ndarray]:
+    """The examples the accumulator kept — top-k, then each interval's samples — as flat arrays ``unit, g``
+    (token index in the set), ``act, section`` (−1 top, i interval i) and ``rank``, sorted by unit, section,
+    rank; empty slots dropped."""
+    U = len(res["count"])
+    I, S, Kt = cfg.n_intervals, cfg.per_interval, cfg.top_k
+    intervals = res["intervals"]
+    top_g = res["top_g"].reshape(-1)
+    interval_g = intervals["g"].reshape(-1)
+    parts = {
+        "unit": (np.repeat(np.arange(U), Kt), np.repeat(np.arange(U), I * S)),
+        "g": (top_g, interval_g),
+        "act": (res["top_val"].reshape(-1), intervals["val"].reshape(-1)),
+        "section": (np.full(U * Kt, -1, np.int16), np.tile(np.repeat(np.arange(I), S), U).astype(np.int16)),
+        "rank": (np.tile(np.arange(Kt), U), np.tile(np.arange(S), U * I)),
+    }
+    kept = (top_g >= 0, interval_g >= 0)
+    ex = {k: np.concatenate([a[kept[0]], b[kept[1]]]) for k, (a, b) in parts.items()}
+    order = np.lexsort((ex["rank"], ex["section"], ex["unit"]))
+    return {k: v[order] for k, v in ex.items()}
+
+
+def write_examples(out: Path, cfg: FeatureStatsConfig, n_units: int, ex: dict[str, np.ndarray],
+                   ctx_idx: np.ndarray, split, model, sae, progress: bool, mlp_acts=None, workers: int = 1
+                   ) -> np.ndarray:
+    """Write ``examples.parquet`` (one row per example with its window, row groups of ``row_group_units``
+    units); returns each example's token id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    body = split.body
+    win_tok, win_act, centre = example_windows(cfg, ex["g"], ex["unit"], ctx_idx, split, model, sae, progress,
+                                               mlp_acts, workers)
+    win_act[np.arange(len(ex["g"])), centre.astype(np.int64)] = ex["act"]  # the pass's own value at the centre
+    ex_ctx = ctx_idx[ex["g"] // body]
+    ex_pos = (ex["g"] % body + 1).astype(np.int16)
+    ex_tok = split.ids[ex_ctx * body + ex_pos - 1].astype(np.int32) if len(ex["g"]) else np.zeros(0, np.int32)
+    W = win_tok.shape[1]
+    table = pa.table({
+        "unit": pa.array(ex["unit"].astype(np.int32)),
+        "section": pa.array(ex["section"]),                 # −1 = top activations, i ≥ 0 = interval i
+        "rank": pa.array(ex["rank"].astype(np.int16)),
+        "act": pa.array(ex["act"].astype(np.float32)),
+        "token_index": pa.array(ex["g"].astype(np.int64)),  # index in the token set
+        "context": pa.array(ex_ctx.astype(np.int64)),       # context index in the split
+        "pos": pa.array(ex_pos),
+        "token": pa.array(ex_tok),
+        "center": pa.array(centre),
+        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(win_tok.reshape(-1)), W),
+        "acts": pa.FixedSizeListArray.from_arrays(pa.array(win_act.reshape(-1)), W),
+    })
+    # row groups by unit ranges, so one unit's examples are one row-group read
+    bounds = np.searchsorted(ex["unit"], np.arange(0, n_units + cfg.row_group_units, cfg.row_group_units))
+    with atomic_path(out / "examples.parquet", suffix=".parquet") as tmp:
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as w:
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                w.write_table(table.slice(int(a), int(b - a)), row_group_size=max(1, int(b - a)))
+    return ex_tok
