@@ -276,3 +276,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def update_analyses(run_root: str | Path, key: str, fn) -> dict:
+    """Read-modify-write of ``RUN/analyses.json`` under an exclusive lock: ``doc[key] = fn(doc.get(key, {}))``.
+    Other keys are left as they are; the file is replaced atomically (every analysis records its headline here)."""
+    import contextlib
+
+    root = Path(run_root)
+    lock = root / ".analyses.lock"
+    with open(lock, "a") as fh:
+        with contextlib.suppress(ImportError):  # no fcntl (Windows): one writer at a time is then up to the user
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        doc = read_json(root / "analyses.json", {}) or {}
+        doc[key] = fn(dict(doc.get(key) or {}))
+        atomic_write_json(root / "analyses.json", doc)
+    return doc

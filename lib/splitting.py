@@ -44,7 +44,8 @@ from .errors import ConfigError
 from .io import atomic_parquet, atomic_write_json, json_safe, read_json, safe_name
 from .corpus import DOMAINS
 from .sparse import encode_sparse
-from .universality import SPLIT_TOKENS, CrossStats, Side, iter_activation_batches, token_set, update_analyses
+from .runs import update_analyses
+from .universality import SPLIT_TOKENS, CrossStats, Side, iter_activation_batches, token_set
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
            "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]

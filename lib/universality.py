@@ -32,10 +32,9 @@ API
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,6 +42,7 @@ import torch
 
 from .errors import ConfigError
 from .metrics import feature_status
+from .runs import update_analyses
 from .sparse import encode_sparse
 from .io import atomic_parquet, atomic_save_npy, atomic_write_json, json_safe, load_npy, read_json, safe_name
 
@@ -54,7 +54,7 @@ except Exception:  # pragma: no cover - a scipy without the private module: fall
 __all__ = [
     "PAPER", "DEFAULT_TOKENS", "Side", "TokenSet", "token_set", "default_tokens", "CrossStats",
     "best_matches", "one_to_one", "logit_weights", "rowwise_pearson", "max_cosine", "diagonal_order",
-    "PairResult", "Comparison", "compare", "load_comparison", "comparison_dir", "update_analyses",
+    "PairResult", "Comparison", "compare", "load_comparison", "comparison_dir",
 ]
 
 PAPER = {"feature_median": 0.72, "neuron_median": 0.46}
@@ -691,22 +691,6 @@ class Comparison:
 
 def comparison_dir(run, a: str, b: str) -> Path:
     return Path(run.root) / "analyses" / "universality" / f"{safe_name(a)}~{safe_name(b)}"
-
-
-def update_analyses(run_root: str | Path, key: str, fn: Callable[[dict], dict]) -> dict:
-    """Read-modify-write of ``RUN/analyses.json`` under an exclusive lock: ``doc[key] = fn(doc.get(key, {}))``.
-    Other keys are left as they are; the file is replaced atomically."""
-    root = Path(run_root)
-    lock = root / ".analyses.lock"
-    with open(lock, "a") as fh:
-        with contextlib.suppress(ImportError):
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        doc = read_json(root / "analyses.json", {}) or {}
-        doc[key] = fn(dict(doc.get(key) or {}))
-        atomic_write_json(root / "analyses.json", doc)
-    return doc
 
 
 def iter_activation_batches(run, sides: Sequence[Side], tokens: TokenSet, batch_tokens: int = 32_768,

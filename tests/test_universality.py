@@ -10,7 +10,8 @@ import torch
 
 from monosemantic.sparse import encode_sparse
 from monosemantic.universality import (CrossStats, Side, best_matches, compare, diagonal_order, load_comparison,
-                                       logit_weights, one_to_one, rowwise_pearson, token_set, update_analyses)
+                                       logit_weights, one_to_one, rowwise_pearson, token_set)
+from monosemantic.runs import update_analyses
 
 
 def _np_pearson(X, Y):
