@@ -29,9 +29,10 @@ def lab(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab03")
     shutil.copy(ROOT / "notebooks" / NB, root / NB)
     # a copy of the session's tiny run: every pipeline stage is done, the notebook computes the statistics
+    # (the activation store travels too: run_pipeline verifies every finished stage's artifacts before it skips)
     run_dir = root / "run"
     shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
-        "acts", "ckpt", "feature_stats", "neuron_stats", "exports", "scratch"))
+        "ckpt", "feature_stats", "neuron_stats", "exports", "scratch"))
     env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
            "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab"}
     shots = tmp_path_factory.mktemp("screenshots03")
@@ -178,7 +179,7 @@ def test_static_pages_keep_hostile_tokens_as_text(lab, tmp_path):
 
     card = write_static_page(tmp_path / "hostile_card.html", "card", {"card": card_spec(unit(7))}, "hostile")
     page.goto(card.as_uri())
-    page.locator(".ms-card .ms-seq").wait_for(timeout=30_000)
+    page.locator(".ms-card .ms-seq").first.wait_for(timeout=30_000)
     seq = page.locator(".ms-card .ms-seq-toks").first.inner_text()
     assert "<script>window.__pwned=1</script>" in seq and 'onerror="window.__pwned=2"' in seq
     assert "⟨U+202E⟩evil" in seq and "nul␀" in seq
