@@ -6,7 +6,7 @@
 Both sides accumulate the same sufficient statistics (n, Σx, Σx², Σy, Σy², Σxy in float64) batch by batch and
 give the same Pearson matrix:
 
-* ours: ``monosemantic.universality.CrossStats`` on CSR feature matrices (SpGEMM, cost Σ_tokens L0_a·L0_b, added
+* ours: ``monosemantic.crossstats.CrossStats`` on CSR feature matrices (SpGEMM, cost Σ_tokens L0_a·L0_b, added
   in place into the float64 accumulator);
 * baseline: the dense product XᵀY per batch (torch fp32 matmul, multithreaded; the fastest dense way on a CPU),
   added into float64 — cost N·F_a·F_b.
@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from monosemantic.sparse import encode_sparse
-from monosemantic.universality import CrossStats
+from monosemantic.crossstats import CrossStats
 
 
 def synthetic_pair(n: int, F: int, l0: float, seed: int = 0):
@@ -64,10 +64,11 @@ def synthetic_pair(n: int, F: int, l0: float, seed: int = 0):
 
 def run_pair(run_dir: str, a: str, b: str, n_tokens: int):
     from monosemantic.runs import Run
-    from monosemantic.universality import _resolve, iter_activation_batches, token_set
+    from monosemantic.crossstats import iter_activation_batches, resolve_side
+    from monosemantic.tokensets import token_set
 
     run = Run.open(run_dir)
-    sa, sb = _resolve(run, a), _resolve(run, b)
+    sa, sb = resolve_side(run, a), resolve_side(run, b)
     As, Bs = [], []
     for acts, _, _ in iter_activation_batches(run, [sa, sb], token_set(run, n_tokens)):
         As.append(encode_sparse(sa.dictionary, acts[sa.transformer]))

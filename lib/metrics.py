@@ -24,6 +24,7 @@ import torch
 from .config import EvalConfig
 from .sae import Dictionary
 from .sparse import SparseEncoder
+from .tokensets import eval_contexts
 from .subject import SubjectModel
 from .tokenizer import TokenSplit
 
@@ -111,12 +112,6 @@ def feature_status(density: np.ndarray, ultralow_threshold: float, defined: np.n
         st[~np.asarray(defined, bool)] = "undefined"
     st[density == 0] = "dead"
     return st
-
-
-def eval_contexts(split: TokenSplit, n: int) -> np.ndarray:
-    """A fixed, evenly spread set of context indices (the same for every dictionary of a run)."""
-    n = min(n, split.n_contexts)
-    return np.linspace(0, split.n_contexts - 1, n).astype(np.int64)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ with each feature's mask in turn and the maximum taken; it draws an edge above �
     sim(f, g)   = max(cos_f(f, g), cos_g(f, g))
 
 so a child that fires on a subset of its parent's tokens, proportionally, scores ≈ 1 under its own mask even
-though it covers little of the parent.  All sums come from one streaming pass (``universality.CrossStats`` with
+though it covers little of the parent.  All sums come from one streaming pass (``crossstats.CrossStats`` with
 ``masked=True``: Σfg, Σ1[f≠0]g², Σf²1[g≠0] as sparse × sparse products).  Decoder cosine similarity is reported
 beside it.  A *family* is a feature of the smaller dictionary with its children (edges ≥ threshold) in the next
 size, their children in the next, and so on — a graph, since a child may have several parents.
@@ -45,7 +45,8 @@ from .io import atomic_parquet, atomic_write_json, json_safe, read_json, safe_na
 from .corpus import DOMAINS
 from .sparse import encode_sparse
 from .runs import update_analyses
-from .universality import SPLIT_TOKENS, CrossStats, Side, iter_activation_batches, token_set
+from .crossstats import CrossStats, Side, iter_activation_batches
+from .tokensets import SPLIT_TOKENS, token_set
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
            "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]
@@ -442,7 +443,7 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
                       device: str = "cpu", write: bool = True, progress: bool = False,
                       kernel: str = "auto") -> Splitting:
     """Link the dictionaries ``dict_ids`` of one transformer (default: every dictionary on A, by size) over the
-    run's shared token set (``universality.token_set``; default size ``universality.SPLIT_TOKENS`` per preset,
+    run's shared token set (``tokensets.token_set``; default size ``tokensets.SPLIT_TOKENS`` per preset,
     524,288 for ``default``); with ``write`` save to ``RUN/analyses/splitting/<T>/`` and add the per-pair summary
     to ``RUN/analyses.json`` under ``splitting``."""
     if dict_ids is None:

@@ -9,7 +9,8 @@ import torch
 from monosemantic.sae import DictionaryConfig, make_dictionary
 from monosemantic.splitting import (Splitting, embed_and_cluster, feature_map, link_activations, link_dictionaries,
                                     load_feature_map, load_splitting)
-from monosemantic.universality import CrossStats, token_set
+from monosemantic.crossstats import CrossStats
+from monosemantic.tokensets import token_set
 
 
 def masked_cosine_numpy(F, G):

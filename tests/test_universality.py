@@ -9,8 +9,10 @@ import scipy.sparse as sp
 import torch
 
 from monosemantic.sparse import encode_sparse
-from monosemantic.universality import (CrossStats, Side, best_matches, compare, diagonal_order, load_comparison,
-                                       logit_weights, one_to_one, rowwise_pearson, token_set)
+from monosemantic.crossstats import CrossStats, Side, best_matches, diagonal_order, one_to_one, rowwise_pearson
+from monosemantic.features.logits import logit_weights
+from monosemantic.tokensets import token_set
+from monosemantic.universality import compare, load_comparison
 from monosemantic.runs import update_analyses
 
 
@@ -120,9 +122,16 @@ def test_rowwise_pearson_and_logit_weights(tiny_run):
     assert np.isnan(r[3])
     m, sae = tiny_run.model("A"), tiny_run.dictionary("A/1")
     L = logit_weights(m, sae, rows=np.array([0, 5]))
-    ref = sae.W_dec_FD[[0, 5]] @ m.W_out * m.ln_final_weight @ m.W_U
-    torch.testing.assert_close(L, ref.detach(), rtol=1e-5, atol=1e-5)
-    assert logit_weights(m).shape == (m.d_mlp, m.d_vocab)
+    # the paper's logit effect: LayerNorm approximated (centred, gain, scale frozen), then median-centred
+    r = (sae.W_dec_FD[[0, 5]] @ m.W_out).detach().double()
+    ref = ((r - r.mean(1, keepdim=True)) * m.ln_final_weight.detach().double()) @ m.W_U.detach().double()
+    ref = ref - ref.median(1, keepdim=True).values if ref.shape[1] % 2 else \
+        ref - ref.sort(1).values[:, ref.shape[1] // 2 - 1:ref.shape[1] // 2 + 1].mean(1, keepdim=True)
+    torch.testing.assert_close(L.double(), ref, rtol=1e-5, atol=1e-5)
+    N = logit_weights(m)
+    assert N.shape == (m.d_mlp, m.d_vocab)
+    assert np.allclose(rowwise_pearson(N[:3], (m.W_out[:3] - m.W_out[:3].mean(1, keepdim=True)).detach()
+                                       @ (m.ln_final_weight[:, None] * m.W_U).detach()), 1.0)
 
 
 @pytest.mark.parametrize("kernel", ["dense", "fast"])

@@ -28,7 +28,7 @@ def finalize(run, out: Path, source: str, cfg: FeatureStatsConfig, res: dict, ct
     tokens_for_scale = torch.from_numpy(split.contexts(ctx_idx[:min(len(ctx_idx), 16)])).to(model.device)
     ln_scale = model.final_ln_scale(tokens_for_scale)
     dirs_UM = sae.W_dec_FD.detach().cpu().float() if sae is not None else torch.eye(U)
-    logits = top_logit_effects(model, dirs_UM, cfg.n_logits, ln_scale)
+    logits = top_logit_effects(model, sae, U, cfg.n_logits, ln_scale)
     neuron_ids, neuron_weights = building_neurons(dirs_UM, cfg.n_neurons, sae is not None)
     intervals = res["intervals"]
     write_units(out, cols, {

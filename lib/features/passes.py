@@ -24,8 +24,9 @@ from .config import STATS_VERSION, FeatureStatsConfig, stats_config
 from .finalize import finalize
 from .loading import FeatureStats, stats_dir
 from .threads import intra_op_threads, pipelined, worker_count
+from ..tokensets import token_set_contexts
 
-__all__ = ["compute_feature_stats", "compute_neuron_stats", "compute_stats", "token_set_contexts"]
+__all__ = ["compute_feature_stats", "compute_neuron_stats", "compute_stats"]
 
 # Test hook, not API: stop the pass with ``Interrupted`` after this many chunks, as a kill would (after a
 # checkpoint).  tests/test_features.py patches it to check that a resumed pass gives the same tables.
@@ -34,12 +35,6 @@ _STOP_AFTER_CHUNKS: int | None = None
 
 class Interrupted(Exception):
     """The pass was stopped by the test hook ``_STOP_AFTER_CHUNKS`` (its state is saved, as after a kill)."""
-
-
-def token_set_contexts(split, n_tokens: int) -> np.ndarray:
-    """Evenly spaced context indices of ``split`` holding about ``n_tokens`` non-BOS tokens (all if fewer)."""
-    n = min(split.n_contexts, max(1, -(-int(n_tokens) // split.body)))
-    return np.unique(np.linspace(0, split.n_contexts - 1, n).round().astype(np.int64))
 
 
 def _sha(path: Path) -> str:

@@ -12,7 +12,7 @@ import torch
 from ..corpus import DOMAINS, PROXY_DOMAIN
 from ..io import atomic_path
 from ..metrics import feature_status
-from .logits import logit_effects
+from .logits import logit_weights
 
 __all__ = ["activation_columns", "domain_columns", "top_tokens", "top_logit_effects", "building_neurons",
            "write_units"]
@@ -72,17 +72,17 @@ def top_tokens(ex: dict[str, np.ndarray], ex_tok: np.ndarray, count: np.ndarray,
     return np.array(out, dtype=object)
 
 
-def top_logit_effects(model, dirs_UM: torch.Tensor, n_logits: int, ln_scale: float) -> dict[str, np.ndarray]:
-    """The ``n_logits`` most positive and most negative logit effects (``logit_effects``) of each direction:
-    ``top_ids/top_vals/bottom_ids/bottom_vals`` (U, n), in blocks of ≤ 16M logits."""
-    W_out, W_U, ln_w = model.W_out.detach().cpu(), model.W_U.detach().cpu(), model.ln_final_weight
-    ln_w = None if ln_w is None else ln_w.detach().cpu()
-    U, nl = dirs_UM.shape[0], min(n_logits, W_U.shape[1])
+def top_logit_effects(model, dictionary, n_units: int, n_logits: int, ln_scale: float) -> dict[str, np.ndarray]:
+    """The ``n_logits`` most positive and most negative logit effects (``logit_weights``) of each feature of
+    ``dictionary`` (None: of each neuron): ``top_ids/top_vals/bottom_ids/bottom_vals`` (U, n), in blocks of ≤ 16M
+    logits."""
+    V = model.W_U.shape[1]
+    U, nl = n_units, min(n_logits, V)
     out = {"top_ids": np.zeros((U, nl), np.int32), "top_vals": np.zeros((U, nl), np.float32),
            "bottom_ids": np.zeros((U, nl), np.int32), "bottom_vals": np.zeros((U, nl), np.float32)}
-    step = max(1, (1 << 24) // max(W_U.shape[1], 1))
+    step = max(1, (1 << 24) // max(V, 1))
     for a in range(0, U, step):
-        lg = logit_effects(dirs_UM[a:a + step], W_out, W_U, ln_w, ln_scale)
+        lg = logit_weights(model, dictionary, np.arange(a, min(a + step, U)), ln_scale)
         top, bottom = lg.topk(nl, dim=-1), (-lg).topk(nl, dim=-1)
         out["top_ids"][a:a + step], out["top_vals"][a:a + step] = top.indices.numpy(), top.values.numpy()
         out["bottom_ids"][a:a + step], out["bottom_vals"][a:a + step] = bottom.indices.numpy(), -bottom.values.numpy()
