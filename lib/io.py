@@ -175,8 +175,15 @@ def check_safetensors(path: str | Path, stage: str | None = None) -> dict[str, d
 
 
 def load_safetensors(path: str | Path, device: str = "cpu", stage: str | None = None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
     check_safetensors(path, stage)
-    return load_file(str(path), device=device)
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as e:  # a header that parses over data that does not fit it
+        from .errors import CorruptArtifactError
+
+        raise CorruptArtifactError(path, f"not a readable safetensors file ({e})", stage) from None
 
 
 def append_jsonl(path: str | Path, rows: list[dict]) -> None:
