@@ -81,18 +81,34 @@ def test_card_spec_is_data_with_escaped_tokens():
 def test_front_end_is_one_bundle_that_follows_edits_of_either_file(tmp_path):
     """Every widget's ESM is base.js followed by its own file (nothing pasted); when either file changes (anywidget's
     file watcher, ANYWIDGET_HMR=1) the bundle and every live widget's ``_esm`` follow."""
-    from monosemantic.widgets.html import HERE, CSS_PATH, EsmBundle, esm_bundle
+    import gc
+    import weakref
 
-    base = (HERE / "base.js").read_text()
+    from monosemantic.widgets import html as wh
+
+    base = (wh.HERE / "base.js").read_text()
     for cls in (FeatureCard, ActivationHeatmap, FeatureBrowser):
-        js = (HERE / f"{cls._js}.js").read_text()
+        js = (wh.HERE / f"{cls._js}.js").read_text()
         assert str(cls._esm) == base + "\n" + js and js.count("function msEl(") == 0
-    assert str(FeatureCard._css) == CSS_PATH.read_text()
-    assert esm_bundle("card") is FeatureCard._esm                 # one bundle per front-end, shared
+    assert str(FeatureCard._css) == wh.CSS_PATH.read_text()
+    # without ANYWIDGET_HMR the assets are text: nothing watches them, so a closed card can be collected
+    card = FeatureCard(SyntheticStats(), 1)
+    ref = weakref.ref(card)
+    card.close()
+    del card
+    gc.collect()
+    assert ref() is None
+    # with it, the watched bundle (anywidget's contents objects) and the stylesheet's Path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wh, "_hmr_enabled", lambda: False)
+        assert isinstance(wh.widget_assets("card")[0], str)
+        mp.setattr(wh, "_hmr_enabled", lambda: True)
+        esm, css = wh.widget_assets("card")
+        assert esm is wh.esm_bundle("card") and css == wh.CSS_PATH
     a, b = tmp_path / "base.js", tmp_path / "w.js"
     a.write_text("const X = 1;")
     b.write_text("export default { render() {} };")
-    bundle = EsmBundle(a, b)
+    bundle = wh.EsmBundle(a, b)
     from monosemantic.widgets.base import MsWidget
 
     class Live(MsWidget):

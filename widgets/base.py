@@ -1,7 +1,7 @@
 """The one widget family: the base every monosemantic widget stands on, and the cards its clicks open.
 
-``MsWidget`` is an ``anywidget.AnyWidget`` whose front-end is ``base.js`` + ``<_js>.js`` (``html.esm_bundle``,
-hot-reloaded with ``ANYWIDGET_HMR=1``) styled by ``widgets.css``; it hands plotly.js to the front-end on request
+``MsWidget`` is an ``anywidget.AnyWidget`` whose front-end is ``base.js`` + ``<_js>.js`` (``html.esm_bundle``)
+styled by ``widgets.css``, both hot-reloaded with ``ANYWIDGET_HMR=1``; it hands plotly.js to the front-end on request
 (offline, from the plotly package) and exports itself as a self-contained page with ``to_html(path)`` — the same
 front-end code, run on the synced state (``static_state``) without a kernel.
 
@@ -18,7 +18,7 @@ import anywidget
 import ipywidgets
 import traitlets
 
-from .html import CSS_PATH, esm_bundle, escape_html, plotly_js, view_spec, write_static_page
+from .html import escape_html, plotly_js, view_spec, widget_assets, write_static_page
 
 # the corpus domains' colours, for every view that shows a domain (histograms, the domains table, proxy plots)
 DOMAIN_COLORS = {"python": "#3b7dd8", "bible": "#b8860b", "base64": "#2e9e5b", "text": "#8c8c8c"}
@@ -36,12 +36,11 @@ class MsWidget(anywidget.AnyWidget):
     ``card.js``) and may override ``static_state`` / ``page_title`` for its static page."""
 
     _js: ClassVar[str] = ""
-    _css = CSS_PATH       # a Path: anywidget watches it (hot reload)
     _draws_plots: ClassVar[bool] = True   # its own front-end draws plotly figures (cards, heatmap)
 
     def __init_subclass__(cls, **kwargs):
-        if cls.__dict__.get("_js"):
-            cls._esm = esm_bundle(cls._js)
+        if cls.__dict__.get("_js"):   # hot-reloading with ANYWIDGET_HMR=1 (html.widget_assets)
+            cls._esm, cls._css = widget_assets(cls._js)
         super().__init_subclass__(**kwargs)
 
     def __init__(self, **kwargs):

@@ -102,7 +102,7 @@ export default {
           let txt = v;
           if (c.fmt === "pct") txt = msPct(v);
           else if (c.fmt === "num") txt = msFmt(v, 3);
-          else if (c.fmt === "tokens") txt = (v || []).map((s) => `‹${s}›`).join(" ");
+          else if (c.fmt === "tokens") txt = msTokenLabel(v);
           else if (c.fmt === "flag") txt = v ? "✓" : "";
           tr.appendChild(msEl("td", c.fmt === "tokens" ? "ms-tokcell" : (c.fmt === "text" ? "" : "ms-num"), txt));
         });

@@ -118,6 +118,16 @@ def esm_bundle(name: str) -> EsmBundle:
     return EsmBundle(HERE / "base.js", HERE / f"{name}.js")
 
 
+def widget_assets(name: str) -> tuple:
+    """A widget class's ``_esm`` and ``_css``.  With ``ANYWIDGET_HMR=1`` (and watchfiles) the watched bundle and
+    the stylesheet's Path, so edits reach live widgets; otherwise their text: anywidget connects every widget
+    to watched contents and so keeps each one alive for the session (a card opened per click would pile up),
+    while nothing would ever change them."""
+    if _hmr_enabled():
+        return esm_bundle(name), CSS_PATH
+    return str(esm_bundle(name)), CSS_PATH.read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=1)
 def plotly_js() -> bytes:
     """plotly.min.js from the installed plotly package (offline; sent once per page to the front-end)."""
