@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError
 
 
@@ -118,6 +120,13 @@ class DictSpec:
     def transformer(self) -> str:
         return self.id.split("/")[0]
 
+    def dictionary_config(self, d_in: int):
+        """The ``DictionaryConfig`` of this dictionary on activations of width ``d_in`` (the run's d_mlp)."""
+        from .sae import DictionaryConfig
+
+        return DictionaryConfig(d_in=d_in, d_sae=self.d_sae, kind=self.kind, l1_coefficient=self.l1_coefficient,
+                                seed=self.seed, options=dict(self.options))
+
 
 @dataclass
 class EvalConfig:
@@ -126,6 +135,79 @@ class EvalConfig:
     ultralow_density: float = 1e-5   # the paper: < 1e-6 over billions of tokens; ours sees ~1e5-1e6 tokens
     density_rows: int = 262_144       # activation-store rows for density / dead / ultralow (0: the eval tokens)
     histogram_bins: int = 40
+
+
+@dataclass
+class FeatureStatsConfig:
+    """The statistics pass.  ``n_tokens`` is the token budget (non-BOS positions; the paper's browser used
+    far more, ≥ 1M is the default); the split is read as evenly spaced contexts, so every domain is sampled."""
+
+    n_tokens: int = 1_000_000
+    split: str = "train"
+    batch_contexts: int = 128          # contexts per chunk (memory ≈ 6 × batch_contexts × n_ctx × d_mlp × 4 B)
+    top_k: int = 20                    # top activating examples kept per unit
+    n_intervals: int = 11              # the paper: 11 intervals evenly spaced between 0 and the max activation
+    per_interval: int = 5              # examples sampled per interval
+    fine_bins: int = 64                # linear sub-bins per unit behind the interval sampler (a power of two)
+    log10_min: float = -4.0            # activation histogram: log-spaced bins from 10^min to 10^max,
+    log10_max: float = 3.0             # plus one underflow and one overflow bin
+    bins_per_decade: int = 20
+    window_before: int = 10            # surrounding tokens stored with each example
+    window_after: int = 5
+    n_logits: int = 10                 # top and bottom tokens of the logit effects
+    n_neurons: int = 8                 # neurons a feature is built from (largest |decoder weight|)
+    seed: int = 0
+    checkpoint_seconds: float = 60.0
+    row_group_units: int = 32          # units per parquet row group of examples.parquet
+    bf16: bool | None = None           # bf16 encoder filter (exact: see SparseEncoder); None = sparse.bf16_default()
+    workers: int | None = None         # worker threads (one per core by default; results do not depend on it)
+
+    def validate(self) -> "FeatureStatsConfig":
+        if self.n_tokens < 1:
+            raise ConfigError(f"feature_stats.n_tokens must be ≥ 1, got {self.n_tokens}")
+        if self.fine_bins < 16 or self.fine_bins & (self.fine_bins - 1):
+            raise ConfigError(f"feature_stats.fine_bins must be a power of two ≥ 16, got {self.fine_bins}")
+        if not 1 <= self.n_intervals <= self.fine_bins // 2:
+            raise ConfigError(f"feature_stats.n_intervals must be in [1, fine_bins/2 = {self.fine_bins // 2}], "
+                              f"got {self.n_intervals}; raise fine_bins or use fewer intervals")
+        for name in ("top_k", "per_interval", "batch_contexts", "bins_per_decade", "row_group_units"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"feature_stats.{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.log10_max > self.log10_min:
+            raise ConfigError("feature_stats.log10_max must exceed log10_min")
+        if self.window_before < 0 or self.window_after < 0:
+            raise ConfigError("feature_stats.window_before/window_after must be ≥ 0")
+        return self
+
+    @property
+    def log_bins(self) -> int:
+        """Number of finite log-spaced bins (the histogram has two more: underflow and overflow)."""
+        return int(round((self.log10_max - self.log10_min) * self.bins_per_decade))
+
+    def log_edges(self) -> np.ndarray:
+        return 10.0 ** np.linspace(self.log10_min, self.log10_max, self.log_bins + 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class UniversalityConfig:
+    """``compare:`` stages: the shared token set (validation contexts first, then train)."""
+
+    tokens: int = 1_048_576           # per preset; the paper used 40.96M in one example
+
+
+PAPER_THRESHOLD = 0.4  # feature splitting: the paper draws an edge above a masked cosine similarity of ≈ 0.4
+
+
+@dataclass
+class SplittingConfig:
+    """``splitting:`` stages."""
+
+    # feature splitting encodes every size (A/2 = 16,384 features costs 4× A/1): a smaller set than compare's
+    tokens: int = 524_288
+    threshold: float = PAPER_THRESHOLD
 
 
 @dataclass
@@ -144,6 +226,10 @@ class RunConfig:
     # the MLP neurons), "compare:A/1~B/1" (universality; adds `universality` to the summary), "splitting:A"
     # (links and families across A's dictionary sizes, and the UMAP feature map)
     analyses: list[str] = field(default_factory=list)
+    # the analyses' settings; a run.json written before these sections existed takes its preset's (from_dict)
+    feature_stats: FeatureStatsConfig = field(default_factory=FeatureStatsConfig)
+    universality: UniversalityConfig = field(default_factory=UniversalityConfig)
+    splitting: SplittingConfig = field(default_factory=SplittingConfig)
     device: str = "auto"
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
@@ -168,6 +254,10 @@ class RunConfig:
             kw[f.name] = v
         if d:
             raise ConfigError(f"unknown run config keys {sorted(d)}; known: {[f.name for f in dataclasses.fields(cls)]}")
+        missing = [name for name in ANALYSIS_SECTIONS if name not in kw]
+        if missing and kw.get("preset", "default") in PRESETS:  # an older run.json: its preset's values then
+            base = PRESETS[kw.get("preset", "default")]()
+            kw.update({name: getattr(base, name) for name in missing})
         return cls(**kw).validate()
 
     def fingerprint(self) -> str:
@@ -214,10 +304,7 @@ class RunConfig:
             if d.id in seen:
                 raise ConfigError(f"dictionary id {d.id} appears twice")
             seen.add(d.id)
-            from .sae import DictionaryConfig
-
-            DictionaryConfig(d_in=m.d_mlp, d_sae=d.d_sae, kind=d.kind, l1_coefficient=d.l1_coefficient,
-                             seed=d.seed, options=d.options).validate()
+            d.dictionary_config(m.d_mlp).validate()
         ids = {d.id for d in self.dictionaries}
         for a in self.analyses:
             kind, _, arg = a.partition(":")
@@ -231,13 +318,21 @@ class RunConfig:
         d0 = self.sae_train.init_density
         if d0 is not None and not 0 < d0 < 1:
             raise ConfigError(f"sae_train.init_density must be in (0, 1) or null (b_e = 0), got {d0}")
+        self.feature_stats.validate()
+        if self.universality.tokens < 1 or self.splitting.tokens < 1:
+            raise ConfigError(f"universality.tokens and splitting.tokens must be ≥ 1, got {self.universality.tokens} "
+                              f"and {self.splitting.tokens}")
+        if not 0 < self.splitting.threshold <= 1:
+            raise ConfigError(f"splitting.threshold must be in (0, 1], got {self.splitting.threshold}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self
 
 
 _SUB = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "lm_train": LMTrainConfig,
-        "harvest": HarvestConfig, "sae_train": SAETrainConfig, "eval": EvalConfig}
+        "harvest": HarvestConfig, "sae_train": SAETrainConfig, "eval": EvalConfig,
+        "feature_stats": FeatureStatsConfig, "universality": UniversalityConfig, "splitting": SplittingConfig}
+ANALYSIS_SECTIONS = ("feature_stats", "universality", "splitting")
 
 
 def _build(cls, d: dict, where: str):
@@ -270,6 +365,10 @@ def _tiny() -> RunConfig:
                                  geometric_median_rows=2048, checkpoint_every=20, shuffle_buffer_shards=2),
         dictionaries=[DictSpec("A/0", 128, 3e-3), DictSpec("A/1", 512, 3e-3), DictSpec("B/1", 512, 3e-3)],
         eval=EvalConfig(contexts=64, batch_contexts=32, ultralow_density=1e-3),
+        # small enough for tests and notebooks
+        feature_stats=FeatureStatsConfig(n_tokens=30_000, batch_contexts=128, top_k=12, checkpoint_seconds=30.0),
+        universality=UniversalityConfig(tokens=32_768),
+        splitting=SplittingConfig(tokens=32_768),
     )
 
 
@@ -311,6 +410,9 @@ def _paper() -> RunConfig:
                                  shuffle_buffer_shards=8),
         dictionaries=[DictSpec(f"A/{i}", s, 0.004) for i, s in enumerate(sizes)] + [DictSpec("B/1", 4096, 0.004)],
         eval=EvalConfig(contexts=8192, batch_contexts=128, ultralow_density=1e-6, density_rows=20_000_000),
+        feature_stats=FeatureStatsConfig(n_tokens=10_000_000, batch_contexts=256),
+        universality=UniversalityConfig(tokens=40_960_000),
+        splitting=SplittingConfig(tokens=40_960_000),
         device="auto",
     )
 

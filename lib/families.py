@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PAPER_THRESHOLD
 from .errors import ConfigError
 from .io import atomic_parquet, atomic_write_json, json_safe, read_json
 
 __all__ = ["Family", "Splitting"]
-
-PAPER_THRESHOLD = 0.4  # the paper draws an edge above a masked cosine of ≈ 0.4
-
 
 @dataclass
 class Family:

@@ -45,7 +45,7 @@ from .corpus import DOMAINS
 from .sparse import encode_sparse
 from .runs import update_analyses
 from .crossstats import CrossStats, Side, iter_activation_batches
-from .tokensets import SPLIT_TOKENS, token_set
+from .tokensets import token_set
 from .families import PAPER_THRESHOLD, Family, Splitting
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
@@ -233,14 +233,16 @@ def splitting_dir(run, transformer: str = "A") -> Path:
 
 
 def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: int | None = None,
-                      threshold: float = PAPER_THRESHOLD, pairs: str = "consecutive", keep_min: float = 0.1,
+                      threshold: float | None = None, pairs: str = "consecutive", keep_min: float = 0.1,
                       keep_top: int = 3, top_k_tokens: int = 8, seed: int = 0, batch_tokens: int = 32_768,
                       device: str = "cpu", write: bool = True, progress: bool = False,
                       kernel: str = "auto") -> Splitting:
     """Link the dictionaries ``dict_ids`` of one transformer (default: every dictionary on A, by size) over the
-    run's shared token set (``tokensets.token_set``; default size ``tokensets.SPLIT_TOKENS`` per preset,
-    524,288 for ``default``); with ``write`` save to ``RUN/analyses/splitting/<T>/`` and add the per-pair summary
-    to ``RUN/analyses.json`` under ``splitting``."""
+    run's shared token set (``tokensets.token_set``; default size the run config's ``splitting.tokens``,
+    524,288 for ``default``); ``threshold`` defaults to the run config's ``splitting.threshold`` (the paper's
+    0.4).  With ``write`` save to ``RUN/analyses/splitting/<T>/`` and add the per-pair summary to
+    ``RUN/analyses.json`` under ``splitting``."""
+    threshold = run.cfg.splitting.threshold if threshold is None else threshold
     if dict_ids is None:
         dict_ids = [d.id for d in run.cfg.dictionaries if d.transformer == "A"]
     dict_ids = list(dict_ids)
@@ -252,7 +254,7 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
     T = ts.pop()
     saes = {d: run.dictionary(d) for d in dict_ids}
     ids = sorted(dict_ids, key=lambda d: (saes[d].d_sae, dict_ids.index(d)))
-    tokens = token_set(run, n_tokens or SPLIT_TOKENS.get(run.cfg.preset, 524_288), seed=seed)
+    tokens = token_set(run, n_tokens or run.cfg.splitting.tokens, seed=seed)
     lk = _Linker({d: saes[d].d_sae for d in ids}, _pairs(ids, pairs), run.tokenizer.vocab_size, top_k_tokens,
                  DOMAINS)
     with torch.inference_mode():

@@ -6,8 +6,8 @@ Three selections, each fixed for a run (so every dictionary of a run is measured
 - ``token_set_contexts(split, n_tokens)``: evenly spaced contexts holding about ``n_tokens`` non-BOS tokens (the
   statistics pass: every domain is sampled);
 - ``token_set(run, n_tokens)``: a ``TokenSet`` of validation contexts, then train contexts in a seeded order,
-  until ``n_tokens`` (universality and splitting; ``default_tokens`` and ``SPLIT_TOKENS`` give the sizes per
-  preset).
+  until ``n_tokens`` (universality and splitting; the sizes are the run config's ``universality.tokens`` and
+  ``splitting.tokens``).
 
 Every selection counts non-BOS positions only: dictionaries never see the BOS position in training.
 """
@@ -20,13 +20,8 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["eval_contexts", "token_set_contexts", "TokenSet", "token_set", "default_tokens", "DEFAULT_TOKENS",
-           "SPLIT_TOKENS"]
+__all__ = ["eval_contexts", "token_set_contexts", "TokenSet", "token_set", "default_tokens"]
 
-# tokens in the shared set, per preset; the paper used 40.96M in one example
-DEFAULT_TOKENS = {"tiny": 32_768, "default": 1_048_576, "paper": 40_960_000}
-# feature splitting encodes every size (A/2 = 16,384 features costs 4× A/1): a smaller set by default on a CPU
-SPLIT_TOKENS = {"tiny": 32_768, "default": 524_288, "paper": 40_960_000}
 
 
 def eval_contexts(split, n: int) -> np.ndarray:
@@ -43,7 +38,8 @@ def token_set_contexts(split, n_tokens: int) -> np.ndarray:
 
 
 def default_tokens(cfg) -> int:
-    return DEFAULT_TOKENS.get(getattr(cfg, "preset", ""), 1_048_576)
+    """The size of universality's shared token set for a ``RunConfig`` (its ``universality.tokens``)."""
+    return int(cfg.universality.tokens)
 
 
 @dataclass

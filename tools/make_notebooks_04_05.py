@@ -25,7 +25,7 @@ a one-to-one matching, the logit-weight correlation of matched pairs, and — as
     ("code", """run = ms.run_pipeline(RUN_DIR, cfg, progress=True)   # every stage is skipped when already done
 from monosemantic import universality as uni
 from monosemantic.widgets.correlation import CorrelationMatrix, best_match_distribution_figure
-print(f"shared token set: {uni.default_tokens(cfg):,} tokens (validation contexts first, then train)")"""),
+print(f"shared token set: {cfg.universality.tokens:,} tokens (validation contexts first, then train)")"""),
     ("md", """## A/1 vs B/1, and the neurons of A vs B
 
 One pass over the token set: each transformer runs once per batch; A/1 and B/1 encode their transformer's MLP
@@ -103,9 +103,7 @@ mean max cosine similarity (MMCS) of decoder vectors. (Trained here, resumably, 
     ("code", """from dataclasses import replace
 spec = cfg.dictionary("A/1")
 train = cfg.sae_train if spec.steps is None else replace(cfg.sae_train, steps=spec.steps)
-seed1 = ms.train_dictionary(run.store("A"),
-                            ms.DictionaryConfig(d_in=cfg.model.d_mlp, d_sae=spec.d_sae, l1_coefficient=spec.l1_coefficient,
-                                                kind=spec.kind, seed=spec.seed + 1),
+seed1 = ms.train_dictionary(run.store("A"), replace(spec.dictionary_config(cfg.model.d_mlp), seed=spec.seed + 1),
                             train, out_dir=RUN_DIR / "scratch" / "A-1-seed1", seed=spec.seed + 1, progress=True)
 seeds = uni.compare(run, "A/1", uni.Side("A/1 seed 1", "A", seed1), progress=True)
 ss = seeds.summary()["features"]
