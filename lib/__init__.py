@@ -10,13 +10,16 @@ from .config import (CorpusConfig, DictSpec, EvalConfig, HarvestConfig, LMTrainC
                      SAETrainConfig, TokenizerConfig, preset)
 from .errors import (CheckpointMismatchError, ConfigError, CorpusError, CorruptArtifactError, MonosemanticError,
                      RunLockedError, TrainingDivergedError)
-from .sae import Dictionary, DictionaryConfig, available_kinds, geometric_median, make_dictionary, register_kind
+from .sae import (Dictionary, DictionaryConfig, available_kinds, available_recipes, geometric_median, make_dictionary,
+                  register_kind)
 from . import kinds as _builtin_kinds  # noqa: E402,F401  registers topk, batchtopk, jumprelu (relu: in .sae)
+from . import recipes as _builtin_recipes  # noqa: E402,F401  registers april2024, tm2023_lowmode
 
 __all__ = [
     "CorpusConfig", "DictSpec", "EvalConfig", "HarvestConfig", "LMTrainConfig", "ModelConfig", "RunConfig",
     "SAETrainConfig", "TokenizerConfig", "preset", "CheckpointMismatchError", "ConfigError", "CorpusError",
     "CorruptArtifactError", "MonosemanticError", "RunLockedError", "TrainingDivergedError", "Dictionary", "DictionaryConfig", "available_kinds",
+    "available_recipes",
     "geometric_median", "make_dictionary", "register_kind", "train_dictionary", "run_pipeline", "Run",
     "SubjectModel", "ActivationStore", "export_saelens", "import_saelens",
 ]

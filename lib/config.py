@@ -115,6 +115,9 @@ class DictSpec:
     kind: str = "relu"
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    # the training recipe (lib/recipes.py): "tm2023" (the paper's; a run.json without the field), "april2024",
+    # "tm2023_lowmode"; validated with the kind by DictionaryConfig
+    recipe: str = "tm2023"
 
     @property
     def transformer(self) -> str:

@@ -131,9 +131,16 @@ class TopKDictionary(_OptionsMixin, Dictionary):
     (the paper), b_dec = the geometric median (the trainer).  The dead-latent counter
     ``tokens_since_fired_F`` is a buffer, updated once per optimiser step, so it is saved with checkpoints.
 
+    The dead window is set in tokens.  Gao et al.'s 10M tokens is longer than a whole laptop-scale run (600 steps
+    × 4096 = 2.5M tokens), so AuxK would never fire; by default the window is scaled to the run instead:
+    ``dead_tokens = max(batch, dead_fraction × steps × batch)`` tokens, set by the trainer through
+    ``begin_training`` (5 % of the run: 123k tokens = 30 steps of the default preset; a latent silent that long
+    fires at < 1e-5).  Until a trainer has called ``begin_training`` (``loss`` called by hand) an unset window is
+    10M tokens.
+
     Options: ``k`` (required), ``k_aux`` (default d_in // 2; 256 for 512 neurons), ``aux_coefficient`` (1/32),
-    ``dead_tokens`` (default 10M, the paper's value for runs of billions of tokens — scale it to your run, e.g.
-    ~5% of its tokens; 0 turns AuxK off).
+    ``dead_tokens`` (default: scaled to the run, see above; a number fixes it; 0 turns AuxK off),
+    ``dead_fraction`` (0.05: the run-scaled window's share of the run's tokens).
     """
 
     OPTIONS = {
@@ -141,9 +148,12 @@ class TopKDictionary(_OptionsMixin, Dictionary):
         "k_aux": _Option(lambda c: min(max(1, c.d_in // 2), c.d_sae), _int_in(0, "d_sae"),
                          "dead latents in the auxiliary loss; default d_in // 2"),
         "aux_coefficient": _Option(1 / 32, _real(0.0), "weight α of the auxiliary loss; default 1/32"),
-        "dead_tokens": _Option(10_000_000, _int_in(0), "tokens without firing that make a latent dead; "
-                                                       "default 10M (scale to the run); 0 disables AuxK"),
+        "dead_tokens": _Option(None, _int_in(0), "tokens without firing that make a latent dead; default "
+                                                 "dead_fraction of the run's tokens; 0 disables AuxK"),
+        "dead_fraction": _Option(0.05, _real(0.0, 1.0, lo_open=True),
+                                 "the dead window as a share of the run's training tokens, when dead_tokens is unset"),
     }
+    UNSCALED_DEAD_TOKENS = 10_000_000  # Gao et al.'s window, used only before a trainer has said how long the run is
 
     @classmethod
     def validate_options(cls, cfg: DictionaryConfig) -> None:
@@ -159,6 +169,14 @@ class TopKDictionary(_OptionsMixin, Dictionary):
             self.W_enc_DF.copy_(self.W_dec_FD.T)  # encoder initialised as the decoder's transpose (Gao et al.)
         self.register_buffer("tokens_since_fired_F", torch.zeros(cfg.d_sae, dtype=torch.long))
         self._step_stats: dict | None = None
+        fixed = self.opts["dead_tokens"]
+        self.dead_tokens: int = self.UNSCALED_DEAD_TOKENS if fixed is None else int(fixed)
+
+    def begin_training(self, steps: int, batch_size: int) -> None:
+        """Scale an unset dead window to the run: ``dead_fraction`` of its ``steps × batch_size`` tokens, at least
+        one batch (a window shorter than a step would call every latent that missed one batch dead)."""
+        if self.opts["dead_tokens"] is None:
+            self.dead_tokens = max(int(batch_size), int(round(self.opts["dead_fraction"] * steps * batch_size)))
 
     # -- encoding ------------------------------------------------------------------------------------------------
     @property
@@ -175,7 +193,7 @@ class TopKDictionary(_OptionsMixin, Dictionary):
     # -- dead latents and the auxiliary loss --------------------------------------------------------------------
     def dead_latents(self) -> torch.Tensor:
         """Bool mask of latents silent for at least ``dead_tokens`` training tokens (all False if AuxK is off)."""
-        n = self.opts["dead_tokens"]
+        n = self.dead_tokens
         if n <= 0:
             return torch.zeros_like(self.tokens_since_fired_F, dtype=torch.bool)
         return self.tokens_since_fired_F >= n
@@ -221,7 +239,7 @@ class TopKDictionary(_OptionsMixin, Dictionary):
         if D.active():  # data parallel: every rank sees its share of the batch; count the global batch
             fired_F = D.all_reduce_(fired_F.to(torch.uint8), "max").bool()
             tokens *= D.world()
-        cap = max(self.opts["dead_tokens"], 1)  # saturate: keeps the counter exact when saved as float32
+        cap = max(self.dead_tokens, 1)  # saturate: keeps the counter exact when saved as float32
         t.add_(tokens).clamp_(max=cap).masked_fill_(fired_F, 0)
 
     def resample(self, dead_F, x_ND, optimizer, generator=None) -> int:

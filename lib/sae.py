@@ -27,7 +27,7 @@ from .errors import ConfigError, CorruptArtifactError
 from .io import atomic_write_json, load_safetensors, read_json, save_safetensors
 # the registry lives in its own module so kind modules can import this one without a circle; re-exported here
 # because ``from monosemantic.sae import make_dictionary, register_kind, available_kinds`` is the documented spelling
-from .registry import available_kinds, kind_class, make_dictionary, register_kind
+from .registry import DEFAULT_RECIPE, available_kinds, available_recipes, kind_class, make_dictionary, register_kind
 
 @dataclass
 class DictionaryConfig:
@@ -40,9 +40,12 @@ class DictionaryConfig:
     seed: int = 0
     # kind-specific options (e.g. k for TopK); validated by the kind
     options: dict[str, Any] = field(default_factory=dict)
+    # how it is trained (registry.py, recipes.py): "tm2023" (the paper's loop; a saved config without the field),
+    # "april2024", "tm2023_lowmode"; each recipe is defined for the kinds it names
+    recipe: str = DEFAULT_RECIPE
 
     def validate(self) -> "DictionaryConfig":
-        kind = kind_class(self.kind)  # an unknown kind fails first, naming the known ones
+        kind = kind_class(self.kind, self.recipe)  # an unknown kind or recipe fails first, naming the known ones
         for name in ("d_in", "d_sae"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -72,8 +75,17 @@ class Dictionary(nn.Module):
     """
 
     kind: ClassVar[str] = "?"
+    recipe: ClassVar[str] = DEFAULT_RECIPE
     # True where a feature's firing rate is set by its encoder bias (ReLU): init_encoder_bias applies.
     bias_sets_density: ClassVar[bool] = False
+    # ---- the recipe's loop-level choices, read by the trainer (train_sae._Loop); tm2023's values here ----
+    init_b_dec_to_median: ClassVar[bool] = True   # b_dec ← the geometric median of a sample before step 0
+    lr_decay_fraction: ClassVar[float] = 0.0      # LR decays linearly to 0 over this last fraction of the steps
+    grad_clip: ClassVar[float | None] = None      # clip the global gradient norm to this (None: no clipping)
+    # which features revival resamples at SAETrainConfig.resample_at: "dead" (silent for the window: the paper),
+    # "low_mode" (the dead, the low mode of the window's densities, and those under a floor: recipes.py), or None
+    # (revival is not part of the recipe: the loop skips it)
+    revive_target: ClassVar[str | None] = "dead"
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
@@ -118,6 +130,10 @@ class Dictionary(nn.Module):
         mse = (x_hat_BD - x_BD).pow(2).mean()
         l1 = f_BF.abs().sum(-1).mean()
         return {"loss": mse + self.cfg.l1_coefficient * l1, "mse": mse, "sparsity": l1, "f_BF": f_BF}
+
+    def begin_training(self, steps: int, batch_size: int) -> None:
+        """Called by the trainer before the first (or first resumed) step with the run's length, so a recipe can
+        scale to the run what it states as a fraction of it (TopK's dead window, April 2024's λ warm-up)."""
 
     # ---- decoder geometry (the paper's constraint) ----------------------------------------------------
     @torch.no_grad()
@@ -280,6 +296,9 @@ def _saved_config(cfg_path: Path, stage: str | None) -> DictionaryConfig:
         # not corruption: the kind's module (a notebook cell, another package) has not run in this process
         raise ConfigError(f"{cfg_path} names dictionary kind {d['kind']!r}, which is not registered here "
                           f"(registered: {available_kinds()}); import the module that defines it first")
+    if isinstance(d.get("recipe"), str) and d["recipe"] not in available_recipes():
+        raise ConfigError(f"{cfg_path} names training recipe {d['recipe']!r}, which is not registered here "
+                          f"(registered: {available_recipes()}); import the module that defines it first")
     try:
         return DictionaryConfig.from_dict(d)
     except (ConfigError, TypeError) as e:

@@ -6,10 +6,14 @@ One loop for every dictionary kind: the kind owns its loss and its constraints (
 ``after_optimizer_step``), the loop owns data, optimisation, the paper's dead-feature resampling, logging and
 checkpoints.  A killed run resumes from its last checkpoint and sees the same batches it would have seen.
 
-Where a training recipe plugs in: the objective, its sparsity schedule (``loss`` receives the step), the decoder
-constraint and whether resampling is part of it belong to the kind (one file, ``@register_kind``); the learning-rate
-schedule is ``lr_at`` and the resampling steps and silence window ``resample_schedule`` (both functions of
-``SAETrainConfig`` alone); which features count as dead is ``_Loop.dead_F`` (the window and the firing record).
+Where a training recipe plugs in (``recipes.py``; a recipe is a class registered for (kind, recipe)): the
+objective, its sparsity schedule (``loss`` receives the step), the decoder constraint, the initialisation and
+whether resampling is part of it belong to the class; so do the loop-level choices the loop reads from it —
+``init_b_dec_to_median``, ``lr_decay_fraction`` (``lr_at``), ``grad_clip`` (``_Loop.step``) and
+``revive_target`` (``_Loop.revival_F``: the paper's dead, the low-density mode, or no revival) — and what it
+scales to the run (``begin_training``, called with the run's steps and batch size).  The resampling steps and
+silence window are ``resample_schedule`` (a function of ``SAETrainConfig`` alone); which features count as dead
+is ``_Loop.dead_F`` (the window and the firing record).
 """
 from __future__ import annotations
 
@@ -157,8 +161,13 @@ def resample_schedule(train: SAETrainConfig) -> tuple[list[int], int]:
     return steps, window
 
 
-def lr_at(step: int, train: SAETrainConfig) -> float:
-    return train.lr * min(1.0, (step + 1) / max(1, train.warmup_steps))
+def lr_at(step: int, train: SAETrainConfig, decay_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``train.warmup_steps``; with ``decay_fraction`` > 0 (the recipe's
+    ``lr_decay_fraction``), then linear decay to 0 over that last share of ``train.steps``."""
+    lr = train.lr * min(1.0, (step + 1) / max(1, train.warmup_steps))
+    if decay_fraction > 0:
+        lr *= min(1.0, (train.steps - step) / max(1.0, decay_fraction * train.steps))
+    return lr
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
@@ -190,8 +199,15 @@ class _Loop:
         self.opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
         self.params = list(sae.parameters())
         self.resample_steps, self.window = resample_schedule(train)
+        if sae.revive_target is None:  # revival is not part of the recipe
+            self.resample_steps = []
         self.last_fired_F = torch.zeros(sae.d_sae, dtype=torch.long)
         self.ever_fired_F = torch.zeros(sae.d_sae, dtype=torch.bool)
+        # low-mode revival needs each feature's firings since the last revival (window_start), not only the last one
+        self.count_firings = sae.revive_target == "low_mode"
+        self.fired_count_F = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.window_start = 0
+        sae.begin_training(train.steps, train.batch_size)
         self.start = 0
         self.density: float | None = None  # the previous step's L0 / F: picks the cheaper exact path (plan_step)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -213,7 +229,10 @@ class _Loop:
                                            rank=D.rank(), world=D.world())
 
     def _resume(self, prog: dict) -> None:
-        if prog["fingerprint"] != self.fingerprint:
+        saved = prog["fingerprint"]
+        if isinstance(saved.get("dictionary"), dict):  # a checkpoint from before recipes: tm2023
+            saved["dictionary"].setdefault("recipe", "tm2023")
+        if saved != self.fingerprint:
             raise CheckpointMismatchError(
                 f"the dictionary checkpoint in {self.ckpt} was written by a different config; delete {self.ckpt} to "
                 f"start over or train with the config that wrote it")
@@ -223,12 +242,15 @@ class _Loop:
                              prog["opt_scalars"])
         self.last_fired_F = state["loop.last_fired"].cpu().long()
         self.ever_fired_F = state["loop.ever_fired"].cpu().bool()
+        if self.count_firings:
+            self.fired_count_F = state["loop.fired_count"].cpu().long()
+            self.window_start = int(prog["window_start"])
         self.start = int(prog["step"])  # density stays unknown: the first resumed step takes the dense path
 
     def _initialise(self, init_b_dec: bool) -> None:
         train, sae = self.train, self.sae
         sample = None
-        if init_b_dec:
+        if init_b_dec and sae.init_b_dec_to_median:
             sample = self.source.sample(train.geometric_median_rows, self.seed).to(self.device)
             with torch.no_grad():
                 sae.b_dec_D.copy_(geometric_median(sample))
@@ -245,7 +267,7 @@ class _Loop:
         sae, opt = self.sae, self.opt
         x = next(self.batches).to(self.device, non_blocking=True)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, self.train)
+            g["lr"] = lr_at(step, self.train, sae.lr_decay_fraction)
         fast_now, bf16_now = plan_step(self.density, sae.d_sae, self.train.bf16) if self.use_fast else (False, False)
         out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
         loss = out["loss"]
@@ -257,6 +279,8 @@ class _Loop:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         D.all_reduce_mean_grads(self.params)
+        if sae.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, sae.grad_clip)
         sae.before_optimizer_step()
         opt.step()
         sae.after_optimizer_step()
@@ -265,6 +289,11 @@ class _Loop:
             fired_F = D.all_reduce_(fired.to(torch.uint8), "max").bool().cpu()
             self.last_fired_F[fired_F] = step + 1
             self.ever_fired_F |= fired_F
+            if self.count_firings:
+                f = out["f_BF"]
+                count_F = (torch.bincount(f.col_indices(), minlength=sae.d_sae) if f.layout == torch.sparse_csr
+                           else (f > 0).sum(0))
+                self.fired_count_F += D.all_reduce_(count_F, "sum").cpu()
             l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
         self.density = l0 / sae.d_sae
         return {**out, "l0": l0, "path": ("fast-bf16" if bf16_now else "fast") if fast_now else "dense"}
@@ -273,15 +302,31 @@ class _Loop:
         """Features silent for the last ``window`` steps, after ``done`` steps."""
         return (done - self.last_fired_F) >= max(self.window, 1)
 
+    def revival_F(self, done: int) -> tuple[torch.Tensor, dict]:
+        """The features revival resamples after ``done`` steps, as the recipe's ``revive_target`` says: the dead
+        (``dead_F``), or the low-density mode of the firings since the last revival (``recipes.low_mode_revival``,
+        which also starts a new counting window).  Returns the mask and what to add to the log row."""
+        if not self.count_firings:
+            return self.dead_F(done), {}
+        from .recipes import low_mode_revival
+
+        window_tokens = (done - self.window_start) * self.train.batch_size
+        revive_F, info = low_mode_revival(self.fired_count_F, window_tokens,
+                                          getattr(self.sae, "FLOOR_FIRINGS", 3))
+        self.fired_count_F.zero_()
+        self.window_start = done
+        return revive_F, info
+
     # ---- revival (the paper's resampling) ---------------------------------------------------------------------
     def revive(self, done: int) -> None:
-        """Resample the dead features (the kind decides how, or returns 0 where revival is not its recipe)."""
-        dead_F = self.dead_F(done)
+        """Resample the features ``revival_F`` picks (the kind decides how, or returns 0 where revival is not its
+        recipe)."""
+        dead_F, info = self.revival_F(done)
         pool = self.source.sample(self.train.resample_inputs, self.seed + done).to(self.device)
         n = self.sae.resample(dead_F.to(self.device), pool, self.opt, generator=self.gen)
         D.broadcast_module(self.sae)  # rank 0's resampled rows win; every rank reset the same Adam slices
         self.last_fired_F[dead_F] = done  # a resampled feature gets a fresh window
-        self.log_rows.append({"step": done, "event": "resample", "resampled": n})
+        self.log_rows.append({"step": done, "event": "resample", "resampled": n, **info})
 
     # ---- log and checkpoint -----------------------------------------------------------------------------------
     def log(self, done: int, out: dict, seconds: float) -> dict:
@@ -302,9 +347,12 @@ class _Loop:
         tensors.update({f"sae.{k}": v for k, v in self.sae.state_dict().items()})
         tensors["loop.last_fired"] = self.last_fired_F
         tensors["loop.ever_fired"] = self.ever_fired_F
+        progress = {"step": done, "opt_scalars": scalars, "fingerprint": self.fingerprint}
+        if self.count_firings:
+            tensors["loop.fired_count"] = self.fired_count_F
+            progress["window_start"] = self.window_start
         save_safetensors(tensors, self.ckpt / "state.safetensors")
-        atomic_write_json(self.ckpt / "progress.json", {"step": done, "opt_scalars": scalars,
-                                                        "fingerprint": self.fingerprint})
+        atomic_write_json(self.ckpt / "progress.json", progress)
 
     def finish(self, seconds: float) -> Dictionary:
         D.barrier()

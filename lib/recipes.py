@@ -1,0 +1,149 @@
+"""Training recipes beyond the paper's: how a dictionary of a kind is initialised, what exactly it minimises, on
+what schedule, and which features revival aims at.  Select one per dictionary by config::
+
+    DictionaryConfig(kind="relu", recipe="april2024", l1_coefficient=4e-3)
+    DictSpec("A/1", 4096, 4e-3, recipe="april2024")               # in a run's config
+
+The recipes (``registry.available_recipes()``):
+
+``tm2023`` — *Towards Monosemanticity* (2023), every kind's default and what a config without ``recipe`` means:
+    the kind's own class (``sae.ReluDictionary`` for ``relu``, the classes in ``kinds.py``); b_dec at the
+    geometric median, unit-norm decoder rows, constant LR after warm-up, the paper's resampling of features
+    silent for a window (``SAETrainConfig.resample_at``).  TopK/BatchTopK under it revive by AuxK, whose dead
+    window is scaled to the run (``kinds.TopKDictionary``).
+
+``april2024`` (kind ``relu``) — Anthropic's April 2024 update, ``April2024Dictionary`` below.
+
+``tm2023_lowmode`` (kind ``relu``) — tm2023 with revival aimed at the low-density mode, ``ReluLowModeDictionary``.
+
+A recipe is a subclass registered with ``@register_kind(kind, recipe=name)``: its objective is its ``loss``
+(the fast step, ``fast.py``, computes it where the class declares ``fast_form``), its loop-level choices are the
+class attributes the trainer reads (``sae.Dictionary``: ``init_b_dec_to_median``, ``bias_sets_density``,
+``lr_decay_fraction``, ``grad_clip``, ``revive_target``), and anything it states as a share of the run is set in
+``begin_training``.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from .registry import register_kind
+from .sae import Dictionary, DictionaryConfig, ReluDictionary
+
+
+@register_kind("relu", recipe="april2024")
+class April2024Dictionary(Dictionary):
+    """ReLU dictionary trained by Anthropic's April 2024 recipe ("Update on how we train SAEs").
+
+    Forward — no pre-encoder bias subtraction (the February 2024 update: with ReLU MLP inputs, all ≥ 0, x − b_dec
+    acts as a large negative bias that the L1 term uses to silence features before they find a direction)::
+
+        f  = ReLU(x W_e + b_e)
+        x̂  = f W_d + b_d                    (rows of W_d free in norm: no projection, no renormalisation)
+
+    Objective, with the decoder norm inside the penalty (so shrinking W_d,i cannot buy a smaller L1)::
+
+        L   = mean_{batch, elements}(x − x̂)² + λ_t · mean_batch Σ_i f_i ‖W_d,i‖
+        λ_t = λ · min(1, (t + 1) / ⌈0.05 T⌉)                       (λ warmed up over the first 5 % of T steps)
+
+    Schedule and initialisation: W_d,i = 0.1 · u_i with u_i uniform random unit directions, W_e = W_dᵀ,
+    b_e = b_d = 0 (no geometric median, no starting density); learning rate linearly to 0 over the last 20 % of
+    the steps (after the loop's warm-up); global gradient norm clipped at 1; no resampling (the recipe reports
+    < 1 % dead without it).  λ = ``DictionaryConfig.l1_coefficient``.  The MSE here is the project's mean over
+    elements (the update sums over them), so λ is on tm2023's scale, not the update's (λ 5 there).  Adam β as
+    ``SAETrainConfig.betas``.
+
+    The forward is the ReLU shape, so the sparse-aware step (``fast.py``) computes it exactly (``fast_form``).
+    """
+
+    fast_form: ClassVar[dict] = {"subtract_b_dec": False, "decoder_norm_l1": True}
+    init_b_dec_to_median = False
+    bias_sets_density = False     # biases start at 0: no starting density
+    lr_decay_fraction = 0.2
+    grad_clip = 1.0
+    revive_target = None          # no resampling
+    SPARSITY_WARMUP_FRACTION: ClassVar[float] = 0.05
+    INIT_DECODER_NORM: ClassVar[float] = 0.1
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        g = torch.Generator().manual_seed(cfg.seed)
+        u_FD = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
+        with torch.no_grad():
+            self.W_dec_FD.copy_(u_FD / u_FD.norm(dim=-1, keepdim=True).clamp_min(1e-8) * self.INIT_DECODER_NORM)
+            self.W_enc_DF.copy_(self.W_dec_FD.T)
+            self.b_enc_F.zero_()
+            self.b_dec_D.zero_()
+        self.sparsity_warmup_steps = 0  # set from the run's length by begin_training; 0: λ at full strength
+
+    def begin_training(self, steps: int, batch_size: int) -> None:
+        self.sparsity_warmup_steps = max(1, math.ceil(self.SPARSITY_WARMUP_FRACTION * steps))
+
+    def sparsity_coefficient(self, step: int | None) -> float:
+        """λ_t (see the class docstring); ``step=None`` (evaluation) is the full λ."""
+        w = self.sparsity_warmup_steps
+        if step is None or w <= 0:
+            return self.cfg.l1_coefficient
+        return self.cfg.l1_coefficient * min(1.0, (step + 1) / w)
+
+    def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return x_BD @ self.W_enc_DF + self.b_enc_F
+
+    def loss(self, x_BD: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
+        x_hat_BD, f_BF = self(x_BD)
+        mse = (x_hat_BD - x_BD).pow(2).mean()
+        weighted_l1 = (f_BF * self.W_dec_FD.norm(dim=-1)).sum(-1).mean()
+        return {"loss": mse + self.sparsity_coefficient(step) * weighted_l1, "mse": mse, "sparsity": weighted_l1,
+                "f_BF": f_BF}
+
+    # the decoder is unconstrained: neither the paper's projected gradient nor renormalisation
+    def before_optimizer_step(self) -> None:
+        pass
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def resample(self, dead_F, x_ND, optimizer, generator=None) -> int:
+        """Not part of the April 2024 recipe."""
+        return 0
+
+
+@register_kind("relu", recipe="tm2023_lowmode")
+class ReluLowModeDictionary(ReluDictionary):
+    """The paper's ReLU-L1 dictionary and loop (``tm2023``), with revival aimed at the low-density mode.
+
+    A short tm2023 run leaves most features in a low-density mode (~1e-4, no consistent tokens) that the paper's
+    resampling never touches: they fire, so they are not dead.  Here, at each of ``SAETrainConfig.resample_at``,
+    the loop counts each feature's firings since the previous revival (window of W tokens, density d_i =
+    firings_i / W) and resamples, with the paper's loss²-weighted inputs (``Dictionary.resample``)::
+
+        revive_i  ⇔  firings_i < floor_firings                              (dead, or nearly: a run-scaled floor)
+                  or (the window's log-densities are bimodal — metrics.density_modes —
+                      and d_i lies below the split between the modes)
+
+    ``floor_firings`` = 3 (a density floor of 3 / W, so it scales with the run).  Objective, constraint and
+    everything else are tm2023's (``sae`` module docstring); so is the fast step.
+    """
+
+    revive_target = "low_mode"
+    FLOOR_FIRINGS: ClassVar[int] = 3
+
+
+def low_mode_revival(fired_count_F: torch.Tensor, window_tokens: int, floor_firings: int) -> tuple[torch.Tensor, dict]:
+    """The features ``ReluLowModeDictionary`` revives after a window of ``window_tokens`` tokens in which feature
+    i fired ``fired_count_F[i]`` times (bool mask), and what decided it (for the training log)."""
+    from .metrics import density_modes  # metrics is heavy to import (the subject model); only revival needs it
+
+    count_F = fired_count_F.cpu()
+    revive_F = count_F < floor_firings
+    density = count_F.double().numpy() / max(1, window_tokens)
+    modes = density_modes(density)
+    info = {"window_tokens": int(window_tokens), "below_floor": int(revive_F.sum()), "low_mode": 0,
+            "mode_threshold": None}
+    if modes and modes["bimodal"]:
+        low_F = torch.from_numpy((density > 0) & (density < modes["threshold"]))
+        info.update(low_mode=int(low_F.sum()), mode_threshold=modes["threshold"])
+        revive_F |= low_F
+    return revive_F, info
