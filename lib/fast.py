@@ -107,6 +107,7 @@ import torch
 import torch.nn.functional as Fn
 from torch.autograd.function import once_differentiable
 
+from .errors import ConfigError
 from .sparse import (active_fp32, bf16_default, bf16_operand, bf16_operand_rows, candidates_bf16, csr_tensor,
                      linear_encoder, offsets, sampled_dots, scratch)
 
@@ -134,16 +135,34 @@ def plan_step(density: float | None, d_sae: int, bf16: bool | None = None) -> tu
     return True, bool(bf16)
 
 
-def fast_supported(sae) -> bool:
-    """True for the ReLU-L1 objective (a kind that overrides none of the forward/loss hooks), fp32, CPU."""
+TM2023_FORM = {"subtract_b_dec": True, "decoder_norm_l1": False}
+
+
+def fast_form(sae) -> dict | None:
+    """Which ReLU-L1-shaped objective ``sae`` trains, as the fast step's two switches, or None if none is.
+
+    ``subtract_b_dec``: pre = (x − b_dec) W_enc + b_enc (tm2023), else x W_enc + b_enc; ``decoder_norm_l1``: the
+    penalty is Σ_i f_i ‖W_dec,i‖ (april2024), else Σ_i f_i.  tm2023's ReLU-L1 is a kind that overrides none of the
+    forward/loss hooks; a recipe class whose objective is one of the others declares it as ``fast_form`` (and its
+    λ schedule as ``sparsity_coefficient(step)``)."""
     from .sae import Dictionary
 
+    declared = getattr(type(sae), "fast_form", None)
+    if declared is not None:
+        return dict(declared) if isinstance(sae, Dictionary) else None
     if not linear_encoder(sae):
-        return False
+        return None
     cls = type(sae)
     for name in ("decode", "forward", "loss"):
         if getattr(cls, name) is not getattr(Dictionary, name):
-            return False
+            return None
+    return dict(TM2023_FORM)
+
+
+def fast_supported(sae) -> bool:
+    """True for a ReLU-L1-shaped objective (``fast_form``: tm2023's, april2024's) with fp32 parameters on the CPU."""
+    if fast_form(sae) is None:
+        return False
     ps = (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D)
     return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in ps)
 
@@ -186,10 +205,11 @@ def _sparse_pattern(x, W_enc, b_enc, use_bf16: bool):
 
 class _FastReluL1(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, lam: float, use_bf16: bool):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, lam: float, use_bf16: bool, subtract_b_dec: bool = True,
+                decoder_norm_l1: bool = False):
         B, D = x.shape
         F = W_enc.shape[1]
-        xbar = x - b_dec
+        xbar = x - b_dec if subtract_b_dec else x
         rows, cols, vals, rowsT, colsT, valsT, colptr, (link, perm), probe = _sparse_pattern(
             xbar, W_enc, b_enc, use_bf16)
         crow = offsets(rows, B)
@@ -197,11 +217,14 @@ class _FastReluL1(torch.autograd.Function):
         x_hat += b_dec
         r = x_hat.sub_(x)
         mse = r.pow(2).mean()
-        l1 = vals.sum() / B
+        # april2024: each active entry's penalty weight is its feature's decoder norm n_j (tm2023: 1)
+        norm_F = torch.linalg.vector_norm(W_dec, dim=-1) if decoder_norm_l1 else None
+        l1 = (torch.dot(vals, norm_F.index_select(0, cols)) if decoder_norm_l1 else vals.sum()) / B
         # NaN/inf guard: the filters drop NaN pre-activations, the dense path would propagate them into the loss
         loss = mse + lam * l1 + probe * 0.0
-        ctx.save_for_backward(W_enc, W_dec, xbar, r, rowsT, colsT, valsT, colptr, cols, crow, perm)
+        ctx.save_for_backward(W_enc, W_dec, xbar, r, rowsT, colsT, valsT, colptr, cols, crow, perm, norm_F)
         ctx.link = link
+        ctx.subtract_b_dec = subtract_b_dec
         ctx.lam, ctx.shape = lam, (B, D, F)
         fired = colptr[1:] > colptr[:-1]
         l0 = torch.tensor(vals.numel() / max(B, 1), dtype=torch.float32)
@@ -211,7 +234,7 @@ class _FastReluL1(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_loss, g_mse, g_l1, *_):
-        W_enc, W_dec, xbar, r, rowsT, colsT, valsT, colptr, cols, crow, perm = ctx.saved_tensors
+        W_enc, W_dec, xbar, r, rowsT, colsT, valsT, colptr, cols, crow, perm, norm_F = ctx.saved_tensors
         B, D, F = ctx.shape
         zero = torch.zeros((), dtype=torch.float32)
         g_loss = zero if g_loss is None else g_loss
@@ -220,18 +243,26 @@ class _FastReluL1(torch.autograd.Function):
         need_x, need_We, need_be, need_Wd, need_bd = ctx.needs_input_grad[:5]
         dxh = r * (gm * (2.0 / (B * D)))
         # dL/df on the active entries, feature-major (= dL/dpre there; ReLU passes it, elsewhere it is 0)
-        dfT = sampled_dots(colptr, rowsT, (gs / B).expand(valsT.numel()).contiguous(), W_dec, dxh.t())
+        # (april2024: + λ n_j / B, the weighted penalty's slope)
+        pen = ((gs / B) * norm_F.index_select(0, colsT) if norm_F is not None
+               else (gs / B).expand(valsT.numel()).contiguous())
+        dfT = sampled_dots(colptr, rowsT, pen, W_dec, dxh.t())
         off = colptr[:-1]
         dW_dec = dW_enc = db_enc = db_dec = dx = None
         if need_Wd:
             dW_dec = Fn.embedding_bag(rowsT, dxh, off, mode="sum", per_sample_weights=valsT)
+            if norm_F is not None:  # ∂/∂W_dec,j of (λ/B) n_j Σ_b f_bj = (λ/B) (Σ_b f_bj) W_dec,j / n_j  (0 at n_j = 0)
+                colsum_F = torch.zeros(F, dtype=torch.float32).index_add_(0, colsT, valsT)
+                scale_F = torch.where(norm_F > 0, colsum_F * (gs / B) / norm_F.clamp_min(1e-30),
+                                      torch.zeros((), dtype=torch.float32))
+                dW_dec.addcmul_(scale_F.unsqueeze(-1), W_dec)
         if need_We:
             dW_enc = torch.empty(D, F, dtype=torch.float32)
             dW_enc.copy_(Fn.embedding_bag(rowsT, xbar, off, mode="sum", per_sample_weights=dfT).t())
         if need_be or need_bd:
             db_enc = torch.zeros(F, dtype=torch.float32).index_add_(0, colsT, dfT)
         if need_bd:
-            db_dec = dxh.sum(0) - torch.mv(W_enc, db_enc)
+            db_dec = dxh.sum(0) - torch.mv(W_enc, db_enc) if ctx.subtract_b_dec else dxh.sum(0)
         if need_x:
             if ctx.link == "to_rows":
                 df = dfT.index_select(0, perm)
@@ -240,25 +271,32 @@ class _FastReluL1(torch.autograd.Function):
                 df[perm] = dfT
             dxbar = Fn.embedding_bag(cols, W_enc.t().contiguous(), crow[:-1], mode="sum", per_sample_weights=df)
             dx = dxbar - dxh
-        return dx, dW_enc, (db_enc if need_be else None), dW_dec, db_dec, None, None
+        return dx, dW_enc, (db_enc if need_be else None), dW_dec, db_dec, None, None, None, None
 
 
 def fast_loss(sae, x_BD: torch.Tensor, *, bf16: bool | None = None, step: int | None = None) -> dict:
-    """Sparse-aware ``ReluDictionary.loss``; see the module docstring for what is returned and the tolerances."""
+    """Sparse-aware ``sae.loss(x_BD, step=step)`` for a ReLU-L1-shaped objective (``fast_form``); see the module
+    docstring for what is returned and the tolerances."""
+    form = fast_form(sae)
+    if form is None:
+        raise ConfigError(f"the fast step computes only ReLU-L1-shaped objectives, not a {type(sae).__name__}; "
+                         f"check fast_supported(sae) first")
+    lam = sae.sparsity_coefficient(step) if hasattr(sae, "sparsity_coefficient") else sae.cfg.l1_coefficient
     use_bf16 = bf16_default(sae.W_enc_DF.shape[1]) if bf16 is None else bool(bf16)
     x = x_BD if x_BD.dtype == torch.float32 else x_BD.float()
     if x.ndim != 2 or x.shape[-1] != sae.W_enc_DF.shape[0]:
         sae.check_input(x)
     x = x.contiguous()
     if x.shape[0] == 0:  # nothing to be sparse about; the dense path defines the (NaN) result
-        out = sae.loss(x)
+        out = sae.loss(x, step=step)
         F = sae.W_enc_DF.shape[1]
         empty = torch.zeros(0, dtype=torch.int64)
         f = csr_tensor(torch.zeros(1, dtype=torch.int64), empty, torch.zeros(0), (0, F))
         return {**out, "f_BF": f, "l0": torch.tensor(float("nan")),
                 "fired_F": torch.zeros(F, dtype=torch.bool), "bf16": False}
     loss, mse, l1, vals, crow, cols, l0, fired = _FastReluL1.apply(
-        x, sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, float(sae.cfg.l1_coefficient), use_bf16)
+        x, sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, float(lam), use_bf16, form["subtract_b_dec"],
+        form["decoder_norm_l1"])
     f = csr_tensor(crow, cols, vals, (x.shape[0], sae.W_enc_DF.shape[1]))
     return {"loss": loss, "mse": mse, "sparsity": l1, "f_BF": f, "l0": l0, "fired_F": fired, "bf16": use_bf16}
 
