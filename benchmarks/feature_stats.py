@@ -146,7 +146,7 @@ def write_saelens(sae, d: Path, hook: str) -> Path:
 
 
 def run_baseline(run, dict_id: str, n_features: int, n_tokens: int, tmp: Path, threads: int, timeout: int) -> dict:
-    from monosemantic.features import token_set_contexts
+    from monosemantic.tokensets import token_set_contexts
 
     if not BASELINE_PY.exists() or not BASELINE.exists():
         return {"tool": "sae-dashboard", "error": f"baseline venv or script missing ({BASELINE_PY}, {BASELINE}); "

@@ -9,7 +9,8 @@ import torch
 from monosemantic import ConfigError
 from monosemantic.features import (FeatureStats, FeatureStatsConfig, StatsAccumulator,
                                    compute_feature_stats, compute_neuron_stats, compute_stats, correlated_neurons,
-                                   logit_effects, token_set_contexts)
+                                   logit_effects)
+from monosemantic.tokensets import token_set_contexts
 from monosemantic.prompt import prompt_activations
 
 K = 4  # domains

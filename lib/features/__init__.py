@@ -64,11 +64,12 @@ from __future__ import annotations
 
 from .accumulator import StatsAccumulator
 from .config import FeatureStatsConfig, preset_config
-from .loading import Example, FeatureStats, Histogram, UnitStats
-from .logits import logit_effects
+from ..tokensets import token_set_contexts
+from .loading import Example, FeatureStats, Histogram, UnitStats, stats_dir
+from .logits import logit_effects, logit_weights
 from .neurons import correlated_neurons
-from .passes import compute_feature_stats, compute_neuron_stats, compute_stats, stats_dir, token_set_contexts
+from .passes import compute_feature_stats, compute_neuron_stats, compute_stats
 
 __all__ = ["FeatureStatsConfig", "preset_config", "StatsAccumulator", "FeatureStats", "UnitStats", "Example",
            "Histogram", "compute_feature_stats", "compute_neuron_stats", "compute_stats", "stats_dir",
-           "logit_effects", "correlated_neurons", "token_set_contexts"]
+           "logit_effects", "logit_weights", "correlated_neurons", "token_set_contexts"]
