@@ -128,7 +128,7 @@ class DictSpec:
         from .sae import DictionaryConfig
 
         return DictionaryConfig(d_in=d_in, d_sae=self.d_sae, kind=self.kind, l1_coefficient=self.l1_coefficient,
-                                seed=self.seed, options=dict(self.options))
+                                seed=self.seed, options=dict(self.options), recipe=self.recipe)
 
 
 @dataclass

@@ -373,3 +373,12 @@ def test_an_unregistered_recipe_in_a_saved_dictionary_says_to_import_it(tmp_path
     (tmp_path / "d" / "cfg.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="my_notebook_recipe.*import the module that defines it"):
         Dictionary.load(tmp_path / "d")
+
+
+def test_a_run_config_validates_each_dictionarys_recipe():
+    run = preset("tiny").to_dict()
+    run["dictionaries"][0]["recipe"] = "april2024"
+    assert RunConfig.from_dict(run).dictionary("A/0").dictionary_config(128).recipe == "april2024"
+    run["dictionaries"][0].update(kind="topk", options={"k": 4})
+    with pytest.raises(ConfigError, match="recipe 'april2024' is not defined for dictionary kind 'topk'"):
+        RunConfig.from_dict(run)
