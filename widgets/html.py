@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,8 +102,6 @@ class EsmBundle(VirtualFileContents):
 
 
 def _hmr_enabled() -> bool:
-    import os
-
     if os.environ.get("ANYWIDGET_HMR") != "1":
         return False
     try:
