@@ -106,9 +106,10 @@ VARIANTS = ["dense fp32 / adam", "dense fp32 / fused", "dense bf16 / fused",
             "fast fp32 / fused", "fast bf16 / fused", "fast bf16 / adam"]
 
 
-def bench(B: int, D: int, F: int, l0: float, reps: int, variants: list[str], peak_reps: int) -> None:
+def bench(B: int, D: int, F: int, l0: float, reps: int, variants: list[str], peak_reps: int,
+          recipe: str = "tm2023") -> None:
     torch.manual_seed(0)
-    base = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=1e-3, seed=0))
+    base = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=1e-3, seed=0, recipe=recipe))
     x = torch.randn(B, D)
     with torch.no_grad():
         pre = (x[:1024] - base.b_dec_D) @ base.W_enc_DF
@@ -133,7 +134,7 @@ def bench(B: int, D: int, F: int, l0: float, reps: int, variants: list[str], pea
             l0s.append(l)
     ref = statistics.median(runs[variants[0]][1])
     ref_min = min(runs[variants[0]][1])
-    print(f"\nB={B} D={D} F={F}  dense-matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+    print(f"\n{recipe}  B={B} D={D} F={F}  dense-matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s  (encoder = {flops / 1e9:.2f} GFLOP)")
     print(f"{'variant':22s} {'median ms':>10s} {'min ms':>8s} {'speedup':>8s} {'(min)':>7s} {'L0':>6s} "
           f"{'roofline ms':>12s} {'% roof':>7s} {'(min)':>6s}")
@@ -154,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--peak-reps", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS, metavar="VARIANT")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--recipe", default="tm2023", help="training recipe of the ReLU dictionary (tm2023, april2024)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: perf_counter; cpu: this process's CPU time (user+sys, all threads) — steadier on a "
                          "shared machine, best with --threads 1")
@@ -167,7 +169,7 @@ def main(argv=None):
           f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, clock={a.clock}")
     for F in a.F:
-        bench(a.B, a.D, F, a.l0, a.reps, a.variants, a.peak_reps)
+        bench(a.B, a.D, F, a.l0, a.reps, a.variants, a.peak_reps, a.recipe)
     print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 

@@ -16,12 +16,31 @@ features (L0 ≈ 10–100 of F):
 
 (df = dL/dpre on the active entries: ReLU passes it through there and zeroes it elsewhere, and d|f|/df = 1 there.)
 
+The same kernels compute the april2024 recipe (``recipes.April2024Dictionary``; ``fast_form`` says which), whose
+forward is this ReLU shape with two differences: pre = x W_enc + b_enc (no b_dec subtraction, so db_dec = Σ_b dx̂_b)
+and the penalty λ Σ_j f_bj n_j with n_j = ‖W_dec[j]‖, so df_bj gets λ n_j / B instead of λ/B and
+dW_dec[j] gains (λ/B) (Σ_b f_bj) W_dec[j] / n_j.  λ is the recipe's ``sparsity_coefficient(step)``.
+
+TopK and BatchTopK (``kinds.py``): the selection needs every pre-activation, so the encoder matmul and the top-k
+over it stay dense (the same ops as the dense path, so the same entries are picked); the decoder, the MSE's
+backward and the encoder's gradient then touch only the k selected entries per row (k·B per batch):
+
+    forward   pre = x̄ W_enc + b_enc; S = TopK_k per row (BatchTopK: the k·B largest ReLU(pre) of the batch)
+              x̂ = Σ_(b,j)∈S ReLU(pre_bj) W_dec[j] + b_dec       embedding_bag
+    backward  df_bj = 1[pre_bj > 0] dx̂_b · W_dec[j]  on S         sampled_addmm, row-major
+              dW_dec, dW_enc, db_enc, db_dec, dx                as above, over S
+    AuxK      on the dead latents' columns only: (x − b_dec) W_enc[:, dead] + b_enc[dead], its top-k_aux, and
+              ê = z W_dec[dead] — B × n_dead × D work, through autograd
+
+The step's firing record goes to the kind (``_record_sparse``) as its dense ``loss`` would.  No bf16 filter
+(``"bf16"`` is False).
+
 API
 ---
 ``fast_supported(sae) -> bool``
     True when ``sae`` is a ReLU-L1 dictionary — its class overrides none of ``pre_acts/encode/decode/forward/
-    loss`` (so ``ReluDictionary``, not e.g. a TopK kind) — with float32 parameters on the CPU.  Call ``fast_loss``
-    only when this is True.
+    loss`` (so ``ReluDictionary``, not e.g. a JumpReLU kind), or declares a ``fast_form`` (april2024, topk,
+    batchtopk) — with float32 parameters on the CPU.  Call ``fast_loss`` only when this is True (it raises ConfigError for other kinds).
 
 ``fast_loss(sae, x_BD, *, bf16=None, step=None) -> dict``
     Drop-in for ``sae.loss(x_BD, step=step)`` (``step`` is ignored, as by ``ReluDictionary.loss``).  Returns
@@ -144,7 +163,8 @@ def fast_form(sae) -> dict | None:
     ``subtract_b_dec``: pre = (x − b_dec) W_enc + b_enc (tm2023), else x W_enc + b_enc; ``decoder_norm_l1``: the
     penalty is Σ_i f_i ‖W_dec,i‖ (april2024), else Σ_i f_i.  tm2023's ReLU-L1 is a kind that overrides none of the
     forward/loss hooks; a recipe class whose objective is one of the others declares it as ``fast_form`` (and its
-    λ schedule as ``sparsity_coefficient(step)``)."""
+    λ schedule as ``sparsity_coefficient(step)``).  TopK and BatchTopK declare ``{"activation": "topk"}`` /
+    ``{"activation": "batchtopk"}`` (their step is ``_fast_topk_loss``)."""
     from .sae import Dictionary
 
     declared = getattr(type(sae), "fast_form", None)
@@ -160,7 +180,8 @@ def fast_form(sae) -> dict | None:
 
 
 def fast_supported(sae) -> bool:
-    """True for a ReLU-L1-shaped objective (``fast_form``: tm2023's, april2024's) with fp32 parameters on the CPU."""
+    """True for an objective the fast step computes (``fast_form``: tm2023's and april2024's ReLU-L1, TopK,
+    BatchTopK) with fp32 parameters on the CPU."""
     if fast_form(sae) is None:
         return False
     ps = (sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D)
@@ -274,13 +295,114 @@ class _FastReluL1(torch.autograd.Function):
         return dx, dW_enc, (db_enc if need_be else None), dW_dec, db_dec, None, None, None, None
 
 
+# ---- TopK / BatchTopK: the selection is dense (the encoder matmul and a top-k over it), the rest is k of F ------
+
+class _FastTopKDecode(torch.autograd.Function):
+    """x̂ = Σ_(b,j) f_bj W_dec[j] + b_dec over a fixed selected pattern, f = ReLU(pre) there; returns the MSE.
+
+    The selection (which k entries per row, or k·B per batch) carries no gradient, as in the dense path's
+    ``topk``/``scatter``; gradients flow through the selected pre-activations into W_enc, b_enc, b_dec and x."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, xbar, rows, cols, pre_sel):
+        B, D = x.shape
+        F = W_enc.shape[1]
+        crow = offsets(rows, B)
+        act = pre_sel.clamp_min(0.0)
+        x_hat = Fn.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=act)
+        x_hat += b_dec
+        r = x_hat.sub_(x)
+        ctx.save_for_backward(W_enc, W_dec, xbar, r, rows, cols, crow, act, pre_sel)
+        ctx.shape = (B, D, F)
+        ctx.mark_non_differentiable(r)
+        return r.pow(2).mean(), r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mse, _g_r):
+        W_enc, W_dec, xbar, r, rows, cols, crow, act, pre_sel = ctx.saved_tensors
+        B, D, F = ctx.shape
+        dxh = r * (g_mse * (2.0 / (B * D)))
+        # dL/dpre on the selected entries (row-major): dx̂_b · W_dec[j] where pre > 0 (ReLU), else 0
+        df = sampled_dots(crow, cols, torch.zeros(cols.numel()), dxh, W_dec.t())
+        df = torch.where(pre_sel > 0, df, torch.zeros((), dtype=df.dtype))
+        perm = torch.argsort(cols, stable=True)
+        colsT, rowsT = cols.index_select(0, perm), rows.index_select(0, perm)
+        off = offsets(colsT, F)[:-1]
+        dW_dec = Fn.embedding_bag(rowsT, dxh, off, mode="sum", per_sample_weights=act.index_select(0, perm))
+        dW_enc = torch.empty(D, F, dtype=torch.float32)
+        dW_enc.copy_(Fn.embedding_bag(rowsT, xbar, off, mode="sum",
+                                      per_sample_weights=df.index_select(0, perm)).t())
+        db_enc = torch.zeros(F, dtype=torch.float32).index_add_(0, cols, df)
+        db_dec = dxh.sum(0) - torch.mv(W_enc, db_enc)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = Fn.embedding_bag(cols, W_enc.t().contiguous(), crow[:-1], mode="sum", per_sample_weights=df) - dxh
+        return dx, dW_enc, db_enc, dW_dec, db_dec, None, None, None, None
+
+
+def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool) -> dict:
+    """Sparse-aware ``TopKDictionary.loss`` / ``BatchTopKDictionary.loss`` (``kinds.py``): the same pre-activations
+    and the same selection as the dense path, then a k-of-F decoder and backward; AuxK on the dead latents' columns
+    only.  Records the step's firing statistics in the kind, as its ``loss`` does."""
+    B, F = x.shape[0], sae.d_sae
+    with torch.no_grad():
+        xbar = x - sae.b_dec_D
+        pre = xbar @ sae.W_enc_DF + sae.b_enc_F  # the dense path's ops, so its top-k picks the same entries
+        if per_batch:
+            n = min(int(sae.k * B), pre.numel())
+            _, fl = pre.relu().flatten().topk(n, sorted=False)
+        else:
+            _, idx = pre.topk(sae.k, dim=-1, sorted=False)
+            fl = (idx + (torch.arange(B) * F).unsqueeze(-1)).flatten()
+        fl, _ = fl.sort()
+        rows = torch.div(fl, F, rounding_mode="floor")
+        cols = fl - rows * F
+        pre_sel = pre.flatten().index_select(0, fl)
+        del pre
+    mse, r = _FastTopKDecode.apply(x, sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, xbar, rows, cols,
+                                   pre_sel)
+    aux = _sparse_aux(sae, x, xbar, -r)
+    with torch.no_grad():
+        vals = pre_sel.detach().clamp_min(0.0)
+        on = vals > 0
+        fired = torch.zeros(F, dtype=torch.bool)
+        fired[cols[on]] = True
+        l0 = torch.tensor(float(on.sum()) / max(B, 1), dtype=torch.float32)
+        sae._record_sparse(fired, B, vals[on])
+        keep = on.nonzero().view(-1)
+        f = csr_tensor(offsets(rows.index_select(0, keep), B), cols.index_select(0, keep), vals.index_select(0, keep),
+                       (B, F))
+    return {"loss": mse + sae.opts["aux_coefficient"] * aux, "mse": mse, "sparsity": l0.clone(), "aux": aux.detach(),
+            "f_BF": f, "l0": l0, "fired_F": fired, "bf16": False}
+
+
+def _sparse_aux(sae, x: torch.Tensor, xbar: torch.Tensor, e_BD: torch.Tensor) -> torch.Tensor:
+    """TopK's AuxK term (``TopKDictionary.aux_loss``) on the dead latents' columns only: B × n_dead × D work."""
+    dead_F = sae.dead_latents()
+    n_dead = int(dead_F.sum())
+    k_aux = min(sae.opts["k_aux"], n_dead)
+    if k_aux == 0 or sae.opts["aux_coefficient"] == 0:
+        return x.new_zeros(())
+    dead = dead_F.nonzero().view(-1)
+    pre_BN = (x - sae.b_dec_D) @ sae.W_enc_DF.index_select(1, dead) + sae.b_enc_F.index_select(0, dead)
+    vals, j = pre_BN.topk(k_aux, dim=-1, sorted=False)
+    z_BN = torch.zeros_like(pre_BN).scatter(-1, j, vals.relu())
+    e_hat_BD = z_BN @ sae.W_dec_FD.index_select(0, dead)
+    return (e_hat_BD - e_BD.detach()).pow(2).mean()
+
+
 def fast_loss(sae, x_BD: torch.Tensor, *, bf16: bool | None = None, step: int | None = None) -> dict:
-    """Sparse-aware ``sae.loss(x_BD, step=step)`` for a ReLU-L1-shaped objective (``fast_form``); see the module
-    docstring for what is returned and the tolerances."""
+    """Sparse-aware ``sae.loss(x_BD, step=step)`` for a ReLU-L1-shaped objective or a TopK/BatchTopK dictionary
+    (``fast_form``); see the module docstring for what is returned and the tolerances."""
     form = fast_form(sae)
     if form is None:
-        raise ConfigError(f"the fast step computes only ReLU-L1-shaped objectives, not a {type(sae).__name__}; "
-                         f"check fast_supported(sae) first")
+        raise ConfigError(f"the fast step computes only ReLU-L1-shaped and TopK objectives, not a "
+                          f"{type(sae).__name__}; check fast_supported(sae) first")
+    if form.get("activation") in ("topk", "batchtopk"):
+        x = x_BD.float().contiguous()
+        sae.check_input(x)
+        return _fast_topk_loss(sae, x, per_batch=form["activation"] == "batchtopk")
     lam = sae.sparsity_coefficient(step) if hasattr(sae, "sparsity_coefficient") else sae.cfg.l1_coefficient
     use_bf16 = bf16_default(sae.W_enc_DF.shape[1]) if bf16 is None else bool(bf16)
     x = x_BD if x_BD.dtype == torch.float32 else x_BD.float()

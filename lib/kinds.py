@@ -153,6 +153,7 @@ class TopKDictionary(_OptionsMixin, Dictionary):
         "dead_fraction": _Option(0.05, _real(0.0, 1.0, lo_open=True),
                                  "the dead window as a share of the run's training tokens, when dead_tokens is unset"),
     }
+    fast_form = {"activation": "topk"}  # the sparse-aware step (fast.py) computes this objective exactly
     UNSCALED_DEAD_TOKENS = 10_000_000  # Gao et al.'s window, used only before a trainer has said how long the run is
 
     @classmethod
@@ -225,8 +226,13 @@ class TopKDictionary(_OptionsMixin, Dictionary):
 
     @torch.no_grad()
     def _record_step(self, f_BF: torch.Tensor) -> None:
-        # committed in after_optimizer_step, so only real training steps move the statistics
-        self._step_stats = {"fired_F": (f_BF > 0).any(0), "tokens": f_BF.shape[0]}
+        self._record_sparse((f_BF > 0).any(0), f_BF.shape[0], f_BF[f_BF > 0])
+
+    @torch.no_grad()
+    def _record_sparse(self, fired_F: torch.Tensor, tokens: int, positive: torch.Tensor) -> None:
+        """The step's firing record from its strictly positive activations (``positive``; the fast step calls this
+        directly).  Committed in after_optimizer_step, so only real training steps move the statistics."""
+        self._step_stats = {"fired_F": fired_F, "tokens": tokens}
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -292,6 +298,7 @@ class BatchTopKDictionary(TopKDictionary):
         "threshold_lr": _Option(0.01, _real(0.0, 1.0, lo_open=True),
                                 "rate of the running average that estimates the inference threshold θ"),
     }
+    fast_form = {"activation": "batchtopk"}
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
@@ -309,10 +316,9 @@ class BatchTopKDictionary(TopKDictionary):
         return batch_topk_activation(pre_BF, self.k)
 
     @torch.no_grad()
-    def _record_step(self, f_BF: torch.Tensor) -> None:
-        super()._record_step(f_BF)
-        pos = f_BF[f_BF > 0]
-        self._step_stats["min_positive"] = pos.min() if pos.numel() else None
+    def _record_sparse(self, fired_F: torch.Tensor, tokens: int, positive: torch.Tensor) -> None:
+        super()._record_sparse(fired_F, tokens, positive)
+        self._step_stats["min_positive"] = positive.min() if positive.numel() else None
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

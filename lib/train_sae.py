@@ -296,7 +296,9 @@ class _Loop:
                 self.fired_count_F += D.all_reduce_(count_F, "sum").cpu()
             l0 = float(out["l0"]) if "l0" in out else float((out["f_BF"] > 0).float().sum(-1).mean())
         self.density = l0 / sae.d_sae
-        return {**out, "l0": l0, "path": ("fast-bf16" if bf16_now else "fast") if fast_now else "dense"}
+        # (the TopK fast step has no bf16 filter: it says which it used)
+        bf16_used = bool(out.get("bf16", bf16_now)) if fast_now else False
+        return {**out, "l0": l0, "path": ("fast-bf16" if bf16_used else "fast") if fast_now else "dense"}
 
     def dead_F(self, done: int) -> torch.Tensor:
         """Features silent for the last ``window`` steps, after ``done`` steps."""

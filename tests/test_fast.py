@@ -300,3 +300,53 @@ def test_training_after_an_analysis_under_inference_mode(monkeypatch):
     assert abs(out["loss"].item() - od["loss"].item()) <= 1e-5 * abs(od["loss"].item())
     for n in PARAMS:
         assert rel(grads[n], gd[n]) < 1e-4, n
+
+
+# ---- TopK / BatchTopK: dense selection, sparse decoder and backward ------------------------------------------------
+
+@pytest.mark.parametrize("kind,options", [("topk", {"k": 3, "k_aux": 5, "dead_tokens": 10}),
+                                          ("topk", {"k": 4}),
+                                          ("batchtopk", {"k": 2.5, "k_aux": 4, "dead_tokens": 10})])
+@pytest.mark.parametrize("B,D,F", [(64, 24, 80), (5, 3, 7)])
+def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F):
+    """Same loss, mse, aux (on a dead set, so AuxK is on), activations, firing record and gradients."""
+    from monosemantic.fast import fast_form
+
+    sae = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, kind=kind, options=options))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.b_enc_F.copy_(0.3 * torch.randn(F, generator=g))
+        sae.b_dec_D.copy_(0.3 * torch.randn(D, generator=g))
+        sae.tokens_since_fired_F[: F // 3] = 100
+    assert fast_supported(sae) and fast_form(sae) == {"activation": kind}
+    x = torch.randn(B, D, generator=g)
+    od, gd = run(sae, x, dense)
+    sd = sae._step_stats
+    of, gf = run(sae, x, lambda s, xx: fast_loss(s, xx))
+    sf = sae._step_stats
+    assert options.get("dead_tokens") is None or float(od["aux"]) > 0
+    for k in ("loss", "mse", "sparsity", "aux"):
+        assert float(of[k]) == pytest.approx(float(od[k]), rel=1e-5, abs=1e-7), k
+    f_dense = od["f_BF"].detach()
+    torch.testing.assert_close(of["f_BF"].to_dense(), f_dense)
+    assert torch.equal(of["fired_F"], (f_dense > 0).any(0)) and torch.equal(sf["fired_F"], sd["fired_F"])
+    assert float(of["l0"]) == pytest.approx(float((f_dense > 0).float().sum(-1).mean()))
+    assert sf.get("min_positive") == sd.get("min_positive")
+    for n in PARAMS:
+        assert rel(gf[n], gd[n]) < 1e-5 if gd[n].norm() > 0 else gf[n].norm() == 0, n
+
+
+@pytest.mark.parametrize("kind,options", [("topk", {"k": 4}), ("batchtopk", {"k": 4, "threshold_lr": 0.05})])
+def test_topk_training_ends_the_same_on_the_fast_and_the_dense_path(kind, options):
+    x_all = planted()
+    cfg = DictionaryConfig(d_in=32, d_sae=96, kind=kind, options=options, seed=1)
+    ends = {}
+    for use_fast in (True, False):
+        sae = train_dictionary(x_all, cfg, SAETrainConfig(steps=40, batch_size=256, lr=3e-3, fast=use_fast,
+                                                          geometric_median_rows=1024), progress=False)
+        paths = {r["path"] for r in sae.train_log if "path" in r}
+        assert paths == ({"dense", "fast"} if use_fast else {"dense"})   # the first step has no density yet
+        ends[use_fast] = sae
+    for n in PARAMS:
+        assert rel(getattr(ends[True], n).detach(), getattr(ends[False], n).detach()) < 1e-4, n
+    assert torch.equal(ends[True].tokens_since_fired_F, ends[False].tokens_since_fired_F)
