@@ -11,6 +11,12 @@ Tensor names carry their shape: B batch, D d_in, F d_sae.  A kind is registered 
 registry is ``registry.py``) in the file that defines it — ``relu`` here, the others in ``kinds.py`` — and owns
 its encode/decode/loss; the trainer only calls the interface (``loss``, ``before_optimizer_step``,
 ``after_optimizer_step``, ``resample``), so a kind added later touches no trainer code.
+
+How a dictionary is trained is its *recipe* (``DictionaryConfig.recipe``; ``recipes.py``): ``tm2023``, the paper's,
+is the default of every kind and what a saved config without the field means — the class above for ``relu``.
+Other recipes are subclasses registered for (kind, recipe) that set the loop-level choices declared on
+``Dictionary`` (``init_b_dec_to_median``, ``lr_decay_fraction``, ``grad_clip``, ``revive_target``) and override the
+objective where it differs (``april2024``).
 """
 from __future__ import annotations
 
