@@ -17,9 +17,9 @@ token set computes (the paper's feature browser, *Towards Monosemanticity* 2023)
 How it is fast and bounded
 --------------------------
 The dictionary's encoder is the only dense work (B×D @ D×F); with bf16 hardware it runs as an exact *filter*
-(``SparseEncoder``: a bf16 matmul with a proven margin, then an fp32 recompute of the candidates), so what leaves it
-is the list of strictly positive entries ``(row, unit, value)`` — a few dozen per token.  Everything after that
-touches only those entries (features fire rarely), in vectorised torch:
+(``sparse.SparseEncoder``: a bf16 matmul with a proven margin, then an fp32 recompute of the candidates), so what
+leaves it is the list of strictly positive entries ``(row, unit, value)`` — a few dozen per token.  Everything
+after that touches only those entries (features fire rarely), in vectorised torch:
 
 - counts, sums, per-domain sums and both histograms are ``bincount``s;
 - top-k: an entry is a candidate only if it beats its unit's current k-th value; candidates are appended to the
@@ -59,6 +59,12 @@ proxy_sensitivity, proxy_corr`` (the base64 ones), ``top_domain, top_tokens`` (J
 ``examples.parquet`` per unit asked for, so a unit's page loads in milliseconds.
 
 Tensor names carry shapes: N tokens of a chunk, E active entries, U units, D d_in, G bins, K domains.
+
+The package, along its seams: ``config`` (the run config's ``feature_stats`` section), ``accumulator`` (the
+streaming state, no model), ``passes`` (the pass over a run, checkpoints, resume), ``threads`` (worker threads),
+``examples`` and ``units`` (the two tables), ``finalize`` (results → tables), ``logits`` (the one logit-effect
+definition), ``loading`` (``FeatureStats``), ``neurons`` (feature ↔ neuron correlations).  The token set comes
+from ``tokensets``, the encoder from ``sparse``, the fused forward and LayerNorm scale from ``SubjectModel``.
 """
 from __future__ import annotations
 
