@@ -56,6 +56,12 @@ class April2024Dictionary(Dictionary):
     ``SAETrainConfig.betas``.
 
     The forward is the ReLU shape, so the sparse-aware step (``fast.py``) computes it exactly (``fast_form``).
+
+    After the last step (``finish_training``) the decoder norms are folded into the features, as the update does
+    before analysis: with n_i = ‖W_d,i‖, W_e[:, i] ← n_i W_e[:, i], b_e,i ← n_i b_e,i, W_d,i ← W_d,i / n_i.  ReLU is
+    positively homogeneous, so f_i becomes n_i f_i, x̂ is unchanged and so is the penalty (Σ f_i n_i = Σ f'_i · 1);
+    the saved dictionary has unit-norm decoder rows like every other, and its activations are in the units the
+    analyses read.  Checkpoints hold the unfolded weights, so a resumed run continues the same optimisation.
     """
 
     fast_form: ClassVar[dict] = {"subtract_b_dec": False, "decoder_norm_l1": True}
@@ -97,6 +103,15 @@ class April2024Dictionary(Dictionary):
         weighted_l1 = (f_BF * self.W_dec_FD.norm(dim=-1)).sum(-1).mean()
         return {"loss": mse + self.sparsity_coefficient(step) * weighted_l1, "mse": mse, "sparsity": weighted_l1,
                 "f_BF": f_BF}
+
+    @torch.no_grad()
+    def finish_training(self) -> None:
+        """Fold the decoder norms into the encoder (class docstring): the same function, unit-norm decoder rows."""
+        n_F = self.W_dec_FD.norm(dim=-1)
+        s_F = torch.where(n_F > 0, n_F, torch.ones_like(n_F))  # a zero row stays as it is
+        self.W_enc_DF.mul_(s_F)
+        self.b_enc_F.mul_(s_F)
+        self.W_dec_FD.div_(s_F.unsqueeze(-1))
 
     # the decoder is unconstrained: neither the paper's projected gradient nor renormalisation
     def before_optimizer_step(self) -> None:

@@ -141,6 +141,10 @@ class Dictionary(nn.Module):
         """Called by the trainer before the first (or first resumed) step with the run's length, so a recipe can
         scale to the run what it states as a fraction of it (TopK's dead window, April 2024's λ warm-up)."""
 
+    def finish_training(self) -> None:
+        """Called by the trainer after the last step, before the dictionary is saved: a recipe may put its weights
+        in the form every analysis expects here, without changing the function (see ``April2024Dictionary``)."""
+
     # ---- decoder geometry (the paper's constraint) ----------------------------------------------------
     @torch.no_grad()
     def init_encoder_bias(self, x_ND: torch.Tensor, density: float, chunk: int = 2048) -> None:

@@ -358,6 +358,7 @@ class _Loop:
 
     def finish(self, seconds: float) -> Dictionary:
         D.barrier()
+        self.sae.finish_training()  # the recipe's last word on the weights (april2024 folds its decoder norms)
         if self.out_dir is not None and D.is_main():
             append_jsonl(self.out_dir / "train_log.jsonl", self.log_rows)
             self.sae.save(self.out_dir, extra={"train": json_safe(self.train.__dict__), "seed": self.seed,

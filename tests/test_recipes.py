@@ -137,7 +137,29 @@ def test_april2024_training_keeps_its_init_clips_gradients_and_never_resamples()
     assert all(after <= 1.0 + 1e-5 for _, after, _ in seen)
     assert not any(r.get("event") == "resample" for r in sae.train_log)
     assert sae.train_log[-1]["lr"] == pytest.approx(1e-2 / 4)        # (20 − 19) / (0.2 · 20) of the peak
-    assert not torch.allclose(sae.W_dec_FD.norm(dim=-1), torch.ones(64))  # the decoder is not renormalised
+
+
+
+def test_april2024_trains_an_unconstrained_decoder_and_saves_it_folded(tmp_path):
+    """During training the decoder rows are free (the checkpoint's norms are not 1); the finished dictionary has
+    the norms folded into the encoder: unit rows, the same reconstruction, activations scaled by the norms."""
+    from monosemantic.io import load_safetensors
+
+    x, _ = planted(n=4096, D=16, F=32)
+    cfg = DictionaryConfig(d_in=16, d_sae=64, l1_coefficient=0.01, recipe="april2024")
+    sae = train_dictionary(x, cfg, SAETrainConfig(steps=20, batch_size=256, checkpoint_every=20), progress=False,
+                           out_dir=tmp_path)
+    state = load_safetensors(tmp_path / "ckpt" / "state.safetensors")
+    unfolded = make_dictionary(cfg)
+    unfolded.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
+    n_F = unfolded.W_dec_FD.detach().norm(dim=-1)
+    assert float((n_F - 1).abs().max()) > 0.1                        # free norms while training
+    torch.testing.assert_close(sae.W_dec_FD.detach().norm(dim=-1), torch.ones(64))
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x)[0], unfolded(x)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sae.encode(x), unfolded.encode(x) * n_F, rtol=1e-5, atol=1e-6)
+        assert float(sae.loss(x)["sparsity"]) == pytest.approx(float(unfolded.loss(x)["sparsity"]), rel=1e-5)
+    assert type(Dictionary.load(tmp_path)) is April2024Dictionary
 
 
 # ---- the fast step ----------------------------------------------------------------------------------------------
