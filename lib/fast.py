@@ -169,7 +169,9 @@ def fast_form(sae) -> dict | None:
 
     declared = getattr(type(sae), "fast_form", None)
     if declared is not None:
-        return dict(declared) if isinstance(sae, Dictionary) else None
+        if not isinstance(sae, Dictionary):
+            return None
+        return {"subtract_b_dec": sae.subtracts_b_dec, "decoder_norm_l1": False, **declared}
     if not linear_encoder(sae):
         return None
     cls = type(sae)

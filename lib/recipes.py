@@ -64,7 +64,8 @@ class April2024Dictionary(Dictionary):
     analyses read.  Checkpoints hold the unfolded weights, so a resumed run continues the same optimisation.
     """
 
-    fast_form: ClassVar[dict] = {"subtract_b_dec": False, "decoder_norm_l1": True}
+    fast_form: ClassVar[dict] = {"decoder_norm_l1": True}
+    subtracts_b_dec = False
     init_b_dec_to_median = False
     bias_sets_density = False     # biases start at 0: no starting density
     lr_decay_fraction = 0.2

@@ -86,6 +86,9 @@ class Dictionary(nn.Module):
     bias_sets_density: ClassVar[bool] = False
     # ---- the recipe's loop-level choices, read by the trainer (train_sae._Loop); tm2023's values here ----
     init_b_dec_to_median: ClassVar[bool] = True   # b_dec ← the geometric median of a sample before step 0
+    # pre = (x − b_dec) W_enc + b_enc (the paper's pre-encoder bias); False: pre = x W_enc + b_enc (april2024) —
+    # what the fast step, and anything that re-implements the encoder (an export), must follow
+    subtracts_b_dec: ClassVar[bool] = True
     lr_decay_fraction: ClassVar[float] = 0.0      # LR decays linearly to 0 over this last fraction of the steps
     grad_clip: ClassVar[float | None] = None      # clip the global gradient norm to this (None: no clipping)
     # which features revival resamples at SAETrainConfig.resample_at: "dead" (silent for the window: the paper),
