@@ -1,0 +1,130 @@
+"""The recipe study (issue 10): A and B dictionaries with each training recipe, on a run's activation stores, at the
+run's dictionary budget and at multiples of it.
+
+    python benchmarks/recipes.py                                    # data/runs/default, 4096 features, ×1 ×2 ×4
+    python benchmarks/recipes.py --run /tmp/x --d-sae 512 --scales 1 --recipes tm2023 april2024   # a tiny run
+
+Per recipe and budget, printed as one table row (and, with ``--json PATH``, written as JSON):
+L0, FVU and loss recovered of A (``metrics.evaluate_dictionary``, the pipeline's own evaluation: the run's eval
+contexts, density over ``eval.density_rows`` store rows), dead features and the low-density mode's size
+(``metrics.density_modes``; 0 when the densities are not bimodal) for A and B, the universality median A~B over all
+alive features with the neuron median beside it (``universality.compare`` with two custom sides, as notebook 04's
+"two seeds" cell), training tokens/s and wall time (A and B training).  Dictionaries are trained resumably into
+``--out`` (default ``RUN/scratch/recipes``), so an interrupted study continues where it stopped.
+
+The budget ×1 is the run's A/1 steps (its ``DictSpec.steps`` or ``sae_train.steps``) at ``sae_train.batch_size``;
+×n trains n times the steps (the store is re-read for several epochs where it is shorter).  λ for the L1 recipes
+is A/1's unless ``--l1`` sets it; TopK/BatchTopK use ``--k``.
+
+Recipes (``--recipes``): ``tm2023``, ``tm2023_lowmode``, ``april2024`` (ReLU dictionaries: the recipe names of
+``lib/recipes.py``), ``topk`` and ``batchtopk`` (those kinds under tm2023, AuxK with the run-scaled dead window).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monosemantic import DictionaryConfig, train_dictionary  # noqa: E402
+from monosemantic.crossstats import Side  # noqa: E402
+from monosemantic.metrics import evaluate_dictionary  # noqa: E402
+from monosemantic.runs import Run  # noqa: E402
+from monosemantic.universality import compare  # noqa: E402
+
+RECIPES = ("tm2023", "tm2023_lowmode", "april2024", "topk", "batchtopk")
+
+
+def dictionary_config(name: str, d_in: int, d_sae: int, l1: float, k: float, seed: int) -> DictionaryConfig:
+    if name in ("topk", "batchtopk"):
+        return DictionaryConfig(d_in=d_in, d_sae=d_sae, kind=name, l1_coefficient=0.0, seed=seed,
+                                options={"k": int(k) if name == "topk" else k})
+    return DictionaryConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1, seed=seed, recipe=name)
+
+
+def low_mode(metrics: dict) -> int:
+    modes = metrics.get("density_modes") or {}
+    return int(modes["low"]) if modes.get("bimodal") else 0
+
+
+def study(run: Run, name: str, scale: float, args) -> dict:
+    cfg = run.cfg
+    spec = cfg.dictionary("A/1") if any(d.id == "A/1" for d in cfg.dictionaries) else cfg.dictionaries[0]
+    base_steps = spec.steps or cfg.sae_train.steps
+    train = replace(cfg.sae_train, steps=max(1, int(round(base_steps * scale))))
+    l1 = spec.l1_coefficient if args.l1 is None else args.l1
+    dcfg = dictionary_config(name, cfg.model.d_mlp, args.d_sae, l1, args.k, spec.seed)
+    row = {"recipe": name, "scale": scale, "steps": train.steps, "batch_size": train.batch_size,
+           "d_sae": args.d_sae, "l1_coefficient": dcfg.l1_coefficient, "options": dcfg.options}
+    saes, train_s = {}, 0.0
+    for t in ("A", "B"):
+        out = Path(args.out) / f"{name}-x{scale:g}-{args.d_sae}" / t
+        t0 = time.time()
+        saes[t] = train_dictionary(run.store(t), dcfg, train, out_dir=out, seed=spec.seed, progress=args.progress)
+        train_s += time.time() - t0
+    row["train_seconds"] = round(train_s, 1)
+    row["tokens_per_second"] = round(2 * train.steps * train.batch_size / max(train_s, 1e-9))
+    for t in ("A", "B"):
+        m = evaluate_dictionary(saes[t], run.model(t), run.split("val"), cfg.eval, progress=False,
+                                store=run.store(t))
+        row[t] = {"l0": m["l0"], "fvu": m["fvu"], "loss_recovered": m["loss_recovered"], "dead": m["dead"],
+                  "low_mode": low_mode(m)}
+    comp = compare(run, Side(f"A {name}", "A", saes["A"]), Side(f"B {name}", "B", saes["B"]), write=False,
+                   n_tokens=args.tokens)
+    s = comp.summary()
+    row["universality"] = {"feature_median": s["feature_median"],
+                           "feature_median_with_ultralow": s["features"].get("median_with_ultralow"),
+                           "neuron_median": s["neuron_median"]}
+    return row
+
+
+def fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="data/runs/default")
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    ap.add_argument("--scales", nargs="+", type=float, default=[1, 2, 4], help="multiples of the run's budget")
+    ap.add_argument("--d-sae", type=int, default=4096)
+    ap.add_argument("--l1", type=float, default=None, help="λ of the L1 recipes (default: the run's A/1 λ)")
+    ap.add_argument("--k", type=float, default=16, help="k of topk / batchtopk")
+    ap.add_argument("--tokens", type=int, default=None, help="universality token set size (default: the run's)")
+    ap.add_argument("--out", default=None, help="where dictionaries are trained (default RUN/scratch/recipes)")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run.open(args.run)
+    args.out = args.out or str(Path(args.run) / "scratch" / "recipes")
+    print(f"run {args.run} ({run.cfg.preset}), d_sae {args.d_sae}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    head = (f"{'recipe':15s} {'×':>3s} {'steps':>6s} {'L0 A':>6s} {'FVU A':>6s} {'LR A':>6s} {'dead A/B':>10s} "
+            f"{'low A/B':>11s} {'univ':>6s} {'+ultra':>6s} {'neur':>6s} {'tok/s':>7s} {'wall s':>7s}")
+    print(head)
+    rows = []
+    for scale in args.scales:
+        for name in args.recipes:
+            r = study(run, name, scale, args)
+            rows.append(r)
+            a, b, u = r["A"], r["B"], r["universality"]
+            print(f"{name:15s} {scale:3g} {r['steps']:6d} {a['l0']:6.1f} {a['fvu']:6.3f} "
+                  f"{fmt(a['loss_recovered'], '6.3f')} {a['dead']:>4d}/{b['dead']:<5d} {a['low_mode']:>5d}/{b['low_mode']:<5d} "
+                  f"{fmt(u['feature_median'], '6.3f')} {fmt(u['feature_median_with_ultralow'], '6.3f')} "
+                  f"{fmt(u['neuron_median'], '6.3f')} {r['tokens_per_second']:7d} {r['train_seconds']:7.0f}",
+                  flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+
+if __name__ == "__main__":
+    main()
