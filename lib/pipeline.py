@@ -67,7 +67,6 @@ def _stage_harvest(name: str) -> Callable:
 def _stage_dictionary(dict_id: str) -> Callable:
     def stage(run: Run, progress: bool) -> None:
         from .metrics import evaluate_dictionary
-        from .sae import DictionaryConfig
         from .train_sae import train_dictionary
 
         spec = run.cfg.dictionary(dict_id)
@@ -78,8 +77,7 @@ def _stage_dictionary(dict_id: str) -> Callable:
 
             train = replace(train, steps=spec.steps)
         model = run.model(spec.transformer, device=str(dev))
-        dcfg = DictionaryConfig(d_in=model.d_mlp, d_sae=spec.d_sae, kind=spec.kind,
-                                l1_coefficient=spec.l1_coefficient, seed=spec.seed, options=dict(spec.options))
+        dcfg = spec.dictionary_config(model.d_mlp)
         out = run.dict_dir(dict_id)
         t0 = time.time()
         sae = train_dictionary(run.store(spec.transformer), dcfg, train, out_dir=out, device=dev,
