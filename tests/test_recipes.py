@@ -436,3 +436,19 @@ def test_tm2023_does_not_recover_the_planted_dictionary_in_that_length():
     chance = float((d_FD @ W.T).max(1).values.mean())
     tm = planted_recovery("tm2023")
     assert chance < tm < 0.8, (chance, tm)
+
+
+def test_april2024_b_dec_starts_at_the_median_or_at_zero_as_the_option_says():
+    from monosemantic.sae import geometric_median
+
+    x, _ = planted(n=4096, D=16, F=32)
+    x = x + 2.0                                                      # a large mean, as ReLU MLP activations have
+    train = SAETrainConfig(steps=1, batch_size=256, lr=1e-12, geometric_median_rows=1024, warmup_steps=1)
+    med = train_dictionary(x, DictionaryConfig(d_in=16, d_sae=64, recipe="april2024"), train, progress=False)
+    sample = TensorSource(x).sample(1024, 0)
+    torch.testing.assert_close(med.b_dec_D.detach(), geometric_median(sample), atol=1e-6, rtol=0)
+    zero = train_dictionary(x, DictionaryConfig(d_in=16, d_sae=64, recipe="april2024", options={"b_dec_init": "zero"}),
+                            train, progress=False)
+    assert float(zero.b_dec_D.abs().max()) < 1e-6
+    with pytest.raises(ConfigError, match="b_dec_init='mean' must be 'median' or 'zero'"):
+        DictionaryConfig(d_in=8, d_sae=16, recipe="april2024", options={"b_dec_init": "mean"}).validate()
