@@ -154,6 +154,7 @@ class TopKDictionary(_OptionsMixin, Dictionary):
                                  "the dead window as a share of the run's training tokens, when dead_tokens is unset"),
     }
     fast_form = {"activation": "topk"}  # the sparse-aware step (fast.py) computes this objective exactly
+    revive_target = None  # AuxK revives dead latents: the loop skips the paper's resampling (and its input pool)
     UNSCALED_DEAD_TOKENS = 10_000_000  # Gao et al.'s window, used only before a trainer has said how long the run is
 
     @classmethod
@@ -424,6 +425,8 @@ class JumpReLUDictionary(_OptionsMixin, Dictionary):
         "bandwidth": _Option(0.001, _real(0.0, lo_open=True), "ε of the straight-through estimator's kernel"),
         "sparsity_warmup_steps": _Option(0, _int_in(0), "steps over which λ rises linearly from 0"),
     }
+
+    revive_target = None  # resampling is not part of the recipe: the loop skips it
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)

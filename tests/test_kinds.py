@@ -270,6 +270,11 @@ def test_resampling_is_not_part_of_these_recipes(kind):
     before = {k: v.clone() for k, v in sae.state_dict().items()}
     assert sae.resample(torch.ones(64, dtype=torch.bool), torch.rand(100, 32), None) == 0
     assert all(torch.equal(v, sae.state_dict()[k]) for k, v in before.items())
+    assert sae.revive_target is None  # so the loop does not even sample a resampling pool
+    x, _ = planted(n=1024)
+    trained = train_dictionary(x, _cfg(kind), SAETrainConfig(steps=8, batch_size=128, resample_at=(0.5,),
+                                                             geometric_median_rows=256), progress=False)
+    assert not any(r.get("event") == "resample" for r in trained.train_log)
 
 
 def test_train_dictionary_trains_every_registered_kind_and_saves_it(tmp_path):
