@@ -104,6 +104,43 @@ def read_json(path: str | Path, default: Any = None, stage: str | None = None) -
         raise CorruptArtifactError(path, f"not valid JSON ({e})", stage) from None
 
 
+def file_sha(path: str | Path) -> str:
+    """A short content hash of a file (the weights an analysis was computed from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def tensors_sha(module: torch.nn.Module) -> str:
+    """A short content hash of a module's parameters and buffers (a dictionary that was never saved)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def finished_with(path: str | Path, fingerprint: dict) -> bool:
+    """Whether the result whose fingerprint file is ``path`` was finished for exactly ``fingerprint`` (what it
+    depends on: weights' hashes, token set, settings).  An analysis writes its fingerprint last
+    (``mark_finished``), so a killed or stale result never passes for a finished one; readers reuse it instead of
+    recomputing (a notebook opening a finished run)."""
+    try:
+        return read_json(path) == json_safe(fingerprint)
+    except Exception:  # noqa: BLE001 - an unreadable fingerprint means: recompute
+        return False
+
+
+def mark_finished(path: str | Path, fingerprint: dict) -> None:
+    atomic_write_json(path, json_safe(fingerprint))
+
+
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a path that lacks it

@@ -192,6 +192,7 @@ def verify_stage(run: Run, stage: str) -> None:
         _require_json(run.model_dir(arg) / "config.json", stage)
         _require_json(run.model_dir(arg) / "eval.json", stage)
     elif kind == "harvest":
+        _require_json(run.acts_dir(arg) / "store.json", stage)  # the largest artifact: users delete it
         run.store(arg).verify()
     elif kind == "dictionary":
         out = run.dict_dir(arg)

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
-from .io import atomic_parquet, safe_name
+from .io import atomic_parquet, file_sha, finished_with, mark_finished, read_json, safe_name, tensors_sha
 from .corpus import DOMAINS
 from .sparse import encode_sparse
 from .runs import update_analyses
@@ -68,6 +68,10 @@ def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | No
 
 
 # ---- computing the links -----------------------------------------------------------------------------------
+
+LINKS_VERSION = 1   # bump when the saved links' meaning changes
+MAP_VERSION = 1
+
 
 def _top_tokens(mass: sp.csr_matrix, counts: np.ndarray | None, k: int, min_count: int = 3) -> list[np.ndarray]:
     """Per row of a (F, vocab) activation-mass matrix: the ``k`` token ids on which the feature is most active on
@@ -255,6 +259,13 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
     saes = {d: run.dictionary(d) for d in dict_ids}
     ids = sorted(dict_ids, key=lambda d: (saes[d].d_sae, dict_ids.index(d)))
     tokens = token_set(run, n_tokens or run.cfg.splitting.tokens, seed=seed)
+    out = splitting_dir(run, T)
+    fingerprint = {"version": LINKS_VERSION, "model_sha": file_sha(run.model_dir(T) / "model.safetensors"),
+                   "dictionaries": {d: tensors_sha(saes[d]) for d in ids}, "tokens": tokens.describe(),
+                   "seed": seed, "threshold": threshold, "pairs": pairs, "keep_min": keep_min, "keep_top": keep_top,
+                   "top_k_tokens": top_k_tokens}
+    if finished_with(out / "links.fingerprint.json", fingerprint):  # the pipeline's (or an earlier) result
+        return Splitting.load(out)
     lk = _Linker({d: saes[d].d_sae for d in ids}, _pairs(ids, pairs), run.tokenizer.vocab_size, top_k_tokens,
                  DOMAINS)
     with torch.inference_mode():
@@ -264,9 +275,11 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
     dec = {p: (lambda i, j, p=p: decoder_cosine(saes[p[0]], saes[p[1]], i, j)) for p in lk.pairs}
     res = lk.finish(ids, dec, threshold, keep_min, keep_top, run.tokenizer.token_str, tokens.describe())
     if write:
-        res.save(splitting_dir(run, T))
+        (out / "links.fingerprint.json").unlink(missing_ok=True)
+        res.save(out)
         summ = res.summary()
         update_analyses(run.root, "splitting", lambda doc: {**doc, T: summ})
+        mark_finished(out / "links.fingerprint.json", fingerprint)
     return res
 
 
@@ -286,9 +299,18 @@ def feature_map(run, dict_ids: Sequence[str] | None = None, *, n_neighbors: int 
 
     if dict_ids is None:
         dict_ids = [d.id for d in run.cfg.dictionaries if d.transformer == "A"]
+    T = run.cfg.dictionary(dict_ids[0]).transformer
+    saes = {d: run.dictionary(d) for d in dict_ids}
+    path = splitting_dir(run, T) / "feature_map.parquet"
+    fingerprint = {"version": MAP_VERSION, "dictionaries": {d: tensors_sha(saes[d]) for d in dict_ids},
+                   "n_neighbors": n_neighbors, "min_dist": min_dist, "metric": metric,
+                   "min_cluster_size": min_cluster_size, "seed": seed, "exclude_dead": exclude_dead,
+                   "links": _links_fingerprint(run, T, splitting)}
+    if finished_with(path.with_suffix(".fingerprint.json"), fingerprint):  # UMAP is the slow part: reuse
+        return load_feature_map(run, T)
     vecs, meta = [], []
     for d in dict_ids:
-        W = run.dictionary(d).W_dec_FD.detach().float().cpu().numpy()
+        W = saes[d].W_dec_FD.detach().float().cpu().numpy()
         try:
             dens = run.density(d)
         except (FileNotFoundError, OSError):
@@ -303,7 +325,6 @@ def feature_map(run, dict_ids: Sequence[str] | None = None, *, n_neighbors: int 
                                    min_cluster_size=min_cluster_size, seed=seed)
     df["x"], df["y"], df["cluster"] = xy[:, 0], xy[:, 1], labels
     if splitting is None:
-        T = run.cfg.dictionary(dict_ids[0]).transformer
         try:
             splitting = load_splitting(run, T)
         except FileNotFoundError:
@@ -314,9 +335,17 @@ def feature_map(run, dict_ids: Sequence[str] | None = None, *, n_neighbors: int 
     else:
         df["top_tokens"] = [[] for _ in range(len(df))]
     if write:
-        T = run.cfg.dictionary(dict_ids[0]).transformer
-        atomic_parquet(df, splitting_dir(run, T) / "feature_map.parquet")
+        path.with_suffix(".fingerprint.json").unlink(missing_ok=True)
+        atomic_parquet(df, path)
+        mark_finished(path.with_suffix(".fingerprint.json"), fingerprint)
     return df
+
+
+def _links_fingerprint(run, T: str, splitting: Splitting | None):
+    """The top tokens a map shows come from the splitting links (given, or saved): which ones."""
+    if splitting is not None:
+        return {"tokens": splitting.tokens, "threshold": splitting.threshold, "dictionaries": splitting.dict_ids}
+    return read_json(splitting_dir(run, T) / "links.fingerprint.json")
 
 
 def embed_and_cluster(X: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.05, metric: str = "cosine",

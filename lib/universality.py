@@ -43,10 +43,13 @@ from .metrics import feature_status
 from .runs import update_analyses
 from .sparse import encode_sparse
 from .tokensets import default_tokens, token_set
-from .io import atomic_parquet, atomic_save_npy, atomic_write_json, json_safe, load_npy, read_json, safe_name
+from .io import (atomic_parquet, atomic_save_npy, atomic_write_json, file_sha, finished_with, json_safe, load_npy,
+                 mark_finished, read_json, safe_name, tensors_sha)
 
 __all__ = ["PAPER", "HIST_EDGES", "PairResult", "Comparison", "compare", "load_comparison", "comparison_dir",
            "Side", "default_tokens"]
+
+COMPARE_VERSION = 1   # bump when a comparison's saved tables change meaning
 
 PAPER = {"feature_median": 0.72, "neuron_median": 0.46}
 HIST_EDGES = np.linspace(-1.0, 1.0, 81)
@@ -341,6 +344,12 @@ def compare(run, a="A/1", b="B/1", *, n_tokens: int | None = None, neurons: bool
                               f"{run.cfg.model.d_mlp} neurons")
     tokens = token_set(run, n_tokens, seed=seed)
     want_neurons = neurons and not same and not (sa.is_neurons and sb.is_neurons)
+    out = comparison_dir(run, sa.label, sb.label)
+    fingerprint = {"version": COMPARE_VERSION, "a": side_fingerprint(run, sa), "b": side_fingerprint(run, sb),
+                   "tokens": tokens.describe(), "seed": seed, "neurons": want_neurons, "logit": logit,
+                   "ultralow": float(run.cfg.eval.ultralow_density)}
+    if finished_with(out / "fingerprint.json", fingerprint):  # the pipeline's (or an earlier) result: load it
+        return Comparison.load(out)
     P = run.cfg.model.d_mlp if sa.is_neurons else sa.dictionary.d_sae
     Q = run.cfg.model.d_mlp if sb.is_neurons else sb.dictionary.d_sae
     fstats = CrossStats(P, Q)
@@ -356,9 +365,19 @@ def compare(run, a="A/1", b="B/1", *, n_tokens: int | None = None, neurons: bool
     neur = _pair_result(run, na, nb, nstats, ultralow, logit) if nstats is not None else None
     comp = Comparison(feats, neur, tokens.describe(), time.time() - t0)
     if write:
-        comp.save(comparison_dir(run, sa.label, sb.label))
+        (out / "fingerprint.json").unlink(missing_ok=True)  # a stale result must never pass for this one
+        comp.save(out)
         _record(run, comp)
+        mark_finished(out / "fingerprint.json", fingerprint)
     return comp
+
+
+def side_fingerprint(run, side: Side) -> dict:
+    """What one side's activations depend on: its transformer's weights and, for features, its dictionary's."""
+    fp = {"label": side.label, "model_sha": file_sha(run.model_dir(side.transformer) / "model.safetensors")}
+    if not side.is_neurons:
+        fp["dictionary_sha"] = tensors_sha(side.dictionary)
+    return fp
 
 
 def _pair_result(run, sa: Side, sb: Side, stats: CrossStats, ultralow: float, logit: bool) -> PairResult:

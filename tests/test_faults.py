@@ -99,6 +99,17 @@ CORRUPTIONS = [
 ]
 
 
+def test_a_deleted_activation_store_is_harvested_again(tiny_run, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root)
+    shutil.rmtree(root / "acts/B")
+    logs: list[str] = []
+    run = run_pipeline(root, preset("tiny"), progress=False, log=logs.append)
+    assert "[monosemantic] harvest:B: starting" in logs
+    assert len(run.store("B")) == len(tiny_run.store("B"))
+    run.store("B").verify()
+
+
 @pytest.mark.parametrize("rel,stage", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
 def test_a_corrupt_artifact_is_found_and_rebuilt(rel, stage, tiny_run, tmp_path):
     root = tmp_path / "run"

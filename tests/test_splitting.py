@@ -255,3 +255,34 @@ def test_min_density_leaves_the_low_density_mode_out_of_families_and_the_summary
     hm = s["high_mode"]
     assert hm["alive_large"] == 10 and hm["children_with_parent"] == 2 and hm["parents_split"] == 1
     assert hm["median_decoder_cos_of_edges"] == pytest.approx(0.65)
+
+
+def test_finished_links_and_map_are_loaded_not_recomputed(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from monosemantic import splitting
+    from monosemantic.runs import Run
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root)
+    run = Run.open(root)
+    spl = splitting.link_dictionaries(run, ["A/0", "A/1"], n_tokens=3000)
+    fmap = splitting.feature_map(run, ["A/0", "A/1"], splitting=spl)
+    calls = []
+
+    class NewPass(Exception):
+        pass
+
+    def no_pass(*a, **k):
+        calls.append("links")
+        raise NewPass
+
+    monkeypatch.setattr(splitting, "iter_activation_batches", no_pass)
+    monkeypatch.setattr(splitting, "embed_and_cluster", lambda *a, **k: calls.append("umap"))
+    again = splitting.link_dictionaries(run, ["A/0", "A/1"], n_tokens=3000)
+    assert calls == [] and again.edges.equals(spl.edges) and again.summary() == spl.summary()
+    m2 = splitting.feature_map(run, ["A/0", "A/1"], splitting=again)
+    assert calls == [] and m2[["x", "y", "cluster"]].equals(fmap[["x", "y", "cluster"]])
+    with pytest.raises(NewPass):   # another threshold is a new pass
+        splitting.link_dictionaries(run, ["A/0", "A/1"], n_tokens=3000, threshold=0.5)
+    assert calls == ["links"]

@@ -262,3 +262,43 @@ def test_cli_compare_json(tiny_run, capsys):
     assert "A/0~B/1" in text and "(paper A/1~B/1: 0.72)" in text and "neurons   median best-match correlation" in text
     assert main(["compare", str(tiny_run.root), "A/1", "Z/9"]) == 2
     assert "no dictionary 'Z/9'" in capsys.readouterr().err
+
+
+def test_a_finished_comparison_is_loaded_not_recomputed(tiny_run, tmp_path, monkeypatch):
+    """A notebook opening a finished run gets the pipeline's comparison back; another token set or other
+    weights are computed afresh."""
+    import shutil
+
+    from monosemantic import crossstats, universality as uni
+    from monosemantic.runs import Run
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root)
+    run = Run.open(root)
+    first = uni.compare(run, "A/1", "B/1", n_tokens=3000)
+    passes = []
+    real = uni.iter_activation_batches
+    monkeypatch.setattr(uni, "iter_activation_batches", lambda *a, **k: (passes.append(1), real(*a, **k))[1])
+    again = uni.compare(run, "A/1", "B/1", n_tokens=3000)
+    assert passes == []
+    a, b = again.summary(), first.summary()
+    # the loaded tables are float32 on disk: what is derived from them agrees to float32 precision
+    def flat(d, pre=""):
+        for k, v in d.items():
+            yield from flat(v, f"{pre}{k}.") if isinstance(v, dict) else [(pre + k, v)]
+
+    fa, fb = dict(flat(a)), dict(flat(b))
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        if isinstance(fa[k], float) and isinstance(fb[k], float):
+            assert fa[k] == pytest.approx(fb[k], rel=1e-4, abs=1e-6, nan_ok=True), k
+        elif k != "seconds":
+            assert fa[k] == fb[k], k
+    uni.compare(run, "A/1", "B/1", n_tokens=2500)                 # another token set: a new pass
+    assert passes == [1]
+    twin = run.dictionary("A/1")
+    with torch.no_grad():
+        twin.W_dec_FD.mul_(-1)                                     # other weights under the same label
+    uni.compare(run, "A/1", crossstats.Side("A/1 seed 1", "A", twin), n_tokens=3000)
+    uni.compare(run, "A/1", crossstats.Side("A/1 seed 1", "A", run.dictionary("A/1")), n_tokens=3000)
+    assert passes == [1, 1, 1]

@@ -7,7 +7,6 @@ hands the results to ``finalize`` for the two tables.  ``meta.json`` is written 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from ..corpus import DOMAINS
 from ..errors import ConfigError
-from ..io import atomic_path, atomic_write_json, read_json
+from ..io import atomic_path, atomic_write_json, file_sha, read_json
 from ..sparse import SparseEncoder, positive_entries
 from .accumulator import StatsAccumulator
 from .config import STATS_VERSION, FeatureStatsConfig, stats_config
@@ -35,14 +34,6 @@ _STOP_AFTER_CHUNKS: int | None = None
 
 class Interrupted(Exception):
     """The pass was stopped by the test hook ``_STOP_AFTER_CHUNKS`` (its state is saved, as after a kill)."""
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def compute_feature_stats(run, dict_id: str, cfg: FeatureStatsConfig | None = None, progress: bool = True,
@@ -81,8 +72,8 @@ def _weights_of(run, source: str) -> Path:
 def _fingerprint(run, source: str, cfg: FeatureStatsConfig, weights: Path, split, ctx_idx: np.ndarray) -> dict:
     """What the tables depend on; settings that change only speed (threads, chunking, bf16 filter) are left out."""
     transformer = source.split("/")[0]
-    return {"version": STATS_VERSION, "source": source, "weights_sha": _sha(weights),
-            "model_sha": _sha(run.model_dir(transformer) / "model.safetensors"),
+    return {"version": STATS_VERSION, "source": source, "weights_sha": file_sha(weights),
+            "model_sha": file_sha(run.model_dir(transformer) / "model.safetensors"),
             "split": cfg.split, "split_tokens": int(split.ids.size), "n_contexts": int(len(ctx_idx)),
             "cfg": {k: v for k, v in cfg.to_dict().items() if k not in ("checkpoint_seconds", "bf16",
                                                                       "batch_contexts", "workers")}}
