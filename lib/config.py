@@ -391,7 +391,9 @@ def _default() -> RunConfig:
             DictSpec("A/2", 16384, 4e-3, steps=300),
             DictSpec("B/1", 4096, 4e-3),
         ],
-        analyses=["compare:A/1~B/1", "features:A/1", "neurons:A", "splitting:A"],
+        # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)
+        analyses=["compare:A/1~B/1", "features:A/1", "neurons:A", "splitting:A", "features:B/1", "features:A/0",
+                  "features:A/2"],
     )
 
 

@@ -42,7 +42,8 @@ class Run:
     def create(cls, root: str | Path, cfg: RunConfig) -> "Run":
         """Open ``root`` for ``cfg``: a new directory gets ``run.json``; an existing one must have the same config
         (the device aside), unless none of its stages has finished yet — then the new config replaces the old
-        (a first run that failed at its corpus leaves nothing a corrected command could clash with)."""
+        (a first run that failed at its corpus leaves nothing a corrected command could clash with) — or the new
+        config only adds analyses (stages after everything the run has)."""
         root = Path(root)
         cfg.validate()
         run = cls(root, cfg)
@@ -61,7 +62,14 @@ class Run:
                 existing = RunConfig.from_dict(existing).to_dict()
             except Exception:
                 pass
-            diff = diff_configs(_recipe(existing), _recipe(cfg.to_dict()))
+            new = cfg.to_dict()
+            grows = set(existing.get("analyses", [])) <= set(new.get("analyses", []))
+            diff = diff_configs(_recipe(existing), _recipe(new))
+            if diff and grows and not diff_configs({**_recipe(existing), "analyses": None},
+                                                   {**_recipe(new), "analyses": None}):
+                # more analyses on the same run: they only add stages after what is done
+                atomic_write_json(root / "run.json", new)
+                diff = []
             if diff:
                 raise CheckpointMismatchError(
                     f"{root} holds a run with a different config ({'; '.join(diff[:6])}"

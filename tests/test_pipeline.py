@@ -138,14 +138,14 @@ def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
     shutil.copytree(tiny_run.root, root)
     cfg = preset("tiny")
     cfg.analyses = ["features:A/1", "neurons:A", "compare:A/1~B/1", "splitting:A"]
-    with pytest.raises(CheckpointMismatchError, match="analyses"):
-        run_pipeline(root, cfg, progress=False, log=lambda s: None)
-    d = json.loads((root / "run.json").read_text())
-    d["analyses"] = cfg.analyses
-    (root / "run.json").write_text(json.dumps(d))
     logs = []
     run = run_pipeline(root, cfg, progress=False, log=logs.append)
-    assert "[monosemantic] compare:A/1~B/1: starting" in logs
+    assert "[monosemantic] compare:A/1~B/1: starting" in logs   # analyses added to a finished run
+    assert json.loads((root / "run.json").read_text())["analyses"] == cfg.analyses
+    fewer = preset("tiny")
+    fewer.analyses = ["features:A/1"]                                # dropping analyses is a different config
+    with pytest.raises(CheckpointMismatchError, match="analyses"):
+        run_pipeline(root, fewer, progress=False, log=lambda s: None)
     s = run.summary()
     assert s["stages"]["features:A/1"]["status"] == "done" and s["stages"]["neurons:A"]["status"] == "done"
     u = s["universality"]
