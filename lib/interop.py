@@ -66,8 +66,8 @@ def saelens_state(sae: Dictionary) -> tuple[str, dict[str, Any], dict[str, torch
     """(architecture, architecture-specific cfg fields, tensors) of ``sae`` in SAELens's terms."""
     kind = sae.cfg.kind
     t = {"W_enc": sae.W_enc_DF, "b_enc": sae.b_enc_F, "W_dec": sae.W_dec_FD, "b_dec": sae.b_dec_D}
-    if kind == "relu":
-        return "standard", {}, t
+    if kind == "relu":  # a recipe that does not subtract b_dec from the input (april2024) says so to SAELens
+        return "standard", ({} if sae.subtracts_b_dec else {"apply_b_dec_to_input": False}), t
     if kind == "topk":
         return "topk", {"k": int(sae.opts["k"]), "rescale_acts_by_decoder_norm": False}, t
     if kind == "batchtopk":

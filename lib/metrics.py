@@ -200,7 +200,7 @@ def evaluate_dictionary(sae: Dictionary, model: SubjectModel, split: TokenSplit,
     status = feature_status(density, cfg.ultralow_density)
     dead, ultralow = status == "dead", status == "ultralow"
     return {
-        "d_sae": F, "d_in": D, "kind": sae.cfg.kind, "l1_coefficient": sae.cfg.l1_coefficient,
+        "d_sae": F, "d_in": D, "kind": sae.cfg.kind, "recipe": sae.cfg.recipe, "l1_coefficient": sae.cfg.l1_coefficient,
         "tokens": n_tok, "l0": l0_sum / n_tok, "mse": se / (n_tok * D), "fvu": se / total_var,
         "loss_clean": L_clean, "loss_zero_ablated": L_zero, "loss_spliced": L_spliced,
         "loss_recovered": loss_recovered(L_clean, L_zero, L_spliced),

@@ -251,10 +251,10 @@ class Run:
         for d in self.cfg.dictionaries:
             m = self.metrics(d.id)
             if m:
-                out["dictionaries"][d.id] = {k: m[k] for k in (
+                out["dictionaries"][d.id] = {"recipe": d.recipe, **{k: m[k] for k in (
                     "d_sae", "kind", "l1_coefficient", "l0", "mse", "fvu", "loss_recovered", "loss_clean",
                     "loss_zero_ablated", "loss_spliced", "dead", "ultralow", "dead_fraction", "ultralow_fraction",
-                    "ultralow_threshold", "tokens", "density_tokens", "density_source", "train_seconds") if k in m}
+                    "ultralow_threshold", "tokens", "density_tokens", "density_source", "train_seconds") if k in m}}
                 if "density_modes" in m:  # a short run's low-density mode: how many features, below what density
                     two = m["density_modes"] if (m["density_modes"] or {}).get("bimodal") else None
                     out["dictionaries"][d.id].update({"low_density_mode": two["low"] if two else 0,

@@ -290,3 +290,20 @@ def test_imported_dictionary_works_with_our_metrics(tiny_run, tmp_path):
     assert m["l0"] == pytest.approx(float((f > 0).float().sum(-1).mean()), rel=1e-5)
     assert m["dead"] == int(((f > 0).sum(0) == 0).sum())
     assert 0 < m["l0"] < 256
+
+
+def test_an_april2024_dictionary_exports_without_input_centring(tmp_path):
+    """april2024 never subtracts b_dec from its input: SAELens must be told so, or it computes another function."""
+    ours = make_dictionary(DictionaryConfig(d_in=16, d_sae=48, kind="relu", recipe="april2024", seed=0,
+                                            l1_coefficient=0.01))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        ours.b_dec_D.copy_(torch.rand(16, generator=g))
+        ours.b_enc_F.copy_(torch.rand(48, generator=g) * 0.4 - 0.2)
+    export_saelens(ours, tmp_path, model_name=None, context_size=32)
+    assert json.loads((tmp_path / "cfg.json").read_text())["apply_b_dec_to_input"] is False
+    theirs = SAE.load_from_disk(tmp_path)
+    x = _x()
+    f = _same(ours, theirs, x)
+    assert (f > 0).any()
+    _same(import_saelens(tmp_path), theirs, x)

@@ -28,6 +28,7 @@ def test_summary_json_has_every_documented_key(tiny_run):
         assert 0 < s["transformers"][t]["eval_loss"] < 7.0  # below uniform over 512 tokens (ln 512 = 6.24)
     for d in ("A/0", "A/1", "B/1"):
         m = s["dictionaries"][d]
+        assert m["recipe"] == "tm2023"   # the run config names each dictionary's training recipe
         for k in ("d_sae", "l0", "mse", "fvu", "loss_recovered", "dead_fraction", "ultralow_fraction"):
             assert k in m, (d, k)
         assert 0 < m["fvu"] < 1 and 0 < m["l0"] < m["d_sae"] and 0 <= m["dead_fraction"] <= 1
