@@ -302,3 +302,23 @@ def test_a_finished_comparison_is_loaded_not_recomputed(tiny_run, tmp_path, monk
     uni.compare(run, "A/1", crossstats.Side("A/1 seed 1", "A", twin), n_tokens=3000)
     uni.compare(run, "A/1", crossstats.Side("A/1 seed 1", "A", run.dictionary("A/1")), n_tokens=3000)
     assert passes == [1, 1, 1]
+
+
+def test_seed_control_trains_once_and_is_reused(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from monosemantic import train_sae, universality as uni
+    from monosemantic.runs import Run
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run.root, root)
+    run = Run.open(root)
+    assert uni.seed_control(run, "A/1", train_if_missing=False) is None     # a finished run opens without it
+    first = uni.seed_control(run, "A/1")
+    f = first.summary()["features"]
+    assert f["a"] == "A/1" and f["b"] == "A/1 seed+1" and f["decoder_mmcs"] is not None
+    twin = run.dictionary("A/1")
+    assert twin.cfg.seed == 0 and (uni.seed_control_dir(run, "A/1") / "sae.safetensors").exists()
+    monkeypatch.setattr(train_sae, "train_dictionary", lambda *a, **k: pytest.fail("retrained the twin"))
+    again = uni.seed_control(run, "A/1", train_if_missing=False)
+    assert again.summary()["features"]["median"] == pytest.approx(f["median"], rel=1e-4)

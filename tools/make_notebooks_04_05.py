@@ -72,7 +72,7 @@ on the diagonal, strongest first. At full view each pixel is the maximum of its 
 click** to zoom out, **click** a cell (or a block: its strongest pair) to open both features' cards below."""),
     ("code", """from monosemantic.features import FeatureStats, compute_feature_stats
 for d in ("A/1", "B/1"):
-    compute_feature_stats(run, d)  # the cards read the statistics pass (notebook 03's; a finished pass is reused)
+    compute_feature_stats(run, d)  # the cards read the statistics pass (the default run's features: stages; reused)
 matrix = CorrelationMatrix(comp, run_dir=run.root)
 best = comp.features.table("a").sort_values("best_corr", ascending=False)
 matrix.select(int(best.index[0]), int(best["best_match"].iloc[0]))   # open the strongest pair
@@ -99,22 +99,25 @@ fig.show()"""),
 
 The paper's comparison is across transformers. A tighter control: a second dictionary with A/1's recipe but another
 seed, on the *same* activations of A. Its decoder vectors live in the same neuron basis, so we can also report the
-mean max cosine similarity (MMCS) of decoder vectors. (Trained here, resumably, into `RUN/scratch/`.)"""),
-    ("code", """from dataclasses import replace
-spec = cfg.dictionary("A/1")
-train = cfg.sae_train if spec.steps is None else replace(cfg.sae_train, steps=spec.steps)
-seed1 = ms.train_dictionary(run.store("A"), replace(spec.dictionary_config(cfg.model.d_mlp), seed=spec.seed + 1),
-                            train, out_dir=RUN_DIR / "scratch" / "A-1-seed1", seed=spec.seed + 1, progress=True)
-seeds = uni.compare(run, "A/1", uni.Side("A/1 seed 1", "A", seed1), progress=True)
-ss = seeds.summary()["features"]
-pd.DataFrame({"A/1 vs A/1 seed 1": {"median best-match r": ss["median"], "mean r of one-to-one matching":
-              ss["assignment_mean"], "decoder MMCS": ss["decoder_mmcs"],
-              "median decoder cosine of best matches": ss["decoder_cos_best_match_median"]}}).round(3)"""),
+mean max cosine similarity (MMCS) of decoder vectors. The twin trains (resumably, into `RUN/analyses/seeds/`) for as
+long as A/1 did — minutes on the default preset — so on a run without it this cell only says how to make it; set
+`TRAIN_TWIN = True` to train it here. Once trained, the result is reused."""),
+    ("code", """TRAIN_TWIN = PRESET == "tiny"
+seeds = uni.seed_control(run, "A/1", train_if_missing=TRAIN_TWIN, progress=True)
+if seeds is None:
+    print("no seed twin of A/1 yet: set TRAIN_TWIN = True above (trains for as long as A/1 did), or run "
+          "monosemantic.universality.seed_control(run, 'A/1') once")
+    ss = {"median": None}
+else:
+    ss = seeds.summary()["features"]
+    display(pd.DataFrame({"A/1 vs A/1 seed+1": {"median best-match r": ss["median"], "mean r of one-to-one matching":
+                          ss["assignment_mean"], "decoder MMCS": ss["decoder_mmcs"],
+                          "median decoder cosine of best matches": ss["decoder_cos_best_match_median"]}}).round(3))"""),
     ("md", """## Everything side by side
 
 The same numbers land in the run's summary (`monosemantic summary RUN --json`, key `universality`)."""),
     ("code", """rows = {"features A/1 → B/1": (s["feature_median"], 0.72), "neurons A → B": (s["neuron_median"], 0.46),
-        "features A/1 → A/1 seed 1 (same transformer)": (ss["median"], None)}
+        "features A/1 → A/1 seed+1 (same transformer)": (ss["median"], None)}
 pd.DataFrame(rows, index=["ours", "paper"]).T.round(3)"""),
     ("code", """import json
 u = run.summary()["universality"]
@@ -197,7 +200,7 @@ and the decoder cosine). **Click** a node to open its card, **double-click** to 
 the threshold."""),
     ("code", """from monosemantic.features import compute_feature_stats
 for d in spl.dict_ids:
-    compute_feature_stats(run, d)  # the cards read the statistics pass (notebook 03's; a finished pass is reused)
+    compute_feature_stats(run, d)  # the cards read the statistics pass (the default run's features: stages; reused)
 tree = SplittingTree(spl, root=(spl.dict_ids[0], b64_root), run_dir=run.root)
 tree.select(*fam.nodes[min(1, len(fam.nodes) - 1)]["key"].split(":"))
 tree"""),
