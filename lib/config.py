@@ -375,6 +375,18 @@ def _tiny() -> RunConfig:
     )
 
 
+def _kernels() -> RunConfig:
+    """``tiny`` with dictionaries as wide as the default's A/1 (2048 and 4096 features): the sizes at which the
+    default run takes the sparse encoder, the bf16 filter and the sparse training step, and the default's analyses
+    — so the tests execute the notebooks on the code paths users' runs take, in about a minute."""
+    cfg = _tiny()
+    cfg.preset = "kernels"
+    cfg.dictionaries = [DictSpec("A/0", 512, 3e-3), DictSpec("A/1", 2048, 3e-3), DictSpec("A/2", 4096, 3e-3),
+                        DictSpec("B/1", 2048, 3e-3)]
+    cfg.analyses = list(_default().analyses)
+    return cfg
+
+
 def _default() -> RunConfig:
     # The paper's subject-model shape on 2 CPU cores in < 20 minutes, all stages together.
     return RunConfig(
@@ -422,7 +434,7 @@ def _paper() -> RunConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "default": _default, "paper": _paper}
+PRESETS = {"tiny": _tiny, "kernels": _kernels, "default": _default, "paper": _paper}
 
 
 def preset(name: str) -> RunConfig:

@@ -22,3 +22,14 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def python_exe():
     return sys.executable
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes run fastest on one intra-op thread, and then a busy machine cannot slow them."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

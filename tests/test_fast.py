@@ -14,13 +14,7 @@ from monosemantic.sae import Dictionary, DictionaryConfig, make_dictionary
 from monosemantic.sparse import FAST_MIN_FEATURES, bf16_operand, candidates_bf16, encode_sparse
 from monosemantic.train_sae import train_dictionary
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These shapes are tiny: one intra-op thread keeps them fast and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MODES = [pytest.param(False, id="fp32"), pytest.param(True, id="bf16")]

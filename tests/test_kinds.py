@@ -11,16 +11,10 @@ from monosemantic import (ConfigError, DictionaryConfig, SAETrainConfig, availab
 from monosemantic.io import read_jsonl
 from monosemantic.sae import Dictionary
 
-from test_sae import planted
+from test_sae import Crash, crashing_source, planted
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # many tiny matmuls: a second thread only adds contention on shared cores (measured ~5-10× slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny matmuls: a second thread only contends
 
 
 # options that make each kind train well on `planted` data (coefficients 0.5–2.5 along unit directions)
@@ -328,28 +322,15 @@ def test_save_load_round_trips_every_kind_with_its_buffers(tmp_path):
         assert json.loads((tmp_path / kind / "cfg.json").read_text())["dictionary"]["options"] == opts
 
 
-class _Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("kind", ["topk", "batchtopk"])
 def test_resume_restores_kind_state_exactly(tmp_path, kind):
-    from monosemantic.train_sae import TensorSource
-
     x, _ = planted(n=4096)
     cfg = _cfg(kind, options={"k": 2, "dead_tokens": 512})
     tcfg = SAETrainConfig(steps=30, batch_size=256, lr=1e-2, checkpoint_every=10, resample_at=())
     full = train_dictionary(x, cfg, tcfg, out_dir=tmp_path / "full", progress=False)
 
-    class CrashingSource(TensorSource):
-        def batches(self, batch_size, seed=0, start_batch=0, **kw):
-            for i, b in enumerate(super().batches(batch_size, seed, start_batch), start=start_batch):
-                if i == 15:
-                    raise _Crash()
-                yield b
-
-    with pytest.raises(_Crash):
-        train_dictionary(CrashingSource(x), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
+    with pytest.raises(Crash):
+        train_dictionary(crashing_source(x, 15), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
     resumed = train_dictionary(x, cfg, tcfg, out_dir=tmp_path / "part", progress=False)
     for k, v in full.state_dict().items():
         assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k

@@ -17,12 +17,7 @@ from monosemantic.train_sae import TensorSource, _Loop, lr_at, train_dictionary
 PARAMS = ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grads(sae, objective):
@@ -310,18 +305,10 @@ def test_low_mode_recipe_resamples_the_low_mode_and_checkpoints_its_window(tmp_p
     assert first["mode_threshold"] is not None and 80 <= first["low_mode"] + first["below_floor"] <= 130, first
     assert first["resampled"] >= first["low_mode"] and first["resampled"] >= first["below_floor"]
     # killed at batch 25 (last checkpoint: step 20, mid-window): the resumed run ends where the whole one did
-    class _Crash(Exception):
-        pass
+    from test_sae import Crash, crashing_source
 
-    class CrashingSource(TensorSource):
-        def batches(self, batch_size, seed=0, start_batch=0, **kw):
-            for i, b in enumerate(super().batches(batch_size, seed, start_batch), start=start_batch):
-                if i == 25:
-                    raise _Crash()
-                yield b
-
-    with pytest.raises(_Crash):
-        train_dictionary(CrashingSource(x), fresh(), train, out_dir=tmp_path / "part", progress=False,
+    with pytest.raises(Crash):
+        train_dictionary(crashing_source(x, 25), fresh(), train, out_dir=tmp_path / "part", progress=False,
                          init_b_dec=False)
     assert json.loads((tmp_path / "part" / "ckpt" / "progress.json").read_text())["window_start"] == 20
     resumed = train_dictionary(x, fresh(), train, out_dir=tmp_path / "part", progress=False, init_b_dec=False)

@@ -175,27 +175,32 @@ def test_bring_your_own_iterable_of_batches():
     assert sae.d_sae == 64 and len(sae.train_log) == 10
 
 
-class _Crash(Exception):
-    pass
+class Crash(Exception):
+    """A simulated kill inside training."""
+
+
+def crashing_source(x, at: int):
+    """``x`` as a training source that raises ``Crash`` when batch ``at`` is asked for (a kill mid-run)."""
+    from monosemantic.train_sae import TensorSource
+
+    class CrashingSource(TensorSource):
+        def batches(self, batch_size, seed=0, start_batch=0, **kw):
+            for i, b in enumerate(super().batches(batch_size, seed, start_batch), start=start_batch):
+                if i == at:
+                    raise Crash()
+                yield b
+
+    return CrashingSource(x)
 
 
 def test_resume_after_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
-    from monosemantic.train_sae import TensorSource
-
     x, _ = planted(n=4096)
     cfg = DictionaryConfig(d_in=32, d_sae=64, l1_coefficient=1e-2)
     tcfg = SAETrainConfig(steps=40, batch_size=256, checkpoint_every=10, resample_at=(0.25, 0.5))
     full = train_dictionary(x.numpy(), cfg, tcfg, out_dir=tmp_path / "full", progress=False)
 
-    class CrashingSource(TensorSource):
-        def batches(self, batch_size, seed=0, start_batch=0, **kw):
-            for i, b in enumerate(super().batches(batch_size, seed, start_batch), start=start_batch):
-                if i == 25:
-                    raise _Crash()
-                yield b
-
-    with pytest.raises(_Crash):
-        train_dictionary(CrashingSource(x), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
+    with pytest.raises(Crash):
+        train_dictionary(crashing_source(x, 25), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
     import json
     assert json.loads((tmp_path / "part/ckpt/progress.json").read_text())["step"] == 20
     resumed = train_dictionary(x.numpy(), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
