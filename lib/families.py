@@ -67,17 +67,37 @@ class Splitting:
         return e[(e["dst"] == dict_id) & (e["dst_idx"] == int(idx)) & (e[by] >= t)].sort_values(by, ascending=False)
 
     def node(self, dict_id: str, idx: int) -> dict:
-        n = self.nodes
-        row = n[(n["dict_id"] == dict_id) & (n["idx"] == int(idx))]
-        if row.empty:
+        rec = self._node_records().get((dict_id, int(idx)))
+        if rec is None:
             raise KeyError(f"no feature {dict_id}:{idx} in this splitting analysis ({self.dict_ids})")
-        r = row.iloc[0]
-        out = {"dict_id": dict_id, "idx": int(idx), "d_sae": int(r["d_sae"]), "fires": int(r["fires"]),
-               "density": float(r["density"]), "top_tokens": [str(t) for t in r["top_tokens"]]}
-        for c in row.columns:
-            if c.startswith("share_"):
-                out[c] = None if np.isnan(r[c]) else float(r[c])
-        return out
+        return dict(rec)
+
+    def _node_records(self) -> dict:
+        """Every node as the dict ``node`` returns, built once: families of a large run visit thousands of nodes,
+        and a boolean mask over the whole table per visit made notebook 05 take minutes."""
+        cache = self.__dict__.get("_records")
+        if cache is None:
+            n = self.nodes
+            shares = [c for c in n.columns if c.startswith("share_")]
+            cols = {c: n[c].to_numpy() for c in ("dict_id", "idx", "d_sae", "fires", "density", "top_tokens", *shares)}
+            cache = {}
+            for i in range(len(n)):
+                rec = {"dict_id": str(cols["dict_id"][i]), "idx": int(cols["idx"][i]), "d_sae": int(cols["d_sae"][i]),
+                       "fires": int(cols["fires"][i]), "density": float(cols["density"][i]),
+                       "top_tokens": [str(t) for t in cols["top_tokens"][i]]}
+                for c in shares:
+                    v = float(cols[c][i])
+                    rec[c] = None if np.isnan(v) else v
+                cache[(rec["dict_id"], rec["idx"])] = rec
+            self.__dict__["_records"] = cache
+        return cache
+
+    def _edges_of(self, src: str):
+        """The edges leaving dictionary ``src`` (a cached slice: a family filters them once per level)."""
+        cache = self.__dict__.setdefault("_edges_by_src", {})
+        if src not in cache:
+            cache[src] = self.edges[self.edges["src"] == src]
+        return cache[src]
 
     def family(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim",
                max_depth: int | None = None, max_children: int | None = None,
@@ -97,21 +117,22 @@ class Splitting:
         for depth, (src, dst) in enumerate(zip(self.dict_ids[level0:], self.dict_ids[level0 + 1:]), start=1):
             if max_depth is not None and depth > max_depth or not frontier:
                 break
-            e = self.edges
-            sel = e[(e["src"] == src) & e["src_idx"].isin(frontier) & (e[by] >= t)].sort_values(by, ascending=False)
+            e = self._edges_of(src)
+            sel = e[e["src_idx"].isin(frontier) & (e[by] >= t)].sort_values(by, ascending=False)
             if min_density is not None:
                 sel = sel[sel["dst_idx"].isin(self._dense_enough(dst, min_density))]
             if max_children is not None:
                 sel = sel.groupby("src_idx", sort=False).head(max_children)
             nxt = []
-            for r in sel.itertuples(index=False):
-                k = _key(dst, r.dst_idx)
+            cols = [sel[c].to_numpy() for c in ("src_idx", "dst_idx", "sim", "cos_src_mask", "cos_dst_mask",
+                                                 "decoder_cos")]
+            for si, di, sim, cs, cd, dc in zip(*cols):
+                k = _key(dst, di)
                 if k not in nodes:
-                    nodes[k] = {**self.node(dst, r.dst_idx), "level": depth}
-                    nxt.append(int(r.dst_idx))
-                edges.append({"src": _key(src, r.src_idx), "dst": k, "sim": float(r.sim),
-                              "cos_src_mask": float(r.cos_src_mask), "cos_dst_mask": float(r.cos_dst_mask),
-                              "decoder_cos": float(r.decoder_cos)})
+                    nodes[k] = {**self.node(dst, di), "level": depth}
+                    nxt.append(int(di))
+                edges.append({"src": _key(src, si), "dst": k, "sim": float(sim), "cos_src_mask": float(cs),
+                              "cos_dst_mask": float(cd), "decoder_cos": float(dc)})
             frontier = nxt
         for k, n in nodes.items():
             n["key"] = k
@@ -136,9 +157,10 @@ class Splitting:
         return sel["idx"].to_numpy()
 
     def families(self, dict_id: str | None = None, threshold: float | None = None, min_children: int = 1,
-                 by: str = "sim", min_density: float | str | None = None) -> list[Family]:
+                 by: str = "sim", min_density: float | str | None = None, limit: int | None = None) -> list[Family]:
         """Families rooted at every feature of ``dict_id`` (default: the smallest) with ≥ ``min_children``
-        children, largest first.  ``min_density`` (as in :meth:`family`) applies to the roots too."""
+        children, largest first.  ``min_density`` (as in :meth:`family`) applies to the roots too.  ``limit``:
+        only the largest that many (ranked for every root at once, so a large run answers in seconds)."""
         dict_id = dict_id or self.dict_ids[0]
         t = self.threshold if threshold is None else threshold
         e = self.edges
@@ -149,9 +171,32 @@ class Splitting:
             if dst is not None:
                 e = e[e["dst_idx"].isin(self._dense_enough(dst, min_density))]
         counts = e.groupby("src_idx").size()
-        roots = counts[counts >= min_children].index
+        roots = np.asarray(counts[counts >= min_children].index, dtype=np.int64)
+        if limit is not None:  # rank every root by family size first (sparse reachability), build only the top
+            sizes = self._family_sizes(dict_id, roots, t, by, min_density)
+            roots = roots[np.argsort(-sizes, kind="stable")[:limit]]
         fams = [self.family(dict_id, int(r), t, by, min_density=min_density) for r in roots]
         return sorted(fams, key=lambda f: -f.size)
+
+    def _family_sizes(self, dict_id: str, roots: np.ndarray, t: float, by: str, min_density) -> np.ndarray:
+        """How many features each root's family holds (what ``family(...).size`` gives), for all roots at once:
+        the rows reached at each level are the previous level's rows times that pair's edge matrix."""
+        import scipy.sparse as sp
+
+        level0 = self.dict_ids.index(dict_id)
+        reach = sp.csr_matrix((np.ones(len(roots)), (np.arange(len(roots)), roots)),
+                              shape=(len(roots), self.sizes[dict_id]))
+        sizes = np.ones(len(roots), dtype=np.int64)
+        for src, dst in zip(self.dict_ids[level0:], self.dict_ids[level0 + 1:]):
+            e = self._edges_of(src)
+            e = e[e[by] >= t]
+            if min_density is not None:
+                e = e[e["dst_idx"].isin(self._dense_enough(dst, min_density))]
+            link = sp.csr_matrix((np.ones(len(e)), (e["src_idx"].to_numpy(), e["dst_idx"].to_numpy())),
+                                 shape=(self.sizes[src], self.sizes[dst]))
+            reach = (reach @ link).astype(bool).astype(np.float64).tocsr()
+            sizes += np.diff(reach.indptr)
+        return sizes
 
     def summary(self) -> dict:
         out = {"dictionaries": self.dict_ids, "sizes": self.sizes, "threshold": self.threshold,

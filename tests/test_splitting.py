@@ -159,6 +159,12 @@ def test_family_across_three_sizes_with_a_merge():
     assert sorted(n["key"] for n in sp_.family("A/0", 0, max_children=1).nodes) == ["A/0:0", "A/1:0", "A/2:0"]
     assert [f.root for f in sp_.families("A/0")] == ["A/0:0", "A/0:1"]
     assert list(sp_.parents("A/1", 1)["src_idx"]) == [0, 1]
+    # the ranked shortcut gives the same families as building every one
+    for t in (0.2, 0.4, 0.55):
+        every = sp_.families("A/0", threshold=t)
+        assert [(f.root, f.size) for f in sp_.families("A/0", threshold=t, limit=1)] == [(every[0].root, every[0].size)]
+        roots = np.array([int(f.root.split(":")[1]) for f in every])
+        assert list(sp_._family_sizes("A/0", roots, t, "sim", None)) == [f.size for f in every]
 
 
 def test_link_dictionaries_on_the_tiny_run_matches_a_dense_recomputation(tiny_run):

@@ -182,10 +182,10 @@ fig.show()"""),
 
 The largest families of the smallest dictionary, and the **base64 family**: the A/0 feature with the largest share
 of its activation on the planted base64 tokens (an exact proxy: we know which tokens are base64)."""),
-    ("code", """fams = spl.families(spl.dict_ids[0])
+    ("code", """fams = spl.families(spl.dict_ids[0], limit=10)   # the ten largest (ranked over every root at once)
 pd.DataFrame([{"root": f.root, "features": f.size, "links": len(f.edges),
                **{d: len(f.keys_at(d)) for d in spl.dict_ids[1:]},
-               "root top tokens": spl.node(*f.root.split(":"))["top_tokens"][:5]} for f in fams[:10]])"""),
+               "root top tokens": spl.node(*f.root.split(":"))["top_tokens"][:5]} for f in fams])"""),
     ("code", """small = spl.nodes[(spl.nodes.dict_id == spl.dict_ids[0]) & (spl.nodes.fires >= 20)]
 b64_root = int(small.sort_values("share_base64", ascending=False)["idx"].iloc[0])
 fam = spl.family(spl.dict_ids[0], b64_root)

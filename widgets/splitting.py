@@ -41,7 +41,7 @@ class SplittingTree(WithFeatureSelection, MsWidget):
                  threshold: float | None = None, max_children: int = 12, card_factory: Callable | None = None, **kw):
         self._sp = splitting
         if root is None:
-            fams = splitting.families(splitting.dict_ids[0], threshold)
+            fams = splitting.families(splitting.dict_ids[0], threshold, limit=1)
             root = (splitting.dict_ids[0], int(fams[0].nodes[0]["idx"])) if fams else (splitting.dict_ids[0], 0)
         super().__init__(levels=list(splitting.dict_ids), sizes=[splitting.sizes[d] for d in splitting.dict_ids],
                          threshold=float(splitting.threshold if threshold is None else threshold),
