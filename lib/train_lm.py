@@ -124,7 +124,7 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["eval_loss"] = last_eval = eval_loss(model, val, cfg.eval_batches, cfg.batch_size)
         rows.append(row)
-        bar.set_postfix(loss=f"{float(loss):.3f}", **({"eval": f"{last_eval:.3f}"} if last_eval else {}))
+        bar.set_postfix(loss=f"{row['loss']:.3f}", **({"eval": f"{last_eval:.3f}"} if last_eval else {}))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             append_jsonl(log_path, rows)
             rows = []
