@@ -59,7 +59,7 @@ def domain_columns(res: dict) -> dict[str, Any]:
 def top_tokens(ex: dict[str, np.ndarray], ex_tok: np.ndarray, count: np.ndarray, strs: list[str],
                n: int = 5) -> np.ndarray:
     """Each unit's top tokens: the distinct centre tokens of its top-activation examples, most frequent first
-    (ties: the stronger example first), as a JSON list of ``n`` token strings ("" for a unit that never fired)."""
+    (ties: the lower token id first), as a JSON list of ``n`` token strings ("" for a unit that never fired)."""
     U = len(count)
     is_top = ex["section"] == -1
     units, toks = ex["unit"][is_top], ex_tok[is_top]
