@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from .errors import ConfigError, CorruptArtifactError
@@ -252,10 +251,7 @@ class Dictionary(nn.Module):
                 raise CorruptArtifactError(path, f"missing, though {other.name} is beside it", stage)
         cfg = _saved_config(cfg_path, stage)
         sae = make_dictionary(cfg)
-        try:
-            state = load_safetensors(w_path, device=str(map_location), stage=stage)
-        except SafetensorError as e:  # a header that parses over data that does not
-            raise CorruptArtifactError(w_path, f"not a readable safetensors file ({e})", stage) from None
+        state = load_safetensors(w_path, device=str(map_location), stage=stage)  # corrupt → CorruptArtifactError
         expected = sae.state_dict()
         missing = sorted(set(expected) - set(state))
         if missing:
