@@ -12,7 +12,9 @@ The one home of the mechanism every consumer shares — training (``fast.py``), 
   entries in fp32;
 - compaction and CSR helpers: ``flat_nonzero``, ``flat_positive_bf16``, ``offsets``, ``csr_tensor``;
 - ``SparseEncoder`` (entries ``(rows, cols, vals)`` of ``sae.encode``), ``positive_entries`` (of a dense matrix,
-  the neurons), ``encode_sparse`` (a scipy CSR matrix).
+  the neurons), ``encode_sparse`` (a scipy CSR matrix);
+- ``TokenMass``: each unit's activation mass per token id, streamed from those entries, and the one definition
+  of a unit's *top tokens* (used by the statistics tables and by feature splitting).
 
 The bf16 filter is exact: candidates are recomputed in fp32 and only strictly positive ones kept, so both modes
 give the same entries, with fp32 values.  Dictionary activations are non-negative for every registered kind, so
@@ -36,7 +38,8 @@ from .errors import ConfigError
 
 __all__ = ["bf16_available", "bf16_default", "flat_nonzero", "flat_positive_bf16", "offsets", "csr_tensor",
            "sampled_dots", "scratch", "chunk_rows", "active_fp32", "bf16_operand", "bf16_operand_rows",
-           "candidates_bf16", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES"]
+           "candidates_bf16", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES",
+           "TokenMass", "TOP_TOKEN_MIN_COUNT"]
 
 U_BF16 = 2.0 ** -8           # unit roundoff of bf16 (8 significant bits, round to nearest)
 BIAS_SLACK = 2.0 ** -10      # relative slack on the bias row (covers u^2 and the fp32 accumulation on it)
@@ -364,3 +367,98 @@ def encode_sparse(sae, x_ND: torch.Tensor, chunk_elems: int = 1 << 22, kernel: s
     indptr = offsets(rows.cpu(), N).numpy()
     return sp.csr_matrix((vals.cpu().numpy().astype(np.float32, copy=False), cols.cpu().numpy().astype(np.int32),
                           indptr), shape=(N, F))
+
+
+# ---- per-token activation mass: the one definition of "top tokens" ------------------------------------------
+
+TOP_TOKEN_MIN_COUNT = 3   # a token must occur this often in the token set to be a unit's top token
+
+
+class TokenMass:
+    """Streaming activation mass of each unit on each token id, and the token counts of the stream.
+
+    ``mass[u, t] = Σ_{positions p with token t} f_u(p)`` and ``count[t]`` = occurrences of ``t``.  A unit's **top
+    tokens** (:meth:`top`) are the tokens on which it is most active *on average*, ``mass[u, t] / count[t]``,
+    largest first, among tokens seen at least ``min_count`` times (by total mass when no token qualifies); a unit
+    that never fired has none.  Averaging (not the raw mass) keeps frequent tokens from outranking the ones the
+    unit is specific to; the count floor keeps a token seen once from ranking on one lucky activation.
+
+    Up to ``DENSE_CELLS`` (unit, token) cells the mass is a dense float64 vector updated by ``index_add_`` (cost
+    per entry only: the neurons' 200M entries a pass stay cheap); above, the pairs are kept sparse — sorted keys
+    ``u·V + t`` with their sums, coalesced every ``flush_entries`` — so a 16k-feature dictionary over a 4k
+    vocabulary costs only its distinct pairs.  The state (:meth:`state_dict`, the sparse form either way)
+    round-trips between the two.
+    """
+
+    DENSE_CELLS = 1 << 24
+
+    def __init__(self, n_units: int, vocab: int, flush_entries: int = 1 << 22):
+        self.U, self.V, self.flush_entries = int(n_units), int(vocab), int(flush_entries)
+        self.count = np.zeros(self.V, np.int64)
+        self.dense = torch.zeros(self.U * self.V, dtype=torch.float64) if self.U * self.V <= self.DENSE_CELLS else None
+        self.keys = np.zeros(0, np.int64)      # sparse form: sorted, distinct u·V + t
+        self.sums = np.zeros(0, np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
+
+    def update(self, tokens_N, rows_E, cols_E, vals_E) -> None:
+        """Add one chunk: ``tokens_N`` the token id of each of its positions, ``(rows_E, cols_E, vals_E)`` its
+        active entries (rows index the chunk's positions, cols are units)."""
+        tokens_N = np.asarray(tokens_N, np.int64)
+        self.count += np.bincount(tokens_N, minlength=self.V)[:self.V]
+        rows_E, cols_E = np.asarray(rows_E, np.int64), np.asarray(cols_E, np.int64)
+        if rows_E.size and self.dense is not None:
+            self.dense.index_add_(0, torch.from_numpy(cols_E * self.V + tokens_N[rows_E]),
+                                  torch.from_numpy(np.asarray(vals_E, np.float64)))
+        elif rows_E.size:
+            self._pending.append((cols_E * self.V + tokens_N[rows_E], np.asarray(vals_E, np.float64)))
+            self._n_pending += rows_E.size
+            if self._n_pending >= self.flush_entries:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.dense is not None:   # the sparse form of the dense mass
+            keys = torch.nonzero(self.dense).flatten()
+            self.keys, self.sums = keys.numpy(), self.dense[keys].numpy()
+            return
+        if not self._pending:
+            return
+        keys = np.concatenate([self.keys] + [k for k, _ in self._pending])
+        sums = np.concatenate([self.sums] + [v for _, v in self._pending])
+        self.keys, inv = np.unique(keys, return_inverse=True)
+        self.sums = np.bincount(inv, weights=sums, minlength=self.keys.size)
+        self._pending, self._n_pending = [], 0
+
+    def matrix(self) -> sp.csr_matrix:
+        """The mass as a CSR matrix (U, V)."""
+        self._flush()
+        return sp.csr_matrix((self.sums, (self.keys // self.V, self.keys % self.V)), shape=(self.U, self.V))
+
+    def top(self, k: int, min_count: int = TOP_TOKEN_MIN_COUNT) -> list[np.ndarray]:
+        """Each unit's ``k`` top token ids (see the class docstring), largest mean activation first."""
+        mass = self.matrix()
+        out = []
+        for u in range(self.U):
+            lo, hi = mass.indptr[u], mass.indptr[u + 1]
+            ids, v = mass.indices[lo:hi], mass.data[lo:hi]
+            c = self.count[ids]
+            ok = c >= min_count
+            if ok.any():
+                ids, v = ids[ok], v[ok] / c[ok]
+            out.append(ids[np.argsort(-v, kind="stable")[:k]].astype(np.int64))
+        return out
+
+    def state_dict(self, prefix: str = "mass_") -> dict[str, np.ndarray]:
+        self._flush()
+        return {f"{prefix}count": self.count, f"{prefix}keys": self.keys, f"{prefix}sums": self.sums}
+
+    def load_state_dict(self, d: dict, prefix: str = "mass_") -> None:
+        count = np.asarray(d[f"{prefix}count"], np.int64)
+        if count.shape != (self.V,):
+            raise ValueError(f"checkpoint token counts have shape {count.shape}, expected ({self.V},)")
+        self.count, self.keys = count.copy(), np.asarray(d[f"{prefix}keys"], np.int64).copy()
+        self.sums = np.asarray(d[f"{prefix}sums"], np.float64).copy()
+        self._pending, self._n_pending = [], 0
+        if self.dense is not None:
+            self.dense.zero_()
+            self.dense[torch.from_numpy(self.keys)] = torch.from_numpy(self.sums)

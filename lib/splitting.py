@@ -26,8 +26,8 @@ API
 ``.summary()``; ``.edges`` / ``.nodes`` (DataFrames) — the result classes live in ``families.py``
 ``feature_map(run, dict_ids, ...) -> DataFrame`` (dict_id, idx, d_sae, x, y, cluster, density, top_tokens)
 
-``nodes`` has, per feature: fires and density on the token set, its top tokens (highest mean activation among
-tokens seen ≥ 3 times), and ``share_<domain>``: the share of its activation mass on each corpus domain (python,
+``nodes`` has, per feature: fires and density on the token set, its top tokens (``sparse.TokenMass.top``: highest mean
+activation among tokens seen ≥ 3 times), and ``share_<domain>``: the share of its activation mass on each corpus domain (python,
 bible, base64 — the exact proxy —, text), which finds the paper's base64 family without a regex.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from .errors import ConfigError
 from .io import atomic_parquet, file_sha, finished_with, mark_finished, read_json, safe_name, tensors_sha
 from .corpus import DOMAINS
-from .sparse import encode_sparse
+from .sparse import TokenMass, encode_sparse
 from .runs import update_analyses
 from .crossstats import CrossStats, Side, iter_activation_batches
 from .tokensets import token_set
@@ -73,24 +73,6 @@ LINKS_VERSION = 1   # bump when the saved links' meaning changes
 MAP_VERSION = 1
 
 
-def _top_tokens(mass: sp.csr_matrix, counts: np.ndarray | None, k: int, min_count: int = 3) -> list[np.ndarray]:
-    """Per row of a (F, vocab) activation-mass matrix: the ``k`` token ids on which the feature is most active on
-    average (mass / occurrences of the token, among tokens seen ≥ ``min_count`` times; by total mass when
-    ``counts`` is None or no token qualifies), largest first."""
-    out = []
-    for i in range(mass.shape[0]):
-        lo, hi = mass.indptr[i], mass.indptr[i + 1]
-        ids, v = mass.indices[lo:hi], mass.data[lo:hi]
-        if counts is not None:
-            c = counts[ids]
-            ok = c >= min_count
-            if ok.any():
-                ids, v = ids[ok], v[ok] / c[ok]
-        o = np.argsort(-v, kind="stable")[:k]
-        out.append(ids[o].astype(np.int64))
-    return out
-
-
 class _Linker:
     """Streaming state of a splitting analysis over named sparse activation matrices."""
 
@@ -102,8 +84,7 @@ class _Linker:
         self.dom_tokens = np.zeros(K, np.int64) if K else None
         self.stats = {p: CrossStats(sizes[p[0]], sizes[p[1]], pearson=False, masked=True) for p in pairs}
         self.fires = {d: np.zeros(n, np.int64) for d, n in sizes.items()}
-        self.mass = {d: sp.csr_matrix((n, vocab), dtype=np.float64) for d, n in sizes.items()} if vocab else None
-        self.token_counts = np.zeros(vocab, np.int64) if vocab else None
+        self.mass = {d: TokenMass(n, vocab) for d, n in sizes.items()} if vocab else None
         self.n = 0
 
     def update(self, feats: dict[str, sp.csr_matrix], token_ids: np.ndarray | None = None,
@@ -119,15 +100,11 @@ class _Linker:
                                                 minlength=self.sizes[d] * K).reshape(-1, K)
         for a, b in self.pairs:
             self.stats[(a, b)].update(feats[a], feats[b])
-        if self.token_counts is not None and token_ids is not None:
-            self.token_counts += np.bincount(token_ids, minlength=self.vocab)
         for d, f in feats.items():
             self.fires[d] += np.bincount(f.indices[f.data != 0], minlength=self.sizes[d])
             if self.mass is not None and token_ids is not None:
                 rows = np.repeat(np.arange(f.shape[0]), np.diff(f.indptr))
-                m = sp.csr_matrix((f.data.astype(np.float64), (f.indices, token_ids[rows])),
-                                  shape=(self.sizes[d], self.vocab))
-                self.mass[d] = self.mass[d] + m
+                self.mass[d].update(token_ids, rows, f.indices, f.data)
         self.n += next(iter(feats.values())).shape[0]
 
     def finish(self, dict_ids: list[str], decoder_cos: dict, threshold: float, keep_min: float, keep_top: int,
@@ -142,7 +119,7 @@ class _Linker:
         nodes = []
         for d in dict_ids:
             F = self.sizes[d]
-            top = _top_tokens(self.mass[d].tocsr(), self.token_counts, self.top_k) if self.mass is not None else [np.zeros(0, np.int64)] * F
+            top = self.mass[d].top(self.top_k) if self.mass is not None else [np.zeros(0, np.int64)] * F
             cols = {
                 "dict_id": d, "idx": np.arange(F, dtype=np.int64), "d_sae": F, "fires": self.fires[d],
                 "density": self.fires[d] / max(self.n, 1),

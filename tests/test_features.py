@@ -287,6 +287,15 @@ def test_tiny_run_features_against_brute_force(tiny_stats):
             want = np.corrcoef(A[:, u], inside.astype(float))[0, 1]
             assert abs(t[f"corr_{d}"].iloc[u] - want) < 1e-3
     assert t["dead"].sum() == ((A > 0).sum(0) == 0).sum()
+    # top tokens: the highest mean activation per token among tokens seen ≥ 3 times (sparse.TokenMass, the same
+    # definition feature splitting's nodes use)
+    flat, V, strs = toks.reshape(-1), run.tokenizer.vocab_size, run.tokenizer.token_strings()
+    cnt = np.bincount(flat, minlength=V)
+    for u in alive[:20]:
+        mean = np.bincount(flat, weights=A[:, u].astype(np.float64), minlength=V) / np.maximum(cnt, 1)
+        ids = np.nonzero((cnt >= 3) & (mean > 0))[0]
+        assert t["top_tokens"].iloc[u] == [strs[i] for i in ids[np.argsort(-mean[ids], kind="stable")][:5]]
+    assert all(t["top_tokens"].iloc[u] == [] for u in np.nonzero((A > 0).sum(0) == 0)[0])
 
 
 def test_tiny_run_neurons_and_logits(tiny_stats):

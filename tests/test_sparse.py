@@ -49,3 +49,49 @@ def test_positive_entries_of_a_dense_matrix():
     x = torch.tensor([[0.0, 1.5, -1.0], [2.0, 0.0, 0.25]])
     rows, cols, vals = positive_entries(x)
     assert rows.tolist() == [0, 1, 1] and cols.tolist() == [1, 0, 2] and vals.tolist() == [1.5, 2.0, 0.25]
+
+
+def test_token_mass_top_tokens_match_brute_force_whatever_the_chunking_and_checkpoints():
+    # the one definition of a unit's top tokens: highest mean activation per token among tokens seen ≥ 3 times
+    from monosemantic.sparse import TOP_TOKEN_MIN_COUNT, TokenMass
+
+    rng = np.random.default_rng(0)
+    N, U, V = 3000, 6, 50
+    tok = rng.integers(0, V, N)
+    A = np.where(rng.random((N, U)) < 0.1, rng.random((N, U)), 0.0)
+    A[:, 0] = 0.0                               # unit 0 never fires: no top tokens
+    A[tok == 7, 1] = 5.0                        # unit 1 is the token-7 unit
+    rare = np.nonzero(tok == 11)[0][:1]
+    tok[tok == 11] = 12
+    tok[rare] = 11                              # token 11 occurs once: big activation, still not a top token
+    A[rare, 2] = 100.0
+    cnt = np.bincount(tok, minlength=V)
+    want = []
+    for u in range(U):
+        mean = np.bincount(tok, weights=A[:, u], minlength=V) / np.maximum(cnt, 1)
+        ids = np.nonzero((cnt >= TOP_TOKEN_MIN_COUNT) & (mean > 0))[0]
+        want.append(ids[np.argsort(-mean[ids], kind="stable")][:4].tolist())
+    assert want[0] == [] and want[1][0] == 7 and 11 not in want[2]
+
+    def feed(m, lo, hi, step):
+        for a in range(lo, hi, step):
+            blk = A[a:min(a + step, hi)]
+            r, c = np.nonzero(blk)
+            m.update(tok[a:a + len(blk)], r, c, blk[r, c])
+
+    one = TokenMass(U, V)
+    feed(one, 0, N, N)
+    sparse = TokenMass(U, V, flush_entries=37)   # the sparse form, with many coalescing flushes
+    sparse.DENSE_CELLS = 0
+    sparse.__init__(U, V, flush_entries=37)
+    assert one.dense is not None and sparse.dense is None
+    feed(sparse, 0, 1234, 101)
+    resumed = TokenMass(U, V)                    # a checkpoint of the sparse form resumed in the dense one
+    resumed.load_state_dict({k: v.copy() for k, v in sparse.state_dict().items()})
+    feed(resumed, 1234, N, 333)
+    feed(sparse, 1234, N, 333)
+    for m in (one, resumed, sparse):
+        assert [t.tolist() for t in m.top(4)] == want
+        np.testing.assert_array_equal(m.count, cnt)
+    with pytest.raises(ValueError, match="expected"):
+        TokenMass(U, V + 1).load_state_dict(one.state_dict())

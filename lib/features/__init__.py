@@ -50,7 +50,8 @@ Storage (beside the run)::
 
 ``units.parquet`` columns: ``unit, density, count, max_act, mean_act, sum_act, sumsq_act, dead, ultralow``; per
 domain d ``act_share_d`` (specificity), ``fire_share_d``, ``sensitivity_d``, ``corr_d``; ``proxy_specificity,
-proxy_sensitivity, proxy_corr`` (the base64 ones), ``top_domain, top_tokens`` (JSON list); fixed-size lists
+proxy_sensitivity, proxy_corr`` (the base64 ones), ``top_domain, top_tokens`` (JSON list: highest mean activation per token, ``sparse.TokenMass`` — the
+definition feature splitting uses too); fixed-size lists
 ``logit_top_ids/vals, logit_bottom_ids/vals, neuron_ids/weights, hist`` ((log bins + 2) × domains, row-major),
 ``interval_lo/hi/count, domain_count/sum``.  ``examples.parquet``: ``unit, section`` (−1 top, i interval),
 ``rank, act, token_index, context, pos, token, center, tokens, acts`` (the window; −1 pads).

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..sparse import TokenMass
 from .config import FeatureStatsConfig
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
@@ -176,8 +177,10 @@ class StatsAccumulator:
     round-trips through :meth:`state_dict` for checkpoints.
     """
 
-    def __init__(self, n_units: int, n_domains: int, cfg: FeatureStatsConfig):
+    def __init__(self, n_units: int, n_domains: int, cfg: FeatureStatsConfig, vocab: int | None = None):
         self.U, self.K, self.cfg = int(n_units), int(n_domains), cfg
+        # per-token activation mass, for the top tokens (only when ``update`` is given the tokens)
+        self.mass = TokenMass(self.U, vocab) if vocab else None
         U, K = self.U, self.K
         self.G = cfg.fine_bins
         self.log2G = int(math.log2(self.G))
@@ -201,17 +204,21 @@ class StatsAccumulator:
     # ---- the update ----------------------------------------------------------------------------------
     @torch.no_grad()
     def update(self, g_N: torch.Tensor, dom_N: torch.Tensor, rows_E: torch.Tensor, cols_E: torch.Tensor,
-               vals_E: torch.Tensor) -> None:
+               vals_E: torch.Tensor, tok_N: torch.Tensor | None = None) -> None:
         g_N, dom_N = torch.as_tensor(g_N, dtype=torch.int64), torch.as_tensor(dom_N).to(torch.int64)
         rows_E, cols_E = torch.as_tensor(rows_E, dtype=torch.int64), torch.as_tensor(cols_E, dtype=torch.int64)
         vals_E = torch.as_tensor(vals_E, dtype=torch.float32).contiguous()
         U, K, G = self.U, self.K, self.G
         self.n_tokens += int(g_N.numel())
         self.domain_tokens += torch.bincount(dom_N, minlength=K)[:K]
+        if vals_E.numel() and not (bool((vals_E > 0).all()) and bool(torch.isfinite(vals_E).all())):
+            raise ValueError("StatsAccumulator.update takes strictly positive, finite activations only")
+        if self.mass is not None:
+            if tok_N is None:
+                raise ValueError("this StatsAccumulator was made with a vocab: pass the chunk's tokens as tok_N")
+            self.mass.update(torch.as_tensor(tok_N).numpy(), rows_E.numpy(), cols_E.numpy(), vals_E.numpy())
         if vals_E.numel() == 0:
             return
-        if not bool((vals_E > 0).all()) or not bool(torch.isfinite(vals_E).all()):
-            raise ValueError("StatsAccumulator.update takes strictly positive, finite activations only")
         dom_E = dom_N.index_select(0, rows_E)
         g_E = g_N.index_select(0, rows_E)
         v64 = vals_E.double()
@@ -267,6 +274,8 @@ class StatsAccumulator:
         d.update(self.top.state_dict("top_"))
         d.update(self.res.state_dict("res_"))
         d["n_tokens"] = np.array(self.n_tokens, dtype=np.int64)
+        if self.mass is not None:
+            d.update(self.mass.state_dict("mass_"))
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
@@ -275,6 +284,8 @@ class StatsAccumulator:
         self.top.load_state_dict(d, "top_")
         self.res.load_state_dict(d, "res_")
         self.n_tokens = int(d["n_tokens"])
+        if self.mass is not None:
+            self.mass.load_state_dict(d, "mass_")
 
     # ---- results ---------------------------------------------------------------------------------------
     def intervals(self) -> dict[str, np.ndarray]:
@@ -333,4 +344,6 @@ class StatsAccumulator:
             "hist": self.hist.view(U, self.HB, K).numpy(), "top_val": top_val.numpy(), "top_g": g.numpy(),
         }
         out["intervals"] = self.intervals()
+        if self.mass is not None:
+            out["mass"] = self.mass
         return out

@@ -8,7 +8,7 @@ from ..config import PRESETS, FeatureStatsConfig
 
 __all__ = ["STATS_VERSION", "FeatureStatsConfig", "preset_config", "stats_config"]
 
-STATS_VERSION = 1
+STATS_VERSION = 2   # 2: top tokens by mean activation per token (sparse.TokenMass), as in splitting
 
 
 def preset_config(preset: str) -> FeatureStatsConfig:

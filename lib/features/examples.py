@@ -96,9 +96,9 @@ def example_entries(res: dict, cfg: FeatureStatsConfig) -> dict[str, np.ndarray]
 
 def write_examples(out: Path, cfg: FeatureStatsConfig, n_units: int, ex: dict[str, np.ndarray],
                    ctx_idx: np.ndarray, split, model, sae, progress: bool, mlp_acts=None, workers: int = 1
-                   ) -> np.ndarray:
+                   ) -> None:
     """Write ``examples.parquet`` (one row per example with its window, row groups of ``row_group_units``
-    units); returns each example's token id."""
+    units)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -129,4 +129,3 @@ def write_examples(out: Path, cfg: FeatureStatsConfig, n_units: int, ex: dict[st
         with pq.ParquetWriter(tmp, table.schema, compression="zstd") as w:
             for a, b in zip(bounds[:-1], bounds[1:]):
                 w.write_table(table.slice(int(a), int(b - a)), row_group_size=max(1, int(b - a)))
-    return ex_tok

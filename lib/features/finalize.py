@@ -20,11 +20,11 @@ def finalize(run, out: Path, source: str, cfg: FeatureStatsConfig, res: dict, ct
     """Write examples.parquet and units.parquet; return the meta record (the caller writes meta.json)."""
     U = len(res["count"])
     ex = example_entries(res, cfg)
-    ex_tok = write_examples(out, cfg, U, ex, ctx_idx, split, model, sae, progress, mlp_acts, workers)
+    write_examples(out, cfg, U, ex, ctx_idx, split, model, sae, progress, mlp_acts, workers)
 
     ultralow_threshold = run.cfg.eval.ultralow_density
     cols = {**activation_columns(res, ultralow_threshold), **domain_columns(res)}
-    cols["top_tokens"] = top_tokens(ex, ex_tok, res["count"], run.tokenizer.token_strings())
+    cols["top_tokens"] = top_tokens(res["mass"], res["count"], run.tokenizer.token_strings())
     tokens_for_scale = torch.from_numpy(split.contexts(ctx_idx[:min(len(ctx_idx), 16)])).to(model.device)
     ln_scale = model.final_ln_scale(tokens_for_scale)
     dirs_UM = sae.W_dec_FD.detach().cpu().float() if sae is not None else torch.eye(U)

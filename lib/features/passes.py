@@ -99,7 +99,8 @@ def compute_stats(run, source: str, cfg: FeatureStatsConfig | None = None, progr
     sae = run.dictionary(source, device="cpu") if "/" in source else None  # the sparse encoder is a CPU kernel
     if sae is not None:
         sae.eval()
-    acc = StatsAccumulator(sae.d_sae if sae is not None else model.d_mlp, len(DOMAINS), cfg)
+    acc = StatsAccumulator(sae.d_sae if sae is not None else model.d_mlp, len(DOMAINS), cfg,
+                           vocab=run.tokenizer.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.npz"
     done_ctx = _resume(state_path, acc, fingerprint)
@@ -145,17 +146,18 @@ def _accumulate(acc: StatsAccumulator, cfg: FeatureStatsConfig, source: str, spl
         idx = ctx_idx[c0:c0 + B]
         toks = torch.from_numpy(split.contexts(idx)).to(model.device)
         x = mlp_acts(toks)[:, 1:].reshape(-1, model.d_mlp).float().cpu().contiguous()
+        tok = toks[:, 1:].reshape(-1).cpu()
         rows, cols, vals = encoder(x, inplace=True) if encoder is not None else positive_entries(x)
         dom = torch.from_numpy(split.domains(idx)[:, 1:].reshape(-1).astype(np.int64)).clamp_(max=K - 1)
-        return c0, len(idx), dom, rows, cols, vals
+        return c0, len(idx), dom, tok, rows, cols, vals
 
     bar = tqdm(total=len(ctx_idx) * body, initial=done_ctx * body, unit="tok", unit_scale=True,
                desc=f"{'feature' if sae is not None else 'neuron'} stats {source}", disable=not progress)
     last_ckpt, n_chunks = time.time(), 0
     try:
         with intra_op_threads(1):
-            for c0, n, dom, rows, cols, vals in pipelined(produce, range(done_ctx, len(ctx_idx), B), workers):
-                acc.update(torch.arange(c0 * body, (c0 + n) * body, dtype=torch.int64), dom, rows, cols, vals)
+            for c0, n, dom, tok, rows, cols, vals in pipelined(produce, range(done_ctx, len(ctx_idx), B), workers):
+                acc.update(torch.arange(c0 * body, (c0 + n) * body, dtype=torch.int64), dom, rows, cols, vals, tok)
                 done_ctx = c0 + n
                 n_chunks += 1
                 bar.update(n * body)

@@ -56,20 +56,12 @@ def domain_columns(res: dict) -> dict[str, Any]:
     return cols
 
 
-def top_tokens(ex: dict[str, np.ndarray], ex_tok: np.ndarray, count: np.ndarray, strs: list[str],
-               n: int = 5) -> np.ndarray:
-    """Each unit's top tokens: the distinct centre tokens of its top-activation examples, most frequent first
-    (ties: the lower token id first), as a JSON list of ``n`` token strings ("" for a unit that never fired)."""
-    U = len(count)
-    is_top = ex["section"] == -1
-    units, toks = ex["unit"][is_top], ex_tok[is_top]
-    starts = np.searchsorted(units, np.arange(U + 1))
-    out = [""] * U
-    for u in np.nonzero(count)[0]:
-        ids, cnt = np.unique(toks[starts[u]:starts[u + 1]], return_counts=True)
-        top = ids[np.argsort(-cnt, kind="stable")][:n]
-        out[u] = json.dumps([strs[int(t)] for t in top], ensure_ascii=False)
-    return np.array(out, dtype=object)
+def top_tokens(mass, count: np.ndarray, strs: list[str], n: int = 5) -> np.ndarray:
+    """Each unit's top tokens (``sparse.TokenMass.top``: highest mean activation among tokens seen ≥ 3 times), as
+    a JSON list of ``n`` token strings ("" for a unit that never fired)."""
+    top = mass.top(n)
+    return np.array([json.dumps([strs[int(t)] for t in top[u]], ensure_ascii=False) if count[u] else ""
+                     for u in range(len(count))], dtype=object)
 
 
 def top_logit_effects(model, dictionary, n_units: int, n_logits: int, ln_scale: float) -> dict[str, np.ndarray]:
