@@ -214,6 +214,43 @@ class SplittingConfig:
 
 
 @dataclass
+class InterpretConfig:
+    """``interpret:`` stages (``lib/interpret``): automated interpretability of a dictionary's features, its
+    transformer's neurons and a randomized-transformer control.  The explainer reads ``explain_tokens`` of the
+    train split, the scores are measured on ``holdout_tokens`` of the validation split."""
+
+    explain_tokens: int = 262_144     # train-split tokens the explainer reads (every token, firing or not)
+    holdout_tokens: int = 131_072     # validation-split tokens the explanations are scored on
+    top_examples: int = 10            # held-out examples per unit: top activations,
+    per_interval: int = 2             # … per each of the 11 equal-width activation intervals,
+    random_examples: int = 28         # … and random tokens (10 + 22 + 28 = the paper's 60)
+    window_before: int = 6            # an example is 9 tokens: 6 before the chosen token, it, 2 after
+    window_after: int = 2
+    max_tokens: int = 8               # tokens an explanation may name
+    max_context: int = 4              # preceding-token patterns per named token
+    min_count: int = 3                # a pattern must occur this often in the explanation set
+    min_gain: float = 0.01            # a rule must explain this share of the unit's squared activation
+    logit_tokens: int = 10            # logit test: top positive-logit tokens against as many random ones
+    control_rows: int = 400_000       # activation rows harvested from the randomized transformer
+    control_steps: int = 300          # training steps of the control's dictionary (same size and λ)
+    control_seed: int = 0             # seed of the weight shuffle
+    batch_contexts: int = 64
+    seed: int = 0
+
+    def validate(self) -> "InterpretConfig":
+        for name in ("explain_tokens", "holdout_tokens", "top_examples", "max_tokens", "min_count",
+                     "logit_tokens", "control_rows", "control_steps", "batch_contexts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"interpret.{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("per_interval", "random_examples", "window_before", "window_after", "max_context"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"interpret.{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 <= self.min_gain < 1:
+            raise ConfigError(f"interpret.min_gain must be in [0, 1), got {self.min_gain}")
+        return self
+
+
+@dataclass
 class RunConfig:
     preset: str = "default"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -227,12 +264,14 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # analysis stages run after the dictionaries: "features:A/1" (feature statistics), "neurons:A" (the same for
     # the MLP neurons), "compare:A/1~B/1" (universality; adds `universality` to the summary), "splitting:A"
-    # (links and families across A's dictionary sizes, and the UMAP feature map)
+    # (links and families across A's dictionary sizes, and the UMAP feature map), "interpret:A/1" (automated
+    # interpretability of A/1's features, A's neurons and a randomized control; adds `interpretability`)
     analyses: list[str] = field(default_factory=list)
     # the analyses' settings; a run.json written before these sections existed takes its preset's (from_dict)
     feature_stats: FeatureStatsConfig = field(default_factory=FeatureStatsConfig)
     universality: UniversalityConfig = field(default_factory=UniversalityConfig)
     splitting: SplittingConfig = field(default_factory=SplittingConfig)
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
     device: str = "auto"
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
@@ -312,16 +351,18 @@ class RunConfig:
         for a in self.analyses:
             kind, _, arg = a.partition(":")
             parts = arg.split("~") if kind == "compare" else [arg]
-            ok = kind in ("features", "neurons", "compare", "splitting") and all(
+            ok = kind in ("features", "neurons", "compare", "splitting", "interpret") and all(
                 (p in self.transformers if kind in ("neurons", "splitting") else p in ids or p.endswith("/neurons"))
                 for p in parts)
             if not ok or (kind == "compare" and len(parts) != 2):
                 raise ConfigError(f"analysis {a!r} is not one of features:<dict id>, neurons:<transformer>, "
-                                  f"compare:<dict id>~<dict id>, splitting:<transformer> over this run's dictionaries {sorted(ids)}")
+                                  f"compare:<dict id>~<dict id>, splitting:<transformer>, interpret:<dict id> over "
+                                  f"this run's dictionaries {sorted(ids)}")
         d0 = self.sae_train.init_density
         if d0 is not None and not 0 < d0 < 1:
             raise ConfigError(f"sae_train.init_density must be in (0, 1) or null (b_e = 0), got {d0}")
         self.feature_stats.validate()
+        self.interpret.validate()
         if self.universality.tokens < 1 or self.splitting.tokens < 1:
             raise ConfigError(f"universality.tokens and splitting.tokens must be ≥ 1, got {self.universality.tokens} "
                               f"and {self.splitting.tokens}")
@@ -334,8 +375,9 @@ class RunConfig:
 
 _SUB = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "lm_train": LMTrainConfig,
         "harvest": HarvestConfig, "sae_train": SAETrainConfig, "eval": EvalConfig,
-        "feature_stats": FeatureStatsConfig, "universality": UniversalityConfig, "splitting": SplittingConfig}
-ANALYSIS_SECTIONS = ("feature_stats", "universality", "splitting")
+        "feature_stats": FeatureStatsConfig, "universality": UniversalityConfig, "splitting": SplittingConfig,
+        "interpret": InterpretConfig}
+ANALYSIS_SECTIONS = ("feature_stats", "universality", "splitting", "interpret")
 
 
 def _build(cls, d: dict, where: str):
@@ -372,6 +414,8 @@ def _tiny() -> RunConfig:
         feature_stats=FeatureStatsConfig(n_tokens=30_000, batch_contexts=128, top_k=12, checkpoint_seconds=30.0),
         universality=UniversalityConfig(tokens=32_768),
         splitting=SplittingConfig(tokens=32_768),
+        interpret=InterpretConfig(explain_tokens=24_576, holdout_tokens=8_192, control_rows=20_480,
+                                  control_steps=40),
     )
 
 
