@@ -14,7 +14,7 @@ from monosemantic.prompt import prompt_activations
 from monosemantic.widgets.browser import FeatureBrowser
 from monosemantic.widgets.card import CardLayout, FeatureCard, NeuronCard, card_spec, proxy_figure, side_by_side
 from monosemantic.widgets.heatmap import ActivationHeatmap
-from monosemantic.widgets.html import display_token, escape_html, script_json, static_page
+from monosemantic.widgets.html import display_token, escape_html, script_json, static_page, unpacked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 from widget_fixtures import HOSTILE, PAGE_BREAKERS, SyntheticStats, hostile_exports, synthetic_unit  # noqa: E402
@@ -66,16 +66,50 @@ def test_card_spec_is_data_with_escaped_tokens():
     seq = spec["panels"]["top"]["groups"][0]["seqs"][0]
     assert seq["center"] == 3 and seq["act"] == 1.0
     assert seq["tokens"] == [display_token(t) for t in HOSTILE[:len(seq["tokens"])]]
-    hist = spec["panels"]["histogram"]["figure"]
-    assert sum(sum(tr["y"]) for tr in hist["data"]) == 80     # the firing tokens; zeros are reported as density
-    assert {tr["name"] for tr in hist["data"]} == {"python", "base64"}
+    hist = spec["panels"]["histogram"]["hist"]                # data the card draws as SVG (no plotly)
+    assert sum(map(sum, hist["counts"])) == 80                # the firing tokens; zeros are reported as density
+    assert hist["domains"] == ["python", "base64"] and all(len(r) == 2 for r in hist["counts"])
+    assert len(hist["counts"]) == 17 and hist["counts"][0] == [0, 0] and hist["counts"][-1] == [0, 0]
+    assert hist["step"] == pytest.approx(7 / 140) and hist["x0"] == pytest.approx(-4 + 68 * 7 / 140)   # count row 69: bin [edge 68, edge 69)
     assert [r["domain"] for r in spec["panels"]["domains"]["rows"]] == ["python", "bible", "base64"]
     # intervals listed from the top down, empty ones included with their counts
     titles = [g["title"] for g in spec["panels"]["intervals"]["groups"]]
     assert titles[0].startswith("Interval 10") and len(titles) == 11
     compact = card_spec(synthetic_unit(), CardLayout.compact())
-    assert compact["layout"]["columns"] == [["histogram", "top", "logits", "units"]]
-    assert len(compact["panels"]["top"]["groups"][0]["seqs"][0]["tokens"]) <= 6 + 1 + 3
+    # side by side, the compact card keeps interval samples (a polysemantic unit's top 8 can look clean)
+    assert compact["layout"]["columns"] == [["histogram", "top", "intervals", "logits", "units"]]
+    shown = compact["panels"]["top"]["groups"][0]["seqs"][0]["tokens"]
+    assert sum(map(len, shown)) <= 64 and "nul␀byte" in shown      # the activating token (centre) is always kept
+    assert spec["layout"]["present"]["columns"] == [["histogram", "logits", "domains"], ["top"], ["intervals"]]
+
+
+def test_context_window_fills_a_character_budget_with_whole_tokens():
+    from monosemantic.widgets.card import context_window
+
+    toks = [f"w{i:02d} " for i in range(40)]                   # 4 characters each
+    lo, hi = context_window(toks, 20, 96)
+    assert hi - lo == 24 and lo <= 20 < hi                     # 96 characters, nothing cut inside a token
+    assert 20 - lo == 14 and hi - 21 == 9                      # about 3/5 of it before the activating token
+    lo, hi = context_window(toks, 2, 96)                       # near the start the rest goes after it
+    assert (lo, hi) == (0, 24)
+    lo, hi = context_window(toks, 39, 96)
+    assert (lo, hi) == (16, 40)
+    assert context_window(["x" * 200], 0, 96) == (0, 1)        # a token longer than the budget still shows
+
+
+def test_whitespace_bytes_and_density_have_one_visible_form():
+    assert display_token(" ") == "·" and display_token("    ") == "·×4" and display_token("   ") == "···"
+    assert display_token("\n\n") == "↵↵" and display_token("\n" * 5) == "↵×5" and display_token("\t\t") == "⇥⇥"
+    assert display_token(" \n") == "·↵" and display_token("\u00a0") == "⟨U+00A0⟩"
+    assert display_token(" the") == " the" and display_token("a  b") == "a  b"    # words keep their spaces
+    assert display_token("\udce2\udc80") == "\\xe2\\x80"               # surrogateescape'd bytes as \xNN
+    from monosemantic.widgets.html import density_text
+
+    assert density_text(0.000056) == "0.0056 %" and density_text(0.000056, odds=True) == "0.0056 % (1 in 18k)"
+    assert density_text(0.0) == "0 %" and density_text(0.123) == "12 %" and density_text(0.0123) == "1.2 %"
+    assert density_text(0.0000999) == "0.010 %" and density_text(2e-7, odds=True) == "0.000020 % (1 in 5.0M)"
+    assert density_text(0.25, odds=True) == "25 % (1 in 4)" and density_text(float("nan")) == "–"
+    assert all("e" not in density_text(10.0 ** -k) for k in range(1, 9))
 
 
 def test_front_end_is_one_bundle_that_follows_edits_of_either_file(tmp_path):
@@ -212,7 +246,12 @@ def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     assert fmap["labels"][0].startswith("‹<!--<script>› ‹</script><script>win")
     assert page_state(pages["matrix"].read_text())["a_label"] == "A/" + PAGE_BREAKERS[0]
     assert page_state(pages["heatmap"].read_text())["data"]["rows"][0]["label"] == PAGE_BREAKERS[0]
-    rows = page_state(pages["browser"].read_text())["static_rows"]
+    bstate = page_state(pages["browser"].read_text())
+    rows = unpacked(bstate["static_rows"])                 # bulk data travels packed: gzip JSON in base64
+    assert set(bstate["static_rows"]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    cards = {u: c for p in bstate["static_cards"]["packs"].values() for u, c in unpacked(p).items()}
+    assert sorted(cards, key=int) == [str(r["unit"]) for r in sorted(rows, key=lambda r: r["unit"])]
+    assert shown & set(_strings(cards))
     assert rows and all(r["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]] for r in rows)
     card = page_state(pages["card"].read_text())["card"]
     assert card["panels"]["top"]["groups"][0]["seqs"][0]["tokens"][:2] == [display_token(t) for t in PAGE_BREAKERS[:2]]
@@ -285,35 +324,54 @@ def test_heatmap_state_changes(run_with_stats):
 
 
 def test_browser_sorts_searches_filters_and_steps(run_with_stats, tmp_path):
+    from monosemantic.metrics import density_modes
+    from monosemantic.widgets.card import StatusRule
+
     run, st, ns = run_with_stats
     b = FeatureBrowser.from_run(run, "A/1")
     t = st.table
-    alive = t[~t["dead"]]
+    # the status rule: the library's dead / ultralow columns and the low mode of a bimodal density
+    rule = StatusRule.of(st)
+    modes = density_modes(t["density"].to_numpy())
+    assert rule.low_threshold == (modes["threshold"] if modes and modes["bimodal"] else None)
+    status = rule.column(t)
+    assert list(status) == [rule.status(r) for _, r in t.iterrows()]
+    assert (status == "dead").sum() == t["dead"].sum() and (status == "ultralow").sum() == t["ultralow"].sum()
+    assert b.status_counts["n_tokens"] == st.n_tokens and sum(b.status_counts[k] for k in
+                                                             ("alive", "dead", "ultralow", "low-mode")) == st.n_units
+    alive = t[status == "alive"]                              # the default filter hides every tagged unit
     assert b.n_total == st.n_units and b.n_matching == len(alive)
     want = alive.sort_values(["density"], ascending=False, kind="stable").index[:b.page_size]
     assert [r["unit"] for r in b.rows] == list(want)
-    assert b.selected == int(want[0]) and b.card["unit"] == int(want[0])
+    assert b.selected == int(want[0]) and b.card["unit"] == int(want[0]) and b.card["status"] == "alive"
     # sort ascending by max activation
     b.sort_by, b.descending = "max_act", False
     vals = [r["max_act"] for r in b.rows]
-    assert vals == sorted(vals) and vals[0] == alive["max_act"].min()
+    assert vals == sorted(vals) and vals[0] == pytest.approx(alive["max_act"].min(), rel=1e-3)
     # paging
     b.page = 1
     assert b.rows[0]["max_act"] >= vals[-1]
     b.sort_by = "density"
     assert b.page == 0
-    # search by id and by token
+    # search by id and by token, ranked by relevance: the id first, then exact top tokens (earlier first)
+    b.filter = "all"
+    b.sort_by = "relevance"
     b.query = str(int(want[3]))
-    assert int(want[3]) in [r["unit"] for r in b.rows]
+    assert b.rows[0]["unit"] == int(want[3])
     tok = alive.loc[int(want[0]), "top_tokens"][0].strip()
     b.query = tok.lower()
-    # a digit query also matches the unit of that id
-    assert b.n_matching >= 1 and all(tok.lower() in r["search"] or (tok.isdigit() and r["unit"] == int(tok))
-                                     for r in b.rows)
+    ranks = b.view()["_relevance"].to_numpy()
+    assert len(ranks) == b.n_matching >= 1 and (np.diff(ranks) >= 0).all() and ranks[0] < 2
+    first = b.view().iloc[0]
+    assert any(x.strip().lower() == tok.lower() for x in first["top_tokens"])
+    same = b.view()[b.view()["_relevance"] == ranks[0]]
+    assert (np.diff(same["density"].to_numpy()) <= 0).all()   # ties: the more common unit first, not the rarest
     b.query = ""
     # filters
     b.filter = "dead"
     assert b.n_matching == int(t["dead"].sum()) and all(r["dead"] for r in b.rows)
+    b.filter = "low-mode"
+    assert b.n_matching == int((status == "low-mode").sum()) and all(r["status"] == "low-mode" for r in b.rows)
     b.filter = "all"
     assert b.n_matching == st.n_units
     with pytest.raises(traitlets.TraitError, match="filter must be one of"):
@@ -338,10 +396,23 @@ def test_browser_sorts_searches_filters_and_steps(run_with_stats, tmp_path):
     assert b.selected == order[32]
     b.select(order[0])
     assert b.prev() == order[0]                                # clamped at the start
-    out = b.to_html(tmp_path / "browser.html", max_rows=5, include_plotly=False)
+    # the static page holds every unit and its card (packed), with the query, sort and filter as they are
+    b.query, b.filter = "the", "alive"
+    out = b.to_html(tmp_path / "browser.html")        # plotly.js (4.8 MB) not inlined: the histograms are SVG
+    assert out.stat().st_size < 3_000_000
     state = page_state(out.read_text())
-    assert len(state["static_rows"]) == 5
-    assert set(state["static_cards"]) == {str(r["unit"]) for r in state["static_rows"]}
+    rows = unpacked(state["static_rows"])
+    assert sorted(r["unit"] for r in rows) == list(range(st.n_units)) and state["n_total"] == st.n_units
+    assert (state["query"], state["filter"], state["source"]) == ("the", "alive", "A/1")
+    packs = state["static_cards"]["packs"]
+    assert len(packs) == -(-st.n_units // 32)
+    k = state["static_cards"]["index"][str(order[5])]
+    card = unpacked(packs[str(k)])[str(order[5])]
+    assert card["unit"] == order[5] and card["panels"]["top"]["groups"]
+    assert len(card["panels"]["top"]["groups"][0]["seqs"]) <= 10                   # CardLayout.export()
+    out5 = b.to_html(tmp_path / "browser5.html", max_rows=5, include_plotly=False)
+    state5 = page_state(out5.read_text())
+    assert [r["unit"] for r in unpacked(state5["static_rows"])] == list(b.view().index[:5])
     nb = FeatureBrowser.from_run(run, "A")
     assert nb.unit_kind == "neuron" and nb.card["kind"] == "neuron"
 

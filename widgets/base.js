@@ -63,11 +63,41 @@ function msFmt(v, digits = 3) {
   return v.toFixed(digits);
 }
 
-function msPct(v) {
-  if (v === null || v === undefined || Number.isNaN(v)) return "–";
-  if (v === 0) return "0%";
-  if (v < 1e-4) return (100 * v).toExponential(1) + "%";
-  return (100 * v).toFixed(v < 0.01 ? 3 : 1) + "%";
+// the one format of a density (html.py density_text): "0.0056 %", "0 %"; with odds "0.0056 % (1 in 18k)"
+function msSig(x, digits = 2) {
+  let d = Math.max(0, digits - 1 - Math.floor(Math.log10(x)));
+  let t = x.toFixed(d);
+  if (d && Number(t) >= 10 ** (digits - d)) t = x.toFixed(d - 1);
+  return t;
+}
+function msCount(n) {
+  if (n < 1000) return String(Math.round(n));
+  if (n < 1e6) return msSig(n / 1e3) + "k";
+  return msSig(n / 1e6) + "M";
+}
+function msDensity(v, odds = false) {
+  if (v === null || v === undefined || !Number.isFinite(Number(v))) return "–";
+  v = Number(v);
+  if (v <= 0) return "0 %";
+  const s = msSig(100 * v) + " %";
+  return odds ? `${s} (1 in ${msCount(1 / v)})` : s;
+}
+// shares (specificity, sensitivity) are written as densities are
+const msPct = (v) => msDensity(v);
+
+// bulk data of a static page (html.py packed): gzip JSON in base64, opened with the browser's DecompressionStream
+async function msUnpack(b64) {
+  const bin = atob(b64);
+  const u = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
+  const stream = new Blob([u]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return JSON.parse(await new Response(stream).text());
+}
+
+// a theme colour (widgets.css variables) as the canvas needs it
+function msThemeColor(el, name, fallback) {
+  const v = getComputedStyle(el).getPropertyValue(name).trim();
+  return v || fallback;
 }
 
 function msActColor(a, max) {
@@ -81,6 +111,7 @@ function msToken(tok, act, max, isCenter) {
   const s = msEl("span", "ms-tok" + (isCenter ? " ms-center" : ""), tok);
   const bg = msActColor(act, max);
   if (bg) s.style.background = bg;
+  if (act > 0 && max > 0 && act / max > 0.6) s.classList.add("ms-tok-hot");   // dark text on strong orange, any theme
   s.dataset.act = act === undefined ? "" : String(act);
   s.title = `${tok}  ·  ${msFmt(act, 4)}`;
   return s;
@@ -129,6 +160,111 @@ function msPlot(model, el, fig) {
   }).catch(() => { el.textContent = "(plot unavailable: plotly.js could not be loaded)"; });
 }
 
+// ---- the activation histogram: log-spaced bins stacked by domain, drawn as SVG (no plotly: light pages) -------
+// h = {x0: log10 of the first bin's lower edge, step: bin width in log10, domains, colors, counts: [[per domain]…]}
+function msHistogram(div, h) {
+  div.textContent = "";
+  if (!h || !h.counts || !h.counts.length) { div.appendChild(msEl("div", "ms-empty", "never fires")); return; }
+  const W = 400, H = 150, L = 40, R = 6, T = 6, B = 28;
+  const n = h.counts.length;
+  const tot = h.counts.map((r) => r.reduce((a, b) => a + b, 0));
+  const ymax = Math.max(1, ...tot);
+  const svg = msSvg("svg", { viewBox: `0 0 ${W} ${H}`, class: "ms-hist-svg", role: "img" });
+  const bw = (W - L - R) / n;
+  const yv = (c) => T + (H - T - B) * (1 - c / ymax);
+  h.counts.forEach((row, i) => {
+    let acc = 0;
+    const lo = 10 ** (h.x0 + i * h.step), hi = 10 ** (h.x0 + (i + 1) * h.step);
+    row.forEach((c, k) => {
+      if (!c) return;
+      const r = msSvg("rect", { x: (L + i * bw + 0.3).toFixed(2), y: yv(acc + c).toFixed(2), width: Math.max(0.5, bw - 0.6).toFixed(2),
+                                height: Math.max(0.5, yv(acc) - yv(acc + c)).toFixed(2), fill: h.colors[k], class: "ms-hbar" });
+      r.appendChild(msSvg("title", {}, `${msFmt(lo, 3)} – ${msFmt(hi, 3)}: ${c.toLocaleString()} tokens (${h.domains[k]})`));
+      svg.appendChild(r);
+      acc += c;
+    });
+  });
+  svg.appendChild(msSvg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "ms-axis" }));
+  svg.appendChild(msSvg("line", { x1: L, x2: L, y1: T, y2: H - B, class: "ms-axis" }));
+  // decade ticks on x, 0 and the max on y
+  const xa = h.x0, xb = h.x0 + n * h.step;
+  for (let e = Math.ceil(xa); e <= Math.floor(xb); e++) {
+    const x = L + (e - xa) / h.step * bw;
+    svg.appendChild(msSvg("line", { x1: x, x2: x, y1: H - B, y2: H - B + 3, class: "ms-axis" }));
+    svg.appendChild(msSvg("text", { x, y: H - B + 13, "text-anchor": "middle" }, msFmt(10 ** e, 3)));
+  }
+  svg.appendChild(msSvg("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, "activation (log scale)"));
+  svg.appendChild(msSvg("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, ymax.toLocaleString()));
+  svg.appendChild(msSvg("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "0"));
+  div.appendChild(svg);
+  const leg = msEl("div", "ms-hist-legend");
+  h.domains.forEach((d, k) => {
+    if (!h.counts.some((r) => r[k] > 0)) return;
+    const it = msEl("span");
+    const dot = msEl("span", "ms-dot");
+    dot.style.background = h.colors[k];
+    it.append(dot, document.createTextNode(d));
+    leg.appendChild(it);
+  });
+  div.appendChild(leg);
+  div.dataset.rendered = "1";
+}
+
+// ---- present mode: the widget (with its linked cards) fills the screen in larger type -------------------------
+// msPresenter(el, toolbar, step): a "present" button in `toolbar`; ←/→ call step(±1), Esc leaves.  The part shown is
+// the notebook output holding the widget and its cards, or the static page.
+function msPresenter(el, toolbar, step) {
+  const btn = msEl("button", "ms-btn ms-present-btn", "⛶ present");
+  btn.title = "present: full screen, larger type; ← / → step, Esc leaves";
+  toolbar.appendChild(btn);
+  let target = null;
+  const onKey = (ev) => {
+    if (!target) return;
+    const tag = (ev.target && ev.target.tagName) || "";
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA") return;
+    if (ev.key === "ArrowRight" || ev.key === "ArrowDown") { ev.preventDefault(); ev.stopPropagation(); step && step(1); }
+    else if (ev.key === "ArrowLeft" || ev.key === "ArrowUp") { ev.preventDefault(); ev.stopPropagation(); step && step(-1); }
+    else if (ev.key === "Escape") { ev.preventDefault(); ev.stopPropagation(); leave(); }
+  };
+  const onFs = () => { if (target && !document.fullscreenElement) leave(); };
+  function enter() {
+    target = el.closest(".jp-OutputArea-output") || el.closest(".ms-page") || el;
+    target.classList.add("ms-presenting");
+    document.body.classList.add("ms-has-presenting");
+    btn.textContent = "✕ leave (Esc)";
+    btn.classList.add("ms-btn-on");
+    window.addEventListener("keydown", onKey, true);
+    if (target.requestFullscreen) {
+      target.requestFullscreen().then(() => document.addEventListener("fullscreenchange", onFs)).catch(() => {});
+    }
+    window.dispatchEvent(new CustomEvent("ms-present"));
+  }
+  function leave() {
+    if (!target) return;
+    target.classList.remove("ms-presenting");
+    document.body.classList.remove("ms-has-presenting");
+    document.removeEventListener("fullscreenchange", onFs);
+    if (document.fullscreenElement && document.exitFullscreen) document.exitFullscreen().catch(() => {});
+    target = null;
+    btn.textContent = "⛶ present";
+    btn.classList.remove("ms-btn-on");
+    window.removeEventListener("keydown", onKey, true);
+    window.dispatchEvent(new CustomEvent("ms-present"));
+  }
+  btn.addEventListener("click", () => (target ? leave() : enter()));
+  return { button: btn, enter, leave, active: () => !!target };
+}
+
+// permalinks of a static page: "#A/1/2318" ↔ (source "A/1", unit 2318); a kernel-backed widget leaves the URL alone
+function msHashUnit() {
+  const m = /^#(.+)\/(\d+)$/.exec(decodeURIComponent(location.hash || ""));
+  return m ? { source: m[1], unit: Number(m[2]) } : null;
+}
+function msSetHash(source, unit) {
+  const h = `#${source}/${unit}`;
+  if (decodeURIComponent(location.hash) !== h) history.replaceState(null, "", h);
+}
+
 // ---- card panels -------------------------------------------------------------------------------------------
 function msSection(title, subtitle) {
   const sec = msEl("div", "ms-panel");
@@ -156,12 +292,11 @@ const MS_PANELS = {
     sec.appendChild(facts);
     return sec;
   },
-  histogram(p, ctx) {
+  histogram(p) {
     const sec = msSection(p.title, p.subtitle);
     const div = msEl("div", "ms-hist");
-    div.textContent = "loading plot…";
     sec.appendChild(div);
-    ctx.plots.push([div, p.figure]);
+    msHistogram(div, p.hist);
     return sec;
   },
   logits(p) {
@@ -247,12 +382,18 @@ const MS_PANELS = {
   },
 };
 
-// a whole card from its spec: {title, panels: {name: panel}, layout: {columns: [[name…], …]}}
+// a whole card from its spec: {title, panels: {name: panel}, layout: {columns: [[name…], …], present: …}}.  Inside
+// present mode the card takes its `present` layout (three columns, fewer samples) so it fits a 1080-line screen.
+function msCardLayout(el, card) {
+  const present = !!(el.closest && el.closest(".ms-presenting")) && card.layout.present;
+  return present ? card.layout.present : card.layout;
+}
+
 function msRenderCard(model, el, card) {
   el.textContent = "";
   const root = msEl("div", "ms-card");
   if (!card || !card.panels) {
-    root.appendChild(msEl("div", "ms-empty", "no card"));
+    root.appendChild(msEl("div", "ms-empty", card && card.loading ? "loading card…" : "no card"));
     el.appendChild(root);
     return root;
   }
@@ -260,11 +401,13 @@ function msRenderCard(model, el, card) {
   root.dataset.kind = card.kind;
   const ctx = { plots: [] };
   if (card.panels.header) root.appendChild(MS_PANELS.header(card.panels.header, ctx));
-  const cols = msEl("div", "ms-cols");
-  (card.layout.columns || []).forEach((names) => {
+  const lay = msCardLayout(el, card);
+  const cols = msEl("div", "ms-cols ms-cols-" + (lay.columns || []).length);
+  (lay.columns || []).forEach((names) => {
     const col = msEl("div", "ms-col");
     names.forEach((n) => {
-      const p = card.panels[n];
+      let p = card.panels[n];
+      if (p && p.kind === "examples" && (lay.n_seqs || lay.n_groups)) p = msTrimExamples(p, lay);
       if (p && MS_PANELS[p.kind]) col.appendChild(MS_PANELS[p.kind](p, ctx));
     });
     cols.appendChild(col);
@@ -272,5 +415,17 @@ function msRenderCard(model, el, card) {
   root.appendChild(cols);
   el.appendChild(root);
   ctx.plots.forEach(([div, fig]) => msPlot(model, div, fig));
+  if (!el.__msPresentHook) {     // entering or leaving present mode redraws the card in its layout
+    el.__msPresentHook = () => { if (el.isConnected) msRenderCard(model, el, el.__msCard); };
+    window.addEventListener("ms-present", el.__msPresentHook);
+  }
+  el.__msCard = card;
   return root;
+}
+
+// an examples panel cut to a layout's n_seqs per group and n_groups groups (the largest intervals first)
+function msTrimExamples(p, lay) {
+  const groups = p.groups.filter((g) => g.seqs.length || !g.title).slice(0, lay.n_groups || p.groups.length)
+    .map((g) => ({ ...g, seqs: g.seqs.slice(0, g.title ? (lay.n_seqs || g.seqs.length) : (lay.n_top || g.seqs.length)) }));
+  return { ...p, groups };
 }

@@ -36,7 +36,7 @@ class MsWidget(anywidget.AnyWidget):
     ``card.js``) and may override ``static_state`` / ``page_title`` for its static page."""
 
     _js: ClassVar[str] = ""
-    _draws_plots: ClassVar[bool] = True   # its own front-end draws plotly figures (cards, heatmap)
+    _draws_plots: ClassVar[bool] = False  # its own front-end draws plotly figures (the heatmap); cards draw SVG
 
     def __init_subclass__(cls, **kwargs):
         if cls.__dict__.get("_js"):   # hot-reloading with ANYWIDGET_HMR=1 (html.widget_assets)
@@ -76,12 +76,11 @@ class MsWidget(anywidget.AnyWidget):
 
     def to_html(self, path, include_plotly: bool | None = None, **options) -> Path:
         """A self-contained static HTML page of this widget (``options`` go to ``static_state``).  plotly.js
-        (4.8 MB) is inlined once when the page draws a plot — the widget's own, a figure beside it or an open
-        card's histogram; ``include_plotly`` forces it either way."""
+        (4.8 MB) is inlined once when the page draws a plotly figure — the widget's own (the heatmap) or a figure
+        beside it; cards draw their histograms as SVG and need none.  ``include_plotly`` forces it either way."""
         extras = self._page_extras()
         if include_plotly is None:
-            include_plotly = (self._draws_plots or bool(extras.get("figures"))
-                              or any("view" in c for c in extras.get("cards", [])))
+            include_plotly = self._draws_plots or bool(extras.get("figures"))
         return write_static_page(path, self._js, self.static_state(**options), title=self.page_title(),
                                  include_plotly=include_plotly, **extras)
 

@@ -1,13 +1,17 @@
 """FeatureBrowser: every feature (or neuron) of a source in a sortable, searchable table; the selected row's card
 below it; one click steps to the previous / next unit of the current view.
 
-Model state is the truth: ``query``, ``sort_by``, ``descending``, ``filter`` (alive | all | dead | ultralow),
-``page`` and ``selected`` are synced traits; the kernel answers with ``rows`` (the current page) and ``card``.
+Model state is the truth: ``query``, ``sort_by``, ``descending``, ``filter`` (alive | all | dead | ultralow |
+low-mode), ``page`` and ``selected`` are synced traits; the kernel answers with ``rows`` (the current page) and
+``card``.  Units are tagged by ``card.StatusRule`` (the library's dead / ultralow, and the low-density mode); the
+default filter ``alive`` hides the tagged ones.  A query ranks by relevance (``sort_by="relevance"``, what typing a
+query selects): the unit of that id, then units whose top tokens equal the query, start with it, contain it (an
+earlier top token first), then the domain; ties by density, most common first.
 
     b = FeatureBrowser.from_run("data/runs/default", "A/1")
     b.query = "LORD"; b.sort_by = "proxy_corr"
     b.next(); b.select(123)
-    b.to_html("browser.html", max_rows=50)        # static: the first 50 rows of the view and their cards
+    b.to_html("browser.html")     # static: every unit, searchable and sortable, each card opened on demand
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ import numpy as np
 import traitlets
 
 from .base import MsWidget, open_run
-from .card import CardLayout, card_spec, default_dictionary, neuron_features
-from .html import display_token
+from .card import STATUSES, CardLayout, StatusRule, card_spec, default_dictionary, neuron_features
+from .html import display_token, packed
+
+CARD_CHUNK = 32     # cards per pack of a static page: opening one card unpacks this many
 
 COLUMNS = [
     {"key": "unit", "label": "id", "fmt": "int"},
+    {"key": "status", "label": "status", "fmt": "status"},
     {"key": "density", "label": "density", "fmt": "pct"},
     {"key": "max_act", "label": "max act", "fmt": "num"},
     {"key": "top_tokens", "label": "top tokens", "fmt": "tokens"},
@@ -30,7 +37,32 @@ COLUMNS = [
     {"key": "proxy_sensitivity", "label": "proxy sens.", "fmt": "pct"},
     {"key": "proxy_corr", "label": "proxy corr", "fmt": "num"},
 ]
-FILTERS = ("alive", "all", "dead", "ultralow")
+FILTERS = ("alive", "all", "dead", "ultralow", "low-mode")
+SORTS = ["relevance"] + [c["key"] for c in COLUMNS]
+
+
+def relevance(query: str, tokens_lower: list[list[str]], domains: list[str], units) -> np.ndarray:
+    """Each row's relevance rank for ``query`` (lower is better; inf: no match): 0 the unit of that id; 1, 2, 3 a
+    top token equal to the query (spaces stripped), starting with it, containing it — plus its position among
+    the top tokens / 100; 4 the domain.  ``browser.js`` msRelevance ranks the same way on a static page."""
+    q = query.strip().lower()
+    out = np.full(len(units), np.inf)
+    if not q:
+        return out
+    for i, (toks, dom, u) in enumerate(zip(tokens_lower, domains, units)):
+        if q.isdigit() and int(q) == int(u):
+            out[i] = 0.0
+            continue
+        best = np.inf
+        for k, t in enumerate(toks):
+            ts = t.strip()
+            r = 1 if ts == q or t == q else 2 if ts.startswith(q) else 3 if q in t else None
+            if r is not None:
+                best = min(best, r + k / 100)
+        if best == np.inf and q in str(dom).lower():
+            best = 4.0
+        out[i] = best
+    return out
 
 
 class FeatureBrowser(MsWidget):
@@ -44,6 +76,8 @@ class FeatureBrowser(MsWidget):
     page_size = traitlets.Int(25).tag(sync=True)
     query = traitlets.Unicode("").tag(sync=True)
     sort_by = traitlets.Unicode("density").tag(sync=True)
+    source = traitlets.Unicode("").tag(sync=True)
+    status_counts = traitlets.Dict().tag(sync=True)       # {status: units}, and the token set's size
     descending = traitlets.Bool(True).tag(sync=True)
     filter = traitlets.Unicode("alive").tag(sync=True)
     selected = traitlets.Int(-1).tag(sync=True)
@@ -54,12 +88,19 @@ class FeatureBrowser(MsWidget):
         self._stats = stats
         self._layout = layout or CardLayout()
         self._features_from = features_from
+        self._rule = StatusRule.of(stats)
         t = stats.table
         strs = t["top_tokens"].map(lambda ts: [display_token(s) for s in ts])
-        self._table = t.rename_axis(None).assign(unit=t.index.to_numpy(), top_tokens=strs,
+        status = self._rule.column(t)
+        self._table = t.rename_axis(None).assign(unit=t.index.to_numpy(), top_tokens=strs, status=status,
                                _search=[" ".join(ts).lower() + " " + str(d) for ts, d in zip(strs, t["top_domain"])],
-                               _tokens_key=strs.map(" ".join))
-        super().__init__(columns=COLUMNS, n_total=len(t), unit_kind=stats.kind, **kwargs)
+                               _tokens_key=strs.map(" ".join), _status_key=status.map(STATUSES.index))
+        self._tokens_lower = [[x.lower() for x in ts] for ts in strs]
+        counts = {k: int((status == k).sum()) for k in STATUSES}
+        counts.update(n_tokens=self._rule.n_tokens, ultralow_threshold=self._rule.ultralow_threshold,
+                      low_threshold=self._rule.low_threshold)
+        super().__init__(columns=COLUMNS, n_total=len(t), unit_kind=stats.kind, source=stats.source,
+                         status_counts=counts, **kwargs)
         self._refresh()
         view = self.view()
         if len(view):
@@ -87,28 +128,25 @@ class FeatureBrowser(MsWidget):
 
     @traitlets.validate("sort_by")
     def _check_sort(self, proposal):
-        keys = [c["key"] for c in COLUMNS]
-        if proposal["value"] not in keys:
-            raise traitlets.TraitError(f"sort_by must be one of {keys}, got {proposal['value']!r}")
+        if proposal["value"] not in SORTS:
+            raise traitlets.TraitError(f"sort_by must be one of {SORTS}, got {proposal['value']!r}")
         return proposal["value"]
 
     def view(self):
         """The rows matching ``query`` and ``filter``, sorted: a DataFrame indexed by unit."""
         t = self._table
-        f = self.filter
-        if f == "alive":
-            t = t[~t["dead"]]
-        elif f == "dead":
-            t = t[t["dead"]]
-        elif f == "ultralow":
-            t = t[t["ultralow"]]
+        if self.filter != "all":
+            t = t[t["status"] == self.filter]
         q = self.query.strip().lower()
         if q:
-            hit = t["_search"].str.contains(q, regex=False)
-            if q.isdigit():
-                hit = hit | (t["unit"] == int(q))
-            t = t[hit]
-        key = "_tokens_key" if self.sort_by == "top_tokens" else self.sort_by
+            pos = self._table.index.get_indexer(t.index)
+            rank = relevance(q, [self._tokens_lower[i] for i in pos], list(t["top_domain"]), t["unit"])
+            t = t.assign(_relevance=rank)[np.isfinite(rank)]
+        if self.sort_by == "relevance":
+            if not q:
+                return t.sort_values(["density", "unit"], ascending=[False, True], kind="stable")
+            return t.sort_values(["_relevance", "density", "unit"], ascending=[True, False, True], kind="stable")
+        key = {"top_tokens": "_tokens_key", "status": "_status_key"}.get(self.sort_by, self.sort_by)
         return t.sort_values([key, "unit"], ascending=[not self.descending, True], kind="stable")
 
     @traitlets.observe("query", "sort_by", "descending", "filter", "page", "page_size")
@@ -134,12 +172,13 @@ class FeatureBrowser(MsWidget):
     @staticmethod
     def _records(df) -> list[dict]:
         out = []
-        for u, r in df.iterrows():
-            out.append({"unit": int(u), "density": float(r["density"]), "max_act": float(r["max_act"]),
-                        "top_tokens": list(r["top_tokens"]), "top_domain": str(r["top_domain"]),
-                        "proxy_specificity": float(r["proxy_specificity"]),
-                        "proxy_sensitivity": float(r["proxy_sensitivity"]), "proxy_corr": float(r["proxy_corr"]),
-                        "dead": bool(r["dead"]), "ultralow": bool(r["ultralow"]), "search": r["_search"]})
+        for u, r in zip(df.index, df.itertuples(index=False)):
+            out.append({"unit": int(u), "status": r.status, "density": float(f"{r.density:.4g}"),
+                        "max_act": float(f"{r.max_act:.4g}"), "top_tokens": list(r.top_tokens),
+                        "top_domain": str(r.top_domain), "proxy_specificity": float(f"{r.proxy_specificity:.3g}"),
+                        "proxy_sensitivity": float(f"{r.proxy_sensitivity:.3g}"),
+                        "proxy_corr": float(f"{r.proxy_corr:.3g}"), "dead": bool(r.dead),
+                        "ultralow": bool(r.ultralow)})
         return out
 
     # ---- selection -------------------------------------------------------------------------------------------
@@ -158,12 +197,12 @@ class FeatureBrowser(MsWidget):
         u = int(change["new"])
         self.card = self._card(u) if u >= 0 else {}
 
-    def _card(self, u: int) -> dict:
+    def _card(self, u: int, layout: CardLayout | None = None) -> dict:
         feats = None
         if self._stats.kind == "neuron" and self._features_from and self._stats.run is not None:
             feats = neuron_features(self._stats.run, self._features_from, u)
-        return card_spec(self._stats.unit(u), self._layout, features_of_neuron=feats,
-                         features_source=self._features_from)
+        return card_spec(self._stats.unit(u), layout or self._layout, features_of_neuron=feats,
+                         features_source=self._features_from, rule=self._rule)
 
     def select(self, unit: int) -> None:
         """Show ``unit``'s card (and turn to its page if it is in the current view)."""
@@ -195,20 +234,35 @@ class FeatureBrowser(MsWidget):
             self.step(int(content.get("delta", 1)))
 
     # ---- static export ------------------------------------------------------------------------------------------
-    def static_state(self, max_rows: int = 50) -> dict:
-        """The first ``max_rows`` rows of the current view, each with its card (rows can be sorted, searched and
-        clicked on the static page without a kernel)."""
-        rows = self._records(self.view().head(int(max_rows)))
-        cards = {str(r["unit"]): self._card(r["unit"]) for r in rows}
-        sel = self.selected if str(self.selected) in cards else (rows[0]["unit"] if rows else -1)
-        return {"columns": self.columns, "rows": rows, "static_rows": rows, "static_cards": cards,
-                "n_total": len(rows), "n_matching": len(rows), "n_pages": 1, "page": 0, "page_size": self.page_size,
-                "query": "", "sort_by": self.sort_by, "descending": self.descending, "filter": "all",
-                "selected": sel, "card": cards.get(str(sel), {}), "unit_kind": self.unit_kind}
+    def static_state(self, max_rows: int | None = None, layout: CardLayout | None = None,
+                     chunk: int = CARD_CHUNK) -> dict:
+        """Every unit (or the first ``max_rows`` of the current view) and every one's card, for a page without a
+        kernel: the rows and the cards travel packed (``html.packed``; cards ``chunk`` units a pack, opened when
+        one of them is shown), the query, sort, filter and selection as they are here.  ``layout``: the cards'
+        (default ``CardLayout.export()``: 10 top examples, 2 samples per interval)."""
+        layout = layout or CardLayout.export()
+        df = self._table if max_rows is None else self.view().head(int(max_rows))
+        rows = self._records(df)
+        units = sorted(r["unit"] for r in rows)
+        packs = {}
+        for start in range(0, len(units), chunk):
+            part = units[start:start + chunk]
+            packs[str(start // chunk)] = packed({str(u): self._card(u, layout) for u in part})
+        index = {str(u): i // chunk for i, u in enumerate(units)}
+        sel = self.selected if str(self.selected) in index else (units[0] if units else -1)
+        return {"columns": self.columns, "rows": [], "static_rows": packed(rows),
+                "static_cards": {"index": index, "packs": packs}, "n_total": len(rows), "n_matching": len(rows),
+                "n_pages": 1, "page": 0, "page_size": self.page_size, "query": self.query if max_rows is None else "",
+                "sort_by": self.sort_by, "descending": self.descending,
+                "filter": self.filter if max_rows is None else "all", "selected": sel,
+                "card": self._card(sel, layout) if sel >= 0 else {}, "unit_kind": self.unit_kind,
+                "source": self.source, "status_counts": self.status_counts}
 
     def page_title(self) -> str:
         return f"{self._stats.source} {self.unit_kind} browser"
 
-    def to_html(self, path, max_rows: int = 50, include_plotly: bool | None = None) -> Path:
-        """A self-contained page: the first ``max_rows`` rows of the current view, each with its card."""
-        return super().to_html(path, include_plotly, max_rows=max_rows)
+    def to_html(self, path, max_rows: int | None = None, include_plotly: bool | None = None,
+                layout: CardLayout | None = None) -> Path:
+        """A self-contained page of every unit (``max_rows``: only the first rows of the current view), each card
+        opened on demand; it opens at ``page.html#A/1/2318`` on that unit, and the address follows the selection."""
+        return super().to_html(path, include_plotly, max_rows=max_rows, layout=layout)

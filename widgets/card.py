@@ -21,7 +21,7 @@ import numpy as np
 import traitlets
 
 from .base import DOMAIN_COLORS, MsWidget, open_run
-from .html import display_token, escape_html, token_label
+from .html import density_text, display_token, escape_html, token_label
 
 
 # ---- panels -----------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ class HeaderPanel:
 @dataclass
 class HistogramPanel:
     title: str
-    figure: dict
+    hist: dict            # histogram_data: log-spaced bins × domains, drawn as SVG by base.js msHistogram
     subtitle: str = ""
     kind: str = "histogram"
 
@@ -79,91 +79,167 @@ class ExamplesPanel:
     kind: str = "examples"
 
 
+# the card in present mode (base.js msCardLayout): three columns, fewer samples, fits a 1920×1080 screen
+PRESENT_LAYOUT = {"columns": [["histogram", "logits", "domains"], ["top"], ["intervals"]], "n_top": 10, "n_seqs": 2,
+                  "n_groups": 6}
+
+
 @dataclass
 class CardLayout:
-    """Which panels, in which columns (the header always spans the top), and how many examples."""
+    """Which panels, in which columns (the header always spans the top), how many examples, and how many
+    characters of context each example shows (whole tokens around the activating one, about 3/5 before it)."""
 
     columns: list[list[str]] = field(default_factory=lambda: [["histogram", "logits", "units", "domains"],
                                                               ["top", "intervals"]])
     n_top: int = 12
     n_per_interval: int = 5
-    window_before: int = 8
-    window_after: int = 4
+    context_chars: int = 96
 
     @classmethod
     def compact(cls) -> "CardLayout":
-        """One column, no interval samples: for cards side by side."""
-        return cls(columns=[["histogram", "top", "logits", "units"]], n_top=8, window_before=6, window_after=3)
+        """One column for cards side by side: 8 top examples and 2 samples per interval (a polysemantic unit's
+        top examples can look clean; its lower intervals tell)."""
+        return cls(columns=[["histogram", "top", "intervals", "logits", "units"]], n_top=8, n_per_interval=2,
+                   context_chars=64)
+
+    @classmethod
+    def export(cls) -> "CardLayout":
+        """The full card with 10 top examples and 2 samples per interval: every card of a static browser."""
+        return cls(n_top=10, n_per_interval=2)
 
 
 # ---- building a card spec from the library's data ------------------------------------------------------------
 
 def _pct(v: float) -> str:
-    if v == 0:
-        return "0%"
-    return f"{100 * v:.2e}%" if v < 1e-4 else f"{100 * v:.3g}%"
+    return density_text(v)
 
 
 def _num(v: float) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
 
 
+def context_window(tokens: list[str], center: int, chars: int, before: float = 0.6) -> tuple[int, int]:
+    """``[lo, hi)``: whole tokens around ``center`` whose shown text fits ``chars`` characters, about ``before``
+    of them before it (a side that runs out of tokens leaves its share to the other)."""
+    lens = [max(1, len(t)) for t in tokens]
+    lo, hi = center, center + 1
+    used = lens[center]
+    want_l = before * max(0, chars - used)
+    left = 0
+    while True:
+        can_l = lo > 0 and used + lens[lo - 1] <= chars
+        can_r = hi < len(tokens) and used + lens[hi] <= chars
+        if not (can_l or can_r):
+            return lo, hi
+        if can_l and (left < want_l or not can_r):
+            lo -= 1
+            used += lens[lo]
+            left += lens[lo]
+        else:
+            used += lens[hi]
+            hi += 1
+
+
 def _seq(ex, layout: CardLayout) -> dict:
-    lo = max(0, ex.center - layout.window_before)
-    hi = min(len(ex.tokens), ex.center + layout.window_after + 1)
-    return {"tokens": [display_token(t) for t in ex.tokens[lo:hi]], "acts": [float(a) for a in ex.acts[lo:hi]],
+    shown = [display_token(t) for t in ex.tokens]
+    lo, hi = context_window(shown, ex.center, layout.context_chars)
+    return {"tokens": shown[lo:hi], "acts": [float(f"{a:.4g}") for a in ex.acts[lo:hi]],
             "center": ex.center - lo, "act": float(ex.act)}
 
 
-def histogram_figure(hist, title: str = "", height: int = 210) -> dict:
-    """Plotly JSON of a log-binned activation histogram, stacked by domain (a ``features.Histogram``)."""
-    counts = hist.counts                                   # (G+2, K): underflow, G bins, overflow
+def histogram_data(hist) -> dict:
+    """A log-binned activation histogram (a ``features.Histogram``) as the card draws it: the bins from one below
+    the lowest to one above the highest that hold tokens (under/overflow drawn as one bin beyond each end),
+    stacked by the domains that occur.  ``{x0, step, domains, colors, counts}``: ``x0`` is log10 of the first
+    bin's lower edge, ``step`` the bins' width in log10, ``counts[bin][domain]``."""
+    counts = np.asarray(hist.counts)                       # (G+2, K): underflow, G bins, overflow
     edges = np.log10(hist.edges)
-    step = edges[1] - edges[0]
-    lo_edges = np.concatenate([[edges[0] - step], edges])  # under/overflow drawn as one bin beyond each end
-    centers = lo_edges + step / 2
+    step = float(edges[1] - edges[0])
+    lo_edges = np.concatenate([[edges[0] - step], edges])
     nz = np.nonzero(counts.sum(1))[0]
-    data = []
-    if len(nz):
-        a, b = max(0, nz[0] - 1), min(len(counts) - 1, nz[-1] + 1)
-        x = centers[a:b + 1].tolist()
-        lo_v, hi_v = 10 ** lo_edges[a:b + 1], 10 ** (lo_edges[a:b + 1] + step)
-        ranges = [f"{l:.3g} – {h:.3g}" for l, h in zip(lo_v, hi_v)]
-        for k, d in enumerate(hist.domains):
-            y = counts[a:b + 1, k]
-            if y.sum() == 0:
-                continue
-            data.append({"type": "bar", "x": x, "y": y.tolist(), "name": escape_html(d),
-                         "marker": {"color": DOMAIN_COLORS.get(d, "#999")}, "customdata": ranges,
-                         "hovertemplate": "%{customdata}: %{y} tokens<extra>" + escape_html(d) + "</extra>"})
-        span = x[-1] - x[0]
-        mult = (1,) if span > 3 else (1, 3) if span > 1.5 else (1, 2, 5)
-        ticks = [math.log10(m * 10.0 ** e) for e in range(int(math.floor(x[0])) - 1, int(math.ceil(x[-1])) + 1)
-                 for m in mult if x[0] - step <= math.log10(m * 10.0 ** e) <= x[-1] + step]
-    else:
-        ticks = []
-    return {"data": data, "layout": {
-        "barmode": "stack", "bargap": 0.05, "height": height, "margin": {"l": 45, "r": 10, "t": 28 if title else 8,
-                                                                           "b": 35},
-        "title": {"text": escape_html(title), "font": {"size": 12}} if title else None,
-        "xaxis": {"title": {"text": "activation (log scale)", "font": {"size": 11}}, "tickmode": "array",
-                  "tickvals": ticks, "ticktext": [f"{10 ** t:.3g}" for t in ticks], "tickfont": {"size": 10}},
-        "yaxis": {"title": {"text": "tokens", "font": {"size": 11}}, "tickfont": {"size": 10}},
-        "legend": {"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right", "font": {"size": 10}},
-        "showlegend": True}}
+    if not len(nz):
+        return {"x0": float(lo_edges[0]), "step": step, "domains": [], "colors": [], "counts": []}
+    a, b = max(0, nz[0] - 1), min(len(counts) - 1, nz[-1] + 1)
+    keep = [k for k in range(counts.shape[1]) if counts[:, k].sum() > 0]
+    doms = [hist.domains[k] for k in keep]
+    return {"x0": float(lo_edges[a]), "step": step, "domains": doms,
+            "colors": [DOMAIN_COLORS.get(d, "#999999") for d in doms],
+            "counts": counts[a:b + 1][:, keep].astype(int).tolist()}
+
+
+# ---- unit status: the library's rule (metrics.feature_status → dead / ultralow) and its low-density mode -----------
+
+STATUSES = ("alive", "low-mode", "ultralow", "dead")
+
+
+@dataclass
+class StatusRule:
+    """How a source's units are tagged, on its statistics' token set: ``dead`` and ``ultralow`` are the library's
+    columns (``metrics.feature_status`` with ``ultralow_threshold``); ``low-mode`` a unit below the valley of a
+    bimodal density (``metrics.density_modes``; ``low_threshold`` None when the densities are not bimodal)."""
+
+    n_tokens: int
+    ultralow_threshold: float
+    low_threshold: float | None
+
+    @classmethod
+    def of(cls, stats) -> "StatusRule":
+        from monosemantic.metrics import density_modes
+
+        modes = density_modes(stats.table["density"].to_numpy())
+        low = float(modes["threshold"]) if modes and modes["bimodal"] else None
+        thr = float((getattr(stats, "meta", None) or {}).get("ultralow_threshold", 0.0) or 0.0)
+        return cls(n_tokens=int(stats.n_tokens), ultralow_threshold=thr, low_threshold=low)
+
+    def status(self, row) -> str:
+        if bool(row["dead"]):
+            return "dead"
+        if bool(row["ultralow"]):
+            return "ultralow"
+        if self.low_threshold is not None and 0 < float(row["density"]) < self.low_threshold:
+            return "low-mode"
+        return "alive"
+
+    def column(self, table):
+        """Every unit's status (a pandas Series of STATUSES), as ``status`` gives it."""
+        import pandas as pd
+
+        st = pd.Series("alive", index=table.index, dtype=object)
+        if self.low_threshold is not None:
+            st[table["density"].to_numpy() < self.low_threshold] = "low-mode"
+        st[table["ultralow"].to_numpy(bool)] = "ultralow"
+        st[table["dead"].to_numpy(bool)] = "dead"
+        return st
+
+    @property
+    def token_set(self) -> str:
+        return f"{self.n_tokens:,} tokens"
+
+    def badge(self, status: str) -> dict | None:
+        """The card's badge of a status (None for alive), naming the token set and its size."""
+        if status == "dead":
+            return {"kind": "dead", "text": f"dead: never fires on the {self.token_set}"}
+        if status == "ultralow":
+            return {"kind": "ultralow", "text": f"ultralow: below {density_text(self.ultralow_threshold)} "
+                                                f"of the {self.token_set}"}
+        if status == "low-mode":
+            return {"kind": "lowmode", "text": f"low-density mode: below {density_text(self.low_threshold)} "
+                                               f"of the {self.token_set}"}
+        return None
 
 
 def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tuple[int, float]] | None = None,
-              features_source: str | None = None) -> dict:
-    """The card of one unit (a ``monosemantic.features.UnitStats``) as JSON-able data."""
+              features_source: str | None = None, rule: "StatusRule | None" = None) -> dict:
+    """The card of one unit (a ``monosemantic.features.UnitStats``) as JSON-able data; ``rule`` tags it dead /
+    ultralow / low-mode (default: the library's dead and ultralow columns alone)."""
     layout = layout or CardLayout()
     r = us.row
     kind = us.kind
+    rule = rule or StatusRule(n_tokens=int(us.n_tokens), ultralow_threshold=0.0, low_threshold=None)
+    status = rule.status(r)
     badges = [{"kind": "kind", "text": f"{us.source} · {kind} {us.unit}"}]
-    if r["dead"]:
-        badges.append({"kind": "dead", "text": "dead: never fires on the token set"})
-    elif r["ultralow"]:
-        badges.append({"kind": "ultralow", "text": "ultralow density"})
+    if rule.badge(status):
+        badges.append(rule.badge(status))
     if r.get("top_domain"):
         badges.append({"kind": "domain", "text": f"mostly {r['top_domain']}"})
     if r.get("proxy_specificity", 0) >= 0.5:
@@ -174,11 +250,11 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
         title=f"{'Feature' if kind == 'feature' else 'Neuron'} {us.source}/{us.unit}",
         subtitle=("top tokens: " + token_label(top_toks, sep="  ")) if top_toks else "",
         badges=badges,
-        facts=[("density", _pct(r["density"])), ("tokens fired", f"{int(r['count']):,} / {us.n_tokens:,}"),
+        facts=[("density", density_text(r["density"], odds=True)), ("tokens fired", f"{int(r['count']):,} / {us.n_tokens:,}"),
                ("max activation", _num(r["max_act"])), ("mean when firing", _num(r["mean_act"])),
                (f"{us.proxy_domain} corr", _num(r.get("proxy_corr", float("nan"))))])
     hist = HistogramPanel(title="Activation histogram", subtitle=f"density {_pct(r['density'])}, by domain",
-                          figure=histogram_figure(us.histogram))
+                          hist=histogram_data(us.histogram))
     logits = LogitsPanel(positive=[(display_token(t), v) for t, v in us.logits_top],
                          negative=[(display_token(t), v) for t, v in us.logits_bottom])
     if kind == "feature":
@@ -215,9 +291,9 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
               "intervals": intervals}
     if units is not None:
         panels["units"] = units
-    return {"kind": kind, "source": us.source, "unit": us.unit, "title": header.title,
+    return {"kind": kind, "source": us.source, "unit": us.unit, "title": header.title, "status": status,
             "panels": {k: dataclasses.asdict(v) for k, v in panels.items()},
-            "layout": {"columns": [list(c) for c in layout.columns]}}
+            "layout": {"columns": [list(c) for c in layout.columns], "present": PRESENT_LAYOUT}}
 
 
 def default_dictionary(run, transformer: str) -> str | None:
@@ -261,6 +337,7 @@ class FeatureCard(MsWidget):
         self._stats = stats
         self._layout = layout or CardLayout()
         self._features_from = features_from
+        self._rule = StatusRule.of(stats)
         super().__init__(source=stats.source, **kwargs)
         self.unit = int(unit)
         self._redraw()
@@ -300,7 +377,8 @@ class FeatureCard(MsWidget):
         feats = None
         if us.kind == "neuron" and self._features_from and self._stats.run is not None:
             feats = neuron_features(self._stats.run, self._features_from, unit)
-        return card_spec(us, self._layout, features_of_neuron=feats, features_source=self._features_from)
+        return card_spec(us, self._layout, features_of_neuron=feats, features_source=self._features_from,
+                         rule=self._rule)
 
     def page_title(self) -> str:
         return self.card.get("title", "card")

@@ -75,7 +75,6 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
     ``CorrelationMatrix.from_run(run_dir, "A/1", "B/1")`` (a comparison saved by ``monosemantic compare``)."""
 
     _js = "correlation"
-    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     title = traitlets.Unicode("").tag(sync=True)
     a_label = traitlets.Unicode("").tag(sync=True)

@@ -28,7 +28,6 @@ class FeatureMap(WithFeatureSelection, MsWidget):
     """``FeatureMap(df, run_dir=run.root)`` or ``FeatureMap.from_run(run_dir)`` (the saved ``feature_map``)."""
 
     _js = "feature_map"
-    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     dict_ids = traitlets.List(traitlets.Unicode()).tag(sync=True)
     sizes = traitlets.List(traitlets.Int()).tag(sync=True)

@@ -20,6 +20,7 @@ from .html import display_token, token_label
 
 class ActivationHeatmap(MsWidget):
     _js = "heatmap"
+    _draws_plots = True
     data = traitlets.Dict().tag(sync=True)
     selected = traitlets.Int(0).tag(sync=True)
     heat_row = traitlets.Int(0).tag(sync=True)

@@ -40,23 +40,82 @@ _INVISIBLE = {0x200B, 0x200C, 0x200D, 0x2028, 0x2029, 0xFEFF, 0x00AD}
 _NAMED = {"\n": "↵", "\t": "⇥", "\r": "␍", "\x00": "␀"}
 
 
+_SPACE_MARK = "·"     # a whitespace-only token's spaces (a token with words keeps its spaces)
+_RUN = 4               # a run of this many equal marks or more is written once with its count: ·×12
+
+
 def display_token(s: str) -> str:
     """A token string made safe to look at: controls, bidi overrides and invisible characters shown as visible
-    marks (the text is *not* HTML-escaped: use ``escape_html`` for HTML, textContent in the DOM)."""
+    marks (the text is *not* HTML-escaped: use ``escape_html`` for HTML, textContent in the DOM).
+
+    A token made only of whitespace is shown as marks (``·`` a space, ``↵`` a newline, ``⇥`` a tab), a run of four
+    or more equal marks as one with its count (``·×8``), so indentation and blank lines are visible and narrow;
+    a raw byte (a lone surrogate from ``surrogateescape`` decoding, U+DC80…U+DCFF) is shown as ``\\xNN``."""
+    s = str(s)
+    blank = s != "" and s.isspace()
     out = []
-    for ch in str(s):
+    for ch in s:
         o = ord(ch)
         if ch in _NAMED:
             out.append(_NAMED[ch])
+        elif blank and ch == " ":
+            out.append(_SPACE_MARK)
         elif o in _BIDI or o in _INVISIBLE:
             out.append(f"⟨U+{o:04X}⟩")
         elif o < 0x20 or 0x7F <= o < 0xA0:
             out.append(f"\\x{o:02x}")
-        elif 0xD800 <= o <= 0xDFFF:  # a lone surrogate cannot be encoded
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8, kept by surrogateescape
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif 0xD800 <= o <= 0xDFFF:  # any other lone surrogate cannot be encoded
             out.append("\ufffd")
+        elif blank:                  # other whitespace (no-break, em space…): named, never blank
+            out.append(f"⟨U+{o:04X}⟩")
         else:
             out.append(ch)
-    return "".join(out)
+    if not blank:
+        return "".join(out)
+    runs, i = [], 0
+    while i < len(out):
+        j = i
+        while j < len(out) and out[j] == out[i]:
+            j += 1
+        runs.append(out[i] * (j - i) if j - i < _RUN else f"{out[i]}×{j - i}")
+        i = j
+    return "".join(runs)
+
+
+def _sig(x: float, digits: int = 2) -> str:
+    """``x`` > 0 with ``digits`` significant digits, never in exponent form (0.0056, 1.2, 12, 340)."""
+    import math
+
+    d = max(0, digits - 1 - math.floor(math.log10(x)))
+    t = f"{x:.{d}f}"
+    if d and float(t) >= 10 ** (digits - d):   # rounded up a decade (0.00999 → 0.0100): one decimal fewer
+        t = f"{x:.{d - 1}f}"
+    return t
+
+
+def density_text(d, odds: bool = False) -> str:
+    """The one format of a density (a fraction of tokens): ``0.0056 %`` (two significant digits, never an
+    exponent), ``0 %`` for none; with ``odds`` also ``(1 in 18k)``.  ``base.js``'s ``msDensity`` writes the same."""
+    import math
+
+    if d is None or not math.isfinite(float(d)):
+        return "–"
+    d = float(d)
+    if d <= 0:
+        return "0 %"
+    s = f"{_sig(100 * d)} %"
+    return f"{s} (1 in {_count_text(1 / d)})" if odds else s
+
+
+def _count_text(n: float) -> str:
+    """A count with two significant digits and k / M: 7, 180, 18k, 1.2M."""
+    if n < 1000:
+        return str(int(round(n)))
+    if n < 1e6:
+        return f"{_sig(n / 1e3)}k"
+    return f"{_sig(n / 1e6)}M"
 
 
 def token_label(tokens, k: int | None = None, max_chars: int | None = None, sep: str = " ") -> str:
@@ -77,6 +136,23 @@ def script_json(obj) -> str:
     s = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return (s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def packed(obj) -> str:
+    """``obj`` as gzip-compressed JSON in base64: how a static page carries bulk data (every card of a browser)
+    that it opens lazily, one pack at a time (``base.js`` ``msUnpack``, the browser's DecompressionStream).
+    Base64 holds no character that can end a ``<script>``; the JSON inside is ``json_safe``."""
+    import gzip
+
+    raw = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def unpacked(s: str):
+    """The inverse of ``packed`` (for tests and tools)."""
+    import gzip
+
+    return json.loads(gzip.decompress(base64.b64decode(s)).decode("utf-8"))
 
 
 # ---- front-end assets ------------------------------------------------------------------------------------------

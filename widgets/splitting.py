@@ -26,7 +26,6 @@ class SplittingTree(WithFeatureSelection, MsWidget):
     (default root: the feature of the smallest dictionary with the largest family)."""
 
     _js = "splitting"
-    _draws_plots = False    # its plots are the linked cards' and the figures beside it
 
     levels = traitlets.List(traitlets.Unicode()).tag(sync=True)
     sizes = traitlets.List(traitlets.Int()).tag(sync=True)

@@ -107,7 +107,7 @@ def hostile_exports(out: Path, tokens=PAGE_BREAKERS, include_plotly: bool = Fals
     """Every widget's static export with ``tokens`` wherever a token string (or a label) reaches the page; the
     three analysis widgets with a linked card open.  ``{widget name: page}``."""
     from monosemantic.widgets.browser import FeatureBrowser
-    from monosemantic.widgets.card import FeatureCard
+    from monosemantic.widgets.card import CardLayout, FeatureCard
     from monosemantic.widgets.correlation import CorrelationMatrix
     from monosemantic.widgets.feature_map import FeatureMap
     from monosemantic.widgets.html import display_token, write_static_page
@@ -116,13 +116,16 @@ def hostile_exports(out: Path, tokens=PAGE_BREAKERS, include_plotly: bool = Fals
     out = Path(out)
     stats = SyntheticStats(tokens)
 
-    def cards(dict_id, idx, info):
-        return FeatureCard(stats, int(idx) % stats.n_units)
+    wide = CardLayout(context_chars=400)       # every hostile string of a context reaches the page
 
-    pages = {"card": FeatureCard(stats, 3).to_html(out / "card.html", include_plotly=include_plotly)}
+    def cards(dict_id, idx, info):
+        return FeatureCard(stats, int(idx) % stats.n_units, layout=wide)
+
+    pages = {"card": FeatureCard(stats, 3, layout=wide).to_html(out / "card.html", include_plotly=include_plotly)}
     browser = FeatureBrowser(stats, filter="all")
     browser.select(4)
-    pages["browser"] = browser.to_html(out / "browser.html", include_plotly=include_plotly)
+    pages["browser"] = browser.to_html(out / "browser.html", include_plotly=include_plotly,
+                                       layout=CardLayout(n_top=10, n_per_interval=2, context_chars=400))
     # the heatmap's texts run through the model: its page is built from the state it would sync
     shown = [display_token(t) for t in tokens]
     data = {"title": f"A/1: 1 feature on {tokens[0]}", "kind": "feature", "source": "A/1",
