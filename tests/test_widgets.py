@@ -249,7 +249,7 @@ def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     bstate = page_state(pages["browser"].read_text())
     rows = unpacked(bstate["static_rows"])                 # bulk data travels packed: gzip JSON in base64
     assert set(bstate["static_rows"]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-    cards = {u: c for p in bstate["static_cards"]["packs"].values() for u, c in unpacked(p).items()}
+    cards = {u: c for p in bstate["static_cards"]["A/1"]["packs"].values() for u, c in unpacked(p).items()}
     assert sorted(cards, key=int) == [str(r["unit"]) for r in sorted(rows, key=lambda r: r["unit"])]
     assert shown & set(_strings(cards))
     assert rows and all(r["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]] for r in rows)
@@ -404,9 +404,9 @@ def test_browser_sorts_searches_filters_and_steps(run_with_stats, tmp_path):
     rows = unpacked(state["static_rows"])
     assert sorted(r["unit"] for r in rows) == list(range(st.n_units)) and state["n_total"] == st.n_units
     assert (state["query"], state["filter"], state["source"]) == ("the", "alive", "A/1")
-    packs = state["static_cards"]["packs"]
+    packs = state["static_cards"]["A/1"]["packs"]
     assert len(packs) == -(-st.n_units // 32)
-    k = state["static_cards"]["index"][str(order[5])]
+    k = state["static_cards"]["A/1"]["index"][str(order[5])]
     card = unpacked(packs[str(k)])[str(order[5])]
     assert card["unit"] == order[5] and card["panels"]["top"]["groups"]
     assert len(card["panels"]["top"]["groups"][0]["seqs"]) <= 10                   # CardLayout.export()

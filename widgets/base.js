@@ -94,6 +94,42 @@ async function msUnpack(b64) {
   return JSON.parse(await new Response(stream).text());
 }
 
+// the cards a static page carries (base.py pack_cards): store(source, unit) → Promise of the card spec or null
+function msCardStore(model) {
+  const packs = new Map();
+  return async (source, u) => {
+    const all = model.get("static_cards") || {};
+    const sc = all[source];
+    if (!sc || !sc.index) return null;
+    const k = sc.index[String(u)];
+    if (k === undefined) return null;
+    const key = `${source}#${k}`;
+    if (!packs.has(key)) packs.set(key, msUnpack(sc.packs[String(k)]));
+    return (await packs.get(key))[String(u)] || null;
+  };
+}
+
+// a static page's linked cards (below the widget): items [{head, key, card}] replace what is there
+function msShowStaticCards(model, el, items) {
+  let box = document.querySelector(".ms-cards.ms-static");
+  if (!box) {
+    box = msEl("div", "ms-cards ms-static");
+    const row = el.closest(".ms-page-row") || el;
+    row.after(box);
+  }
+  box.textContent = "";
+  items.forEach((it) => {
+    const col = msEl("div", "ms-cardcol");
+    const head = msEl("div", "ms-cardhead", it.head);
+    head.dataset.feature = it.key;
+    const body = msEl("div", "ms-widget");
+    col.append(head, body);
+    box.appendChild(col);
+    if (it.card) msRenderCard(model, body, it.card);
+    else body.appendChild(msEl("div", "ms-placeholder", it.missing || "this card is not in the page"));
+  });
+}
+
 // a theme colour (widgets.css variables) as the canvas needs it
 function msThemeColor(el, name, fallback) {
   const v = getComputedStyle(el).getPropertyValue(name).trim();
@@ -191,7 +227,7 @@ function msHistogram(div, h) {
   for (let e = Math.ceil(xa); e <= Math.floor(xb); e++) {
     const x = L + (e - xa) / h.step * bw;
     svg.appendChild(msSvg("line", { x1: x, x2: x, y1: H - B, y2: H - B + 3, class: "ms-axis" }));
-    svg.appendChild(msSvg("text", { x, y: H - B + 13, "text-anchor": "middle" }, msFmt(10 ** e, 3)));
+    svg.appendChild(msSvg("text", { x, y: H - B + 13, "text-anchor": "middle" }, String(Number((10 ** e).toPrecision(1)))));
   }
   svg.appendChild(msSvg("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle" }, "activation (log scale)"));
   svg.appendChild(msSvg("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, ymax.toLocaleString()));
@@ -214,7 +250,7 @@ function msHistogram(div, h) {
 // msPresenter(el, toolbar, step): a "present" button in `toolbar`; ←/→ call step(±1), Esc leaves.  The part shown is
 // the notebook output holding the widget and its cards, or the static page.
 function msPresenter(el, toolbar, step) {
-  const btn = msEl("button", "ms-btn ms-present-btn", "⛶ present");
+  const btn = msEl("button", "ms-btn ms-present-btn", "present");
   btn.title = "present: full screen, larger type; ← / → step, Esc leaves";
   toolbar.appendChild(btn);
   let target = null;
@@ -246,7 +282,7 @@ function msPresenter(el, toolbar, step) {
     document.removeEventListener("fullscreenchange", onFs);
     if (document.fullscreenElement && document.exitFullscreen) document.exitFullscreen().catch(() => {});
     target = null;
-    btn.textContent = "⛶ present";
+    btn.textContent = "present";
     btn.classList.remove("ms-btn-on");
     window.removeEventListener("keydown", onKey, true);
     window.dispatchEvent(new CustomEvent("ms-present"));

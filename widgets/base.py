@@ -85,6 +85,34 @@ class MsWidget(anywidget.AnyWidget):
                                  include_plotly=include_plotly, **extras)
 
 
+# ---- every card of a static page, packed ----------------------------------------------------------------------
+
+CARD_CHUNK = 32     # cards per pack of a static page: showing one card unpacks this many
+
+
+def pack_cards(specs: dict[int, dict], chunk: int = CARD_CHUNK) -> dict:
+    """Card specs (unit → ``card.card_spec``) as a static page carries them: ``{"index": {unit: pack},
+    "packs": {pack: html.packed({unit: spec})}}``, units in order, ``chunk`` a pack; ``base.js`` msCardStore opens
+    one pack when one of its cards is shown."""
+    from .html import packed
+
+    units = sorted(int(u) for u in specs)
+    packs = {str(k // chunk): packed({str(u): specs[u] for u in units[k:k + chunk]})
+             for k in range(0, len(units), chunk)}
+    return {"index": {str(u): i // chunk for i, u in enumerate(units)}, "packs": packs}
+
+
+def source_cards(run_dir, source: str, units, layout=None) -> dict[int, dict]:
+    """The card specs of ``units`` of ``source`` ("A/1") from a run's statistics, tagged by its status rule."""
+    from monosemantic.features import FeatureStats
+
+    from .card import StatusRule, card_spec
+
+    stats = FeatureStats.load(open_run(run_dir), source)
+    rule = StatusRule.of(stats)
+    return {int(u): card_spec(stats.unit(int(u)), layout, rule=rule) for u in units}
+
+
 # ---- linked cards --------------------------------------------------------------------------------------------------
 
 def summary_card(dict_id: str, idx: int, info: dict | None = None) -> ipywidgets.HTML:

@@ -70,19 +70,12 @@ export default {
 
     // static: every row, unpacked once; cards unpacked a pack at a time
     let allRows = [];
-    const packs = new Map();
     if (isStatic) {
       const sr = model.get("static_rows");
       allRows = typeof sr === "string" ? await msUnpack(sr) : (sr || []);
     }
-    const cardOf = async (u) => {
-      const sc2 = model.get("static_cards") || {};
-      if (!sc2.index) return sc2[String(u)] || null;          // an older page: cards inline
-      const k = sc2.index[String(u)];
-      if (k === undefined) return null;
-      if (!packs.has(k)) packs.set(k, msUnpack(sc2.packs[String(k)]));
-      return (await packs.get(k))[String(u)] || null;
-    };
+    const store = msCardStore(model);
+    const cardOf = (u) => store(model.get("source"), u);
 
     const set = (kv) => { for (const [k, v] of Object.entries(kv)) model.set(k, v); model.save_changes(); };
     let timer = null;

@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import traitlets
 
-from .base import MsWidget, open_run
+from .base import CARD_CHUNK, MsWidget, open_run, pack_cards
 from .card import STATUSES, CardLayout, StatusRule, card_spec, default_dictionary, neuron_features
 from .html import display_token, packed
-
-CARD_CHUNK = 32     # cards per pack of a static page: opening one card unpacks this many
 
 COLUMNS = [
     {"key": "unit", "label": "id", "fmt": "int"},
@@ -243,15 +241,11 @@ class FeatureBrowser(MsWidget):
         layout = layout or CardLayout.export()
         df = self._table if max_rows is None else self.view().head(int(max_rows))
         rows = self._records(df)
-        units = sorted(r["unit"] for r in rows)
-        packs = {}
-        for start in range(0, len(units), chunk):
-            part = units[start:start + chunk]
-            packs[str(start // chunk)] = packed({str(u): self._card(u, layout) for u in part})
-        index = {str(u): i // chunk for i, u in enumerate(units)}
-        sel = self.selected if str(self.selected) in index else (units[0] if units else -1)
+        cards = pack_cards({r["unit"]: self._card(r["unit"], layout) for r in rows}, chunk)
+        index = cards["index"]
+        sel = self.selected if str(self.selected) in index else (rows[0]["unit"] if rows else -1)
         return {"columns": self.columns, "rows": [], "static_rows": packed(rows),
-                "static_cards": {"index": index, "packs": packs}, "n_total": len(rows), "n_matching": len(rows),
+                "static_cards": {self.source: cards}, "n_total": len(rows), "n_matching": len(rows),
                 "n_pages": 1, "page": 0, "page_size": self.page_size, "query": self.query if max_rows is None else "",
                 "sort_by": self.sort_by, "descending": self.descending,
                 "filter": self.filter if max_rows is None else "all", "selected": sel,

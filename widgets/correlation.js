@@ -33,7 +33,8 @@ function render({ model, el: root }) {
   const reset = msEl("button", "ms-btn ms-reset", "reset zoom");
   const out = msEl("button", "ms-btn ms-zoomout", "zoom out");
   const where = msEl("span", "ms-where");
-  bar.append(reset, out, where);
+  const hide = msEl("button", "ms-btn ms-hideflagged");
+  bar.append(reset, out, hide, where);
   const body = msEl("div", "ms-matrixbody");
   const ylab = msEl("div", "ms-ylabel");
   const stage = msEl("div", "ms-stage");
@@ -72,7 +73,7 @@ function render({ model, el: root }) {
     const [h, w] = model.get("image_shape") || [0, 0];
     const data = msBytes(model.get("image"));
     const ctx = canvas.getContext("2d");
-    ctx.fillStyle = "#fff";
+    ctx.fillStyle = msThemeColor(wrap, "--ms-bg", "#ffffff");
     ctx.fillRect(0, 0, SIZE, SIZE);
     if (!h || !w || data.length < h * w) return;
     imgCanvas.width = w; imgCanvas.height = h;
@@ -98,7 +99,7 @@ function render({ model, el: root }) {
     const [r0, r1, c0, c1] = model.get("view");
     if (r === undefined || c === undefined || r < r0 || r >= r1 || c < c0 || c >= c1) return;
     const ch = SIZE / (r1 - r0), cw = SIZE / (c1 - c0);
-    ctx.strokeStyle = "#111";
+    ctx.strokeStyle = msThemeColor(wrap, "--ms-fg", "#111111");
     ctx.lineWidth = 2;
     ctx.strokeRect((c - c0) * cw - 2, (r - r0) * ch - 2, Math.max(cw, 2) + 4, Math.max(ch, 2) + 4);
   }
@@ -108,9 +109,14 @@ function render({ model, el: root }) {
     title.textContent = model.get("title");
     const s = model.get("stats") || {};
     const paper = s.paper || {};
+    const fl = model.get("flagged") || {};
+    const hidden = model.get("hide_flagged");
     stats.textContent = `median best-match r — features ${msFixed(s.feature_median)} (paper ${msFixed(paper.feature_median)})` +
       (s.neuron_median !== null && s.neuron_median !== undefined ? ` · neurons ${msFixed(s.neuron_median)} (paper ${msFixed(paper.neuron_median)})` : "") +
-      (s.tokens ? ` · ${Number(s.tokens).toLocaleString()} tokens` : "");
+      (s.tokens ? ` · ${Number(s.tokens).toLocaleString()} tokens` : "") +
+      ` · ${hidden ? "hiding" : "showing"} ${Number(fl.a || 0).toLocaleString()} of ${a} and ${Number(fl.b || 0).toLocaleString()} of ${b} not alive on them (dead, ultralow, undefined)`;
+    hide.textContent = hidden ? "show dead / ultralow" : "hide dead / ultralow";
+    hide.classList.toggle("ms-btn-on", !!hidden);
     const [P, Q] = model.get("shape");
     const [r0, r1, c0, c1] = model.get("view");
     ylab.textContent = `${a} features (matched order) ↓`;
@@ -202,12 +208,74 @@ function render({ model, el: root }) {
     if (!cell || cell.code === 255) return;
     const ro = model.get("row_order"), co = model.get("col_order");
     if (cell.rows[1] - cell.rows[0] === 1 && cell.cols[1] - cell.cols[0] === 1) {
-      model.set("selected_pair", [ro[cell.r], co[cell.c]]);
-      if (msIsStatic(model)) model.set("selected_value", codeToR(cell.code));
+      selectPair(ro[cell.r], co[cell.c], codeToR(cell.code));
+    } else if (msIsStatic(model)) {
+      // no kernel to find the block's strongest pair: the image holds only its maximum; a match in the block
+      // (on the diagonal) is the pair shown, else the block is zoomed into
+      const n = model.get("n_matches") || 0;
+      const k0 = Math.max(cell.rows[0], cell.cols[0]), k1 = Math.min(cell.rows[1], cell.cols[1]);
+      if (k0 < k1 && k0 < n) selectPair(ro[k0], co[k0], (model.get("match_values") || [])[k0]);
+      else { model.set("view", [cell.rows[0], cell.rows[1], cell.cols[0], cell.cols[1]]); model.save_changes(); }
     } else {
       model.set("pick", [cell.rows[0], cell.rows[1], cell.cols[0], cell.cols[1], Date.now() % 1000000]);
+      model.save_changes();
     }
+  }
+  function selectPair(i, j, v) {
+    model.set("selected_pair", [i, j]);
+    if (msIsStatic(model)) model.set("selected_value", v === undefined ? null : v);
     model.save_changes();
+  }
+  // present mode: ←/→ step through the one-to-one matches (the diagonal, strongest first)
+  function step(d) {
+    const n = model.get("n_matches") || 0;
+    if (!n) return;
+    const p = model.get("selected_pair") || [];
+    const k = p.length === 2 && rowPos ? rowPos.get(p[0]) : undefined;
+    const next = k === undefined || k >= n ? 0 : Math.max(0, Math.min(n - 1, k + d));
+    const ro = model.get("row_order"), co = model.get("col_order");
+    selectPair(ro[next], co[next], (model.get("match_values") || [])[next]);
+  }
+  msPresenter(root, bar, step);
+  hide.addEventListener("click", () => {
+    if (msIsStatic(model)) return;          // a static page holds the matrix it was exported with
+    model.set("hide_flagged", !model.get("hide_flagged"));
+    model.save_changes();
+  });
+  if (msIsStatic(model)) hide.disabled = true;
+
+  // static page: the selected pair's cards (packed in the page) below, the address following the selection
+  const store = msCardStore(model);
+  let shown = null;
+  async function staticCards() {
+    const p = model.get("selected_pair") || [];
+    if (p.length !== 2) return;
+    const a = model.get("a_label"), b = model.get("b_label");
+    msSetHash(a, p[0]);
+    const key = `${p[0]},${p[1]}`;
+    if (key === shown) return;
+    shown = key;
+    const [ca, cb] = await Promise.all([store(a, p[0]), store(b, p[1])]);
+    if (!ca && !cb) return;                 // exported without cards: keep the ones static.js drew
+    if (shown !== key) return;
+    msShowStaticCards(null, root, [{ head: `${a} #${p[0]}`, key: `${a}:${p[0]}`, card: ca },
+                                   { head: `${b} #${p[1]}`, key: `${b}:${p[1]}`, card: cb }]);
+  }
+  function fromHash() {
+    const h = msHashUnit();
+    if (!h || !rowPos) return;
+    const n = model.get("n_matches") || 0;
+    const ro = model.get("row_order"), co = model.get("col_order");
+    const a = model.get("a_label"), b = model.get("b_label");
+    let k;
+    if (h.source === a) k = rowPos.get(h.unit);
+    else if (h.source === b) k = colPos.get(h.unit);
+    if (k === undefined || k >= n) return;
+    selectPair(ro[k], co[k], (model.get("match_values") || [])[k]);
+  }
+  if (msIsStatic(model)) {
+    model.on("change:selected_pair", staticCards);
+    window.addEventListener("hashchange", fromHash);
   }
   overlay.addEventListener("dblclick", () => resetView());
   function resetView() {
@@ -228,6 +296,13 @@ function render({ model, el: root }) {
   const redraw = () => { drawImage(); drawSelection(); texts(); };
   positions();
   redraw();
+  if (msIsStatic(model)) {
+    const p0 = model.get("selected_pair") || [];
+    shown = p0.length === 2 ? `${p0[0]},${p0[1]}` : null;   // static.js drew the exported pair's cards
+    if (msHashUnit()) fromHash();
+  }
+  model.on("change:hide_flagged", texts);
+  model.on("change:flagged", texts);
   const onOrder = () => { positions(); redraw(); };
   model.on("change:row_order", onOrder);
   model.on("change:col_order", onOrder);

@@ -9,6 +9,12 @@ that pair; clicking a pooled pixel sends the block and the kernel selects the bl
 selection (``selected_pair``) opens both features' cards side by side below the matrix.  Next to the matrix: the
 distribution of best-match correlations for features and for neurons (plotly), with the paper's medians.
 
+Units that are not alive on the comparison's token set (the library's status rule: dead, ultralow, undefined) are
+left out of the matrix while ``hide_flagged`` (default; the toolbar's toggle) — the stats line says how many, on
+how many tokens.  Present mode steps through the one-to-one matches (←/→); a static page (``to_html``) carries
+every feature's card of both dictionaries, so a click there opens the two cards too, and its address follows the
+selection (``matrix.html#A/1/12`` opens feature 12 of A/1 with its match).
+
 Synced state is the truth: ``view`` (window in matrix order), ``image`` (uint8 codes of the pooled window: 0..250
 ↦ r ∈ [−1, 1], 255 = undefined), ``pick`` (a block clicked), ``selected_pair`` ([a feature, b feature] or []).
 """
@@ -21,7 +27,8 @@ import ipywidgets
 import numpy as np
 import traitlets
 
-from .base import LinkedCards, MsWidget, WithLinkedCards, default_card_factory, open_run
+from .base import (LinkedCards, MsWidget, WithLinkedCards, default_card_factory, open_run, pack_cards,
+                   source_cards)
 
 __all__ = ["CorrelationMatrix", "best_match_distribution_figure", "encode_image"]
 
@@ -91,6 +98,10 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
     selected_pair = traitlets.List(traitlets.Int()).tag(sync=True)  # [feature of a, feature of b] or []
     selected_value = traitlets.Float(None, allow_none=True).tag(sync=True)
     stats = traitlets.Dict().tag(sync=True)                         # medians (ours, the paper's)
+    hide_flagged = traitlets.Bool(True).tag(sync=True)             # leave units that are not alive out
+    flagged = traitlets.Dict().tag(sync=True)                       # {"a": n, "b": n, "tokens": n}
+    n_matches = traitlets.Int(0).tag(sync=True)                     # the first n of the orders are matched pairs
+    match_values = traitlets.List(traitlets.Float()).tag(sync=True)  # their correlations
 
     def __init__(self, comparison, run_dir: str | Path | None = None, max_pixels: int = 160,
                  card_factory: Callable | None = None, figure: bool = True, **kw):
@@ -98,14 +109,20 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
         self._cmp = comparison
         self._corr = pr.corr
         ro, co = pr.order()
-        self._ro, self._co = np.asarray(ro), np.asarray(co)
+        self._ro_all, self._co_all = np.asarray(ro), np.asarray(co)
+        self._alive_a, self._alive_b = np.asarray(pr.status_a) == "alive", np.asarray(pr.status_b) == "alive"
+        self._ro, self._co = self._orders(kw.get("hide_flagged", True))
+        _, _, mvals = pr.assignment()
         s = comparison.summary()
         stats = {"feature_median": s.get("feature_median"), "neuron_median": s.get("neuron_median"),
                  "paper": s.get("paper"), "tokens": s.get("tokens"), "dead_a": s["features"]["dead_a"],
                  "dead_b": s["features"]["dead_b"]}
+        flagged = {"a": int((~self._alive_a).sum()), "b": int((~self._alive_b).sum()), "tokens": int(pr.tokens)}
         super().__init__(title=f"{pr.a} vs {pr.b}: feature activation correlation", a_label=pr.a, b_label=pr.b,
-                         shape=[int(pr.corr.shape[0]), int(pr.corr.shape[1])], row_order=self._ro.tolist(),
-                         col_order=self._co.tolist(), max_pixels=max_pixels, stats=stats, **kw)
+                         shape=[len(self._ro), len(self._co)], row_order=self._ro.tolist(),
+                         col_order=self._co.tolist(), max_pixels=max_pixels, stats=stats, flagged=flagged,
+                         n_matches=int(len(mvals)),
+                         match_values=[float(v) for v in np.sort(np.asarray(mvals, float))[::-1]], **kw)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir, compact=True),
                                  "click a cell to open the two features' cards")
@@ -116,6 +133,23 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
             self.distribution = go.FigureWidget(best_match_distribution_figure(comparison))
         self.view = [0, self.shape[0], 0, self.shape[1]]
         if self.image_view != self.view:   # the observer did not fire (same value)
+            self._render(None)
+
+    def _orders(self, hide: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The matrix orders, without the units that are not alive when ``hide`` (matches stay on the diagonal:
+        only alive pairs are matched)."""
+        if not hide:
+            return self._ro_all, self._co_all
+        return self._ro_all[self._alive_a[self._ro_all]], self._co_all[self._alive_b[self._co_all]]
+
+    @traitlets.observe("hide_flagged")
+    def _on_hide(self, change):
+        self._ro, self._co = self._orders(self.hide_flagged)
+        with self.hold_sync():
+            self.row_order, self.col_order = self._ro.tolist(), self._co.tolist()
+            self.shape = [len(self._ro), len(self._co)]
+        self.view = [0, self.shape[0], 0, self.shape[1]]
+        if self.image_view != self.view:
             self._render(None)
 
     @classmethod
@@ -185,7 +219,7 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
             self.cards.show([])
             return
         i, j = self.selected_pair
-        P, Q = self.shape
+        P, Q = self._corr.shape
         if not (0 <= i < P and 0 <= j < Q):
             self.selected_pair = []
             return
@@ -213,9 +247,24 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
     def page_title(self) -> str:
         return self.title
 
-    def static_state(self) -> dict:
+    def static_state(self, cards: bool = True) -> dict:
+        """The synced state, and (``cards``, with a run directory) every feature's compact card of both
+        dictionaries, packed, so a click on the page opens them as in the notebook."""
         # the kernel-side bookkeeping of the last pooled click is not needed without a kernel
-        return {k: v for k, v in super().static_state().items() if k != "pick"}
+        st = {k: v for k, v in super().static_state().items() if k != "pick"}
+        st["static_cards"] = {}
+        if cards and self.run_dir is not None:
+            from .card import CardLayout
+
+            pr = self._cmp.features
+            for d, n in ((pr.a, self._corr.shape[0]), (pr.b, self._corr.shape[1])):
+                st["static_cards"][d] = pack_cards(source_cards(self.run_dir, d, range(n), CardLayout.compact()))
+        return st
+
+    def to_html(self, path, include_plotly: bool | None = None, cards: bool = True) -> Path:
+        """A self-contained page: the matrix, the distributions beside it, the open cards below and (``cards``)
+        every feature's card for the page's own clicks; ``matrix.html#A/1/12`` opens on feature 12's match."""
+        return super().to_html(path, include_plotly, cards=cards)
 
     def _page_extras(self) -> dict:
         """The open cards below, and the distributions beside the matrix (drawn by the page's one plotly.js)."""
