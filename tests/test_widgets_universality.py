@@ -178,6 +178,28 @@ def test_splitting_tree_family_and_clicks():
     assert default.root == ["S", 0]
 
 
+def test_splitting_tree_cap_is_visible_and_adjustable():
+    sp = planted_splitting()
+    t = SplittingTree(sp, root=("S", 0), card_factory=Recorder())
+    root = next(n for n in t.tree["nodes"] if n["key"] == "S:0")
+    assert t.max_children == 12 and root["more"] == 0 and t.tree["capped"] == 0
+    t.max_children = 2                                # the cap keeps the two strongest children; the node says so
+    root = next(n for n in t.tree["nodes"] if n["key"] == "S:0")
+    kept = sorted((e["sim"] for e in t.tree["edges"]), reverse=True)
+    assert len(t.tree["nodes"]) == 3 and root["more"] == 1 and t.tree["capped"] == 1 and len(kept) == 2
+    assert all(n["more"] == 0 for n in t.tree["nodes"] if n["key"] != "S:0")
+    t.max_children = 0                                # no cap
+    assert len(t.tree["nodes"]) == 4 and t.tree["capped"] == 0
+    t.max_children = -3
+    assert t.max_children == 0
+    # the low-density filter is the library's min_density="mode" (planted densities are not bimodal: none cut)
+    assert t.hide_flagged and t.tree["low_thresholds"] == {d: sp.density_threshold(d) for d in sp.dict_ids}
+    assert [n["key"] for n in t.family().nodes] == [n["key"] for n in sp.family("S", 0, t.threshold,
+                                                                               min_density="mode").nodes]
+    t.hide_flagged = False
+    assert t.tree["low_thresholds"] == {} and len(t.tree["nodes"]) == 4
+
+
 def test_feature_map_click_and_colour():
     df = map_frame()
     rec = Recorder()
@@ -186,11 +208,23 @@ def test_feature_map_click_and_colour():
     assert np.allclose(np.frombuffer(m.xs, np.float32), df["x"].to_numpy(np.float32))
     assert np.frombuffer(m.which, np.uint8).tolist() == [0] * 5 + [1] * 10
     assert m.labels[0] == "‹ the› ‹<b>›"
+    assert m.color_by == "cluster"                    # coloured by something meaningful by default
+    assert np.allclose(np.frombuffer(m.density, np.float32), df["density"].to_numpy(np.float32))
+    # each cluster labelled by its most common first top tokens, at its members' median position
+    assert [c["cluster"] for c in m.cluster_labels] == [0, 1] and [c["n"] for c in m.cluster_labels] == [6, 6]
+    assert m.cluster_labels[0]["label"] == "‹the›"
+    members = df[df["cluster"] == 1]
+    assert m.cluster_labels[1]["x"] == pytest.approx(float(np.median(members["x"])))
+    from monosemantic.widgets.feature_map import cluster_labels
+
+    mixed = df.assign(top_tokens=[["<b>"], ["x"], ["<b>"], [" y"], ["z"]] * 3)
+    assert cluster_labels(mixed)[0]["label"] == "‹<b>› ‹x›" and cluster_labels(mixed)[1]["label"] == "‹<b>› ‹y›"
     m.selected_feature = ["A/1", 7]                   # a point clicked
     assert _heads(m.cards) == ["A/1:7"] and rec.calls[-1][2]["cluster"] == 1
     m.selected_feature = ["A/1", 70]                  # not on the map
     assert m.selected_feature == [] and _heads(m.cards) == []
-    m.color_by = "cluster"
+    m.color_by = "density"
+    m.color_by = "dict"
     with pytest.raises(Exception):
         m.color_by = "rainbow"
     fig = feature_map_figure(df, color_by="cluster")

@@ -1,9 +1,12 @@
-"""``FeatureMap``: the UMAP of decoder vectors across dictionary sizes, coloured by size or by HDBSCAN cluster.
+"""``FeatureMap``: the UMAP of decoder vectors across dictionary sizes, coloured by HDBSCAN cluster, density or size.
 
 The points come from ``monosemantic.splitting.feature_map`` (one row per feature: dict_id, idx, x, y, cluster,
-top_tokens).  The front end draws them on a canvas (tens of thousands of points stay fluid), hovering shows a
-feature's top tokens, clicking opens its card below (``selected_feature``).  ``color_by`` ("dict" | "cluster") is
-a synced trait, switched by the buttons.  ``feature_map_figure(df)`` draws the same map as a plotly figure.
+density, top_tokens).  The front end draws them on a canvas as wide as the output (tens of thousands of points
+stay fluid), zooms (wheel, +/−) and pans (drag), labels each cluster with its most common top tokens
+(``cluster_labels``), and finds features by id ("A/1 123", "123") or token (the search box rings the matches;
+present mode steps through them).  Hovering shows a feature's top tokens, clicking opens its card below
+(``selected_feature``).  ``color_by`` ("cluster" | "density" | "dict") is a synced trait, switched by the
+buttons.  ``feature_map_figure(df)`` draws the same map as a plotly figure.
 """
 from __future__ import annotations
 
@@ -14,14 +17,37 @@ import numpy as np
 import traitlets
 
 from .base import LinkedCards, MsWidget, WithFeatureSelection, default_card_factory, open_run
-from .html import escape_html, token_label
+from .html import display_token, escape_html, token_label
 
 __all__ = ["FeatureMap", "feature_map_figure"]
+
+
+COLOR_BY = ("cluster", "density", "dict")
 
 
 def _tok_label(toks) -> str:
     """A point's label: its first five top tokens, each at most 20 characters."""
     return token_label(toks, 5, max_chars=20)
+
+
+def cluster_labels(df, k: int = 3) -> list[dict]:
+    """Each HDBSCAN cluster's label: the ``k`` most common first top tokens of its features (as shown, spaces
+    stripped; ties by first appearance), placed at the members' median position."""
+    from collections import Counter
+
+    out = []
+    if not len(df):
+        return out
+    toks = df["top_tokens"] if "top_tokens" in df else [[] for _ in range(len(df))]
+    firsts = np.array([display_token(t[0]).strip() if len(t) else "" for t in toks], dtype=object)
+    cl = df["cluster"].to_numpy()
+    for c in sorted(set(cl[cl >= 0].tolist())):
+        m = cl == c
+        common = [t for t, _ in Counter(x for x in firsts[m] if x).most_common(k)]
+        out.append({"cluster": int(c), "n": int(m.sum()), "x": float(np.median(df["x"].to_numpy()[m])),
+                    "y": float(np.median(df["y"].to_numpy()[m])),
+                    "label": " ".join(f"‹{t[:16]}›" for t in common)})
+    return out
 
 
 class FeatureMap(WithFeatureSelection, MsWidget):
@@ -36,12 +62,14 @@ class FeatureMap(WithFeatureSelection, MsWidget):
     which = traitlets.Bytes(b"").tag(sync=True)       # uint8: index into dict_ids
     idx = traitlets.Bytes(b"").tag(sync=True)         # int32: feature index
     cluster = traitlets.Bytes(b"").tag(sync=True)     # int32: HDBSCAN label (−1 noise)
+    density = traitlets.Bytes(b"").tag(sync=True)     # float32: fraction of tokens it fires on (NaN: unknown)
+    cluster_labels = traitlets.List(traitlets.Dict()).tag(sync=True)   # {cluster, n, x, y, label}
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)   # top tokens per point
     n_clusters = traitlets.Int(0).tag(sync=True)
-    color_by = traitlets.Unicode("dict").tag(sync=True)
+    color_by = traitlets.Unicode("cluster").tag(sync=True)
     selected_feature = traitlets.List().tag(sync=True)   # [dict_id, idx] or []
 
-    def __init__(self, df, run_dir: str | Path | None = None, color_by: str = "dict",
+    def __init__(self, df, run_dir: str | Path | None = None, color_by: str = "cluster",
                  card_factory: Callable | None = None, **kw):
         df = df.reset_index(drop=True)
         order = sorted(df["dict_id"].unique(), key=lambda d: (int(df.loc[df["dict_id"] == d, "d_sae"].iloc[0]), d))
@@ -55,7 +83,9 @@ class FeatureMap(WithFeatureSelection, MsWidget):
             which=np.array([code[d] for d in df["dict_id"]], np.uint8).tobytes(),
             idx=df["idx"].to_numpy(np.int32).tobytes(), cluster=df["cluster"].to_numpy(np.int32).tobytes(),
             labels=[_tok_label(t) for t in toks], n_clusters=int(df["cluster"].max() + 1) if len(df) else 0,
-            color_by=color_by, **kw)
+            density=(df["density"].to_numpy(np.float32) if "density" in df else
+                     np.full(len(df), np.nan, np.float32)).tobytes(),
+            cluster_labels=cluster_labels(df), color_by=color_by, **kw)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir), "click a point to open its card")
 
@@ -69,8 +99,8 @@ class FeatureMap(WithFeatureSelection, MsWidget):
     @traitlets.validate("color_by")
     def _valid_color(self, proposal):
         v = proposal["value"]
-        if v not in ("dict", "cluster"):
-            raise traitlets.TraitError(f"color_by must be 'dict' or 'cluster', got {v!r}")
+        if v not in COLOR_BY:
+            raise traitlets.TraitError(f"color_by must be one of {COLOR_BY}, got {v!r}")
         return v
 
     def feature_info(self, d: str, i: int) -> dict | None:
