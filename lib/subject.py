@@ -90,6 +90,30 @@ class SubjectModel:
         tok = Tokenizer.from_hf(model.tokenizer) if getattr(model, "tokenizer", None) is not None else None
         return cls(model, hook=f"blocks.{layer}.mlp.hook_post", layer=layer, tokenizer=tok)
 
+    def randomized(self, seed: int = 0) -> "SubjectModel":
+        """The paper's control, a *randomized transformer*: a copy of this model in which each weight matrix
+        (``weight_matrices``: embeddings, positions, attention, MLP and unembedding weights) has its entries
+        shuffled — a seeded permutation of all its entries, so each matrix keeps its multiset of values
+        (scale, sparsity) and loses its structure.  Biases and LayerNorm gains (vectors) are kept.  This model
+        is left unchanged."""
+        import copy
+
+        g = torch.Generator().manual_seed(int(seed))
+        clone = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for name, p in clone.named_parameters():
+                if _is_weight_matrix(name, p):
+                    flat = p.detach().reshape(-1)
+                    perm = torch.randperm(flat.numel(), generator=g).to(flat.device)
+                    p.copy_(flat[perm].view_as(p))
+        out = SubjectModel(clone, hook=self.hook, layer=self.layer, tokenizer=self.tokenizer)
+        return out
+
+    def weight_matrices(self) -> dict[str, torch.Tensor]:
+        """The weight matrices ``randomized`` shuffles, by name: parameters named ``W_*`` with ≥ 2 dimensions
+        (TransformerLens's per-head biases ``b_Q/b_K/b_V`` are 2-D but are biases)."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if _is_weight_matrix(n, p)}
+
     # ---- shape ------------------------------------------------------------------------------------------
     @property
     def d_mlp(self) -> int:
@@ -286,6 +310,10 @@ class FastMLPActs:
         ref = model.mlp_acts(tokens_BT).float()
         got = self(tokens_BT)
         return got.shape == ref.shape and bool(((got - ref).abs().max() <= tol * (1 + ref.abs().max())).item())
+
+
+def _is_weight_matrix(name: str, p: torch.Tensor) -> bool:
+    return p.ndim >= 2 and name.rsplit(".", 1)[-1].startswith("W_")
 
 
 _TL_KEYS = ("n_layers", "d_model", "d_head", "n_heads", "d_mlp", "d_vocab", "n_ctx", "act_fn", "normalization_type",
