@@ -17,7 +17,8 @@ The budget ×1 is the run's A/1 steps (its ``DictSpec.steps`` or ``sae_train.ste
 is A/1's unless ``--l1`` sets it; TopK/BatchTopK use ``--k``.
 
 Recipes (``--recipes``): ``tm2023``, ``tm2023_lowmode``, ``april2024`` (ReLU dictionaries: the recipe names of
-``lib/recipes.py``), ``topk`` and ``batchtopk`` (those kinds under tm2023, AuxK with the run-scaled dead window).
+``lib/recipes.py``), ``topk`` and ``batchtopk`` (those kinds under tm2023, AuxK with the run-scaled dead window),
+``topk_decay`` and ``batchtopk_decay`` (the same with the learning rate decayed to 0 over the last 20 % of steps).
 """
 from __future__ import annotations
 
@@ -38,19 +39,39 @@ from monosemantic.metrics import evaluate_dictionary  # noqa: E402
 from monosemantic.runs import Run  # noqa: E402
 from monosemantic.universality import compare  # noqa: E402
 
-RECIPES = ("tm2023", "tm2023_lowmode", "april2024", "topk", "batchtopk")
+RECIPES = ("tm2023", "tm2023_lowmode", "april2024", "topk", "batchtopk", "topk_decay", "batchtopk_decay")
 
 
 def dictionary_config(name: str, d_in: int, d_sae: int, l1: float, k: float, seed: int) -> DictionaryConfig:
-    if name in ("topk", "batchtopk"):
-        return DictionaryConfig(d_in=d_in, d_sae=d_sae, kind=name, l1_coefficient=0.0, seed=seed,
-                                options={"k": int(k) if name == "topk" else k})
+    if name.startswith(("topk", "batchtopk")):   # *_decay: the LR decayed to 0 over the last 20 % of the steps
+        kind = name.split("_")[0]
+        opts = {"k": int(k) if kind == "topk" else k, **({"lr_decay": 0.2} if name.endswith("_decay") else {})}
+        return DictionaryConfig(d_in=d_in, d_sae=d_sae, kind=kind, l1_coefficient=0.0, seed=seed, options=opts)
     return DictionaryConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1, seed=seed, recipe=name)
 
 
 def low_mode(metrics: dict) -> int:
     modes = metrics.get("density_modes") or {}
     return int(modes["low"]) if modes.get("bimodal") else 0
+
+
+def run_dictionaries(run: Run, dcfg: DictionaryConfig, train) -> dict | None:
+    """The run's own finished A/1 and B/1 with their training seconds, when they are exactly this row's
+    dictionaries (same kind, recipe, size, λ, options, seed, steps and batch); else None."""
+    out, status = {}, run.status()
+    for t in ("A", "B"):
+        did = f"{t}/1"
+        if not any(d.id == did for d in run.cfg.dictionaries) or not run.is_done(f"dictionary:{did}"):
+            return None
+        spec = run.cfg.dictionary(did)
+        mine = spec.dictionary_config(run.cfg.model.d_mlp)
+        if (mine.kind, mine.recipe, mine.d_sae, mine.l1_coefficient, mine.options, mine.seed) != (
+                dcfg.kind, dcfg.recipe, dcfg.d_sae, dcfg.l1_coefficient, dcfg.options, dcfg.seed):
+            return None
+        if (spec.steps or run.cfg.sae_train.steps) != train.steps:
+            return None
+        out[t] = (run.dictionary(did), float(status[f"dictionary:{did}"].get("seconds", float("nan"))))
+    return out
 
 
 def study(run: Run, name: str, scale: float, args) -> dict:
@@ -63,12 +84,18 @@ def study(run: Run, name: str, scale: float, args) -> dict:
     row = {"recipe": name, "scale": scale, "steps": train.steps, "batch_size": train.batch_size,
            "d_sae": args.d_sae, "l1_coefficient": dcfg.l1_coefficient, "options": dcfg.options}
     saes, train_s = {}, 0.0
+    own = run_dictionaries(run, dcfg, train) if scale == 1 else None
     for t in ("A", "B"):
+        if own:   # the run's own A/1 and B/1 are this row: reuse them (and the stage times the run recorded)
+            saes[t], secs = own[t]
+            train_s += secs
+            continue
         out = Path(args.out) / f"{name}-x{scale:g}-{args.d_sae}" / t
         t0 = time.time()
         saes[t] = train_dictionary(run.store(t), dcfg, train, out_dir=out, seed=spec.seed, progress=args.progress)
         train_s += time.time() - t0
     row["train_seconds"] = round(train_s, 1)
+    row["reused_run_dictionaries"] = bool(own)
     row["tokens_per_second"] = round(2 * train.steps * train.batch_size / max(train_s, 1e-9))
     for t in ("A", "B"):
         m = evaluate_dictionary(saes[t], run.model(t), run.split("val"), cfg.eval, progress=False,

@@ -140,7 +140,8 @@ class TopKDictionary(_OptionsMixin, Dictionary):
 
     Options: ``k`` (required), ``k_aux`` (default d_in // 2; 256 for 512 neurons), ``aux_coefficient`` (1/32),
     ``dead_tokens`` (default: scaled to the run, see above; a number fixes it; 0 turns AuxK off),
-    ``dead_fraction`` (0.05: the run-scaled window's share of the run's tokens).
+    ``dead_fraction`` (0.05: the run-scaled window's share of the run's tokens), ``lr_decay`` (0: the learning
+    rate decays linearly to 0 over this last share of the steps, as Anthropic's 2024 recipes do).
     """
 
     OPTIONS = {
@@ -152,6 +153,8 @@ class TopKDictionary(_OptionsMixin, Dictionary):
                                                  "dead_fraction of the run's tokens; 0 disables AuxK"),
         "dead_fraction": _Option(0.05, _real(0.0, 1.0, lo_open=True),
                                  "the dead window as a share of the run's training tokens, when dead_tokens is unset"),
+        "lr_decay": _Option(0.0, _real(0.0, 1.0),
+                            "the learning rate decays linearly to 0 over this last share of the steps; default 0"),
     }
     fast_form = {"activation": "topk"}  # the sparse-aware step (fast.py) computes this objective exactly
     revive_target = None  # AuxK revives dead latents: the loop skips the paper's resampling (and its input pool)
@@ -171,6 +174,7 @@ class TopKDictionary(_OptionsMixin, Dictionary):
             self.W_enc_DF.copy_(self.W_dec_FD.T)  # encoder initialised as the decoder's transpose (Gao et al.)
         self.register_buffer("tokens_since_fired_F", torch.zeros(cfg.d_sae, dtype=torch.long))
         self._step_stats: dict | None = None
+        self.lr_decay_fraction = float(self.opts["lr_decay"])  # read by the trainer (lr_at)
         fixed = self.opts["dead_tokens"]
         self.dead_tokens: int = self.UNSCALED_DEAD_TOKENS if fixed is None else int(fixed)
 

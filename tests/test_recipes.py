@@ -109,6 +109,22 @@ def test_lr_decays_linearly_to_zero_over_the_last_20_percent():
     assert [lr_at(s, train) for s in (0, 50, 99)] == pytest.approx([1e-4, 1e-3, 1e-3])   # tm2023: no decay
 
 
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+def test_topk_lr_decay_option_decays_the_trained_learning_rate(kind):
+    x, _ = planted(n=4096, D=16, F=32)
+    train = SAETrainConfig(steps=20, batch_size=256, lr=1e-2, warmup_steps=2)
+    logs = {}
+    for decay in (0.0, 0.2):
+        sae = train_dictionary(x, DictionaryConfig(d_in=16, d_sae=64, kind=kind, options={"k": 4, "lr_decay": decay}),
+                               train, progress=False)
+        logs[decay] = [r["lr"] for r in sae.train_log if "lr" in r]
+    assert logs[0.0][-1] == pytest.approx(1e-2)                          # the default: no decay
+    assert logs[0.2][-1] == pytest.approx(1e-2 / 4)                      # (20 − 19) / (0.2 · 20) of the peak
+    assert logs[0.2][:15] == pytest.approx(logs[0.0][:15])
+    with pytest.raises(ConfigError, match="lr_decay"):
+        DictionaryConfig(d_in=8, d_sae=16, kind=kind, options={"k": 2, "lr_decay": 1.5}).validate()
+
+
 def test_april2024_training_keeps_its_init_clips_gradients_and_never_resamples():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4096, 16, generator=g) * 3
