@@ -226,3 +226,44 @@ def neuron_density(model: SubjectModel, split: TokenSplit, cfg: EvalConfig) -> n
         fires += (x > 0).double().sum(0).cpu()
         n += x.shape[0]
     return (fires / n).numpy()
+
+
+def variant_dir(run, dict_id: str, name: str):
+    from .io import safe_name
+
+    return run.root / "analyses" / "variants" / f"{safe_name(dict_id)}-{safe_name(name)}"
+
+
+def variant_metrics(run, dict_id: str, name: str, *, train_if_missing: bool = True, progress: bool = False,
+                    **changes) -> dict | None:
+    """The run's evaluation (``evaluate_dictionary``, as the dictionary stage runs it) of a variant of
+    ``dict_id`` named ``name``: the same spec with the ``DictionaryConfig`` fields in ``changes`` replaced — e.g.
+    ``variant_metrics(run, "A/1", "tm2023", kind="relu", recipe="tm2023", options={}, l1_coefficient=4e-3)``, the
+    paper's recipe beside the preset's.  Trained (``train_sae.train_variant``) and evaluated once into
+    ``RUN/analyses/variants/<id>-<name>/``, then read back; None when it is missing and ``train_if_missing`` is
+    False."""
+    import dataclasses
+
+    from .io import atomic_write_json, read_json
+    from .train_sae import train_variant
+
+    out = variant_dir(run, dict_id, name)
+    want = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in changes.items()}
+    done = read_json(out / "metrics.json", stage=f"variant {dict_id} {name}")
+    if done is not None and done.get("changes") == want:
+        return done
+    if done is not None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"variant {name!r} of {dict_id} in {out} was trained with {done.get('changes')}, not "
+                          f"{want}; give this variant another name, or delete that folder to retrain it")
+    sae = train_variant(run, dict_id, out, train_if_missing=train_if_missing, progress=progress, **changes)
+    if sae is None:
+        return None
+    spec = run.cfg.dictionary(dict_id)
+    m = evaluate_dictionary(sae, run.model(spec.transformer), run.split("val"), run.cfg.eval, progress=progress,
+                            store=run.store(spec.transformer))
+    m.pop("_density")
+    m["changes"] = want
+    atomic_write_json(out / "metrics.json", m)
+    return m

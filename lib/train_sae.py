@@ -399,3 +399,25 @@ def train_dictionary(data, dictionary: Dictionary | DictionaryConfig, train: SAE
             loop.checkpoint(done)
     bar.close()
     return loop.finish(time.time() - t0)
+
+
+def train_variant(run, dict_id: str, out_dir: str | Path, *, seed_offset: int = 0, train_if_missing: bool = True,
+                  device: str = "cpu", progress: bool = False, **changes) -> Dictionary | None:
+    """A variant of a run's dictionary ``dict_id``: the same spec with ``seed_offset`` added to its seed and the
+    ``DictionaryConfig`` fields in ``changes`` replaced (e.g. ``recipe="tm2023"``, ``kind="relu"``,
+    ``options={}``, ``l1_coefficient=4e-3``), trained for the spec's steps on the same activation store, resumably,
+    into ``out_dir`` and loaded from there once finished.  ``train_if_missing=False``: None instead of training
+    (minutes on the default preset).  Used by the seed control (universality) and the recipe comparison."""
+    from dataclasses import replace
+
+    out = Path(out_dir)
+    if (out / "sae.safetensors").exists():
+        return Dictionary.load(out, map_location=device)
+    if not train_if_missing:
+        return None
+    spec = run.cfg.dictionary(dict_id)
+    train = run.cfg.sae_train if spec.steps is None else replace(run.cfg.sae_train, steps=spec.steps)
+    seed = spec.seed + seed_offset
+    cfg = replace(spec.dictionary_config(run.cfg.model.d_mlp), seed=seed, **changes).validate()
+    return train_dictionary(run.store(spec.transformer), cfg, train, out_dir=out, device=device, seed=seed,
+                            progress=progress)

@@ -460,23 +460,13 @@ def seed_control(run, dict_id: str = "A/1", seed_offset: int = 1, *, train_if_mi
     seed on the *same* activations (so decoder vectors share a basis: MMCS is defined).  The twin is trained,
     resumably, into ``RUN/analyses/seeds/`` and the comparison is reused once finished; with
     ``train_if_missing=False`` a run without a finished twin returns None instead of training one (minutes)."""
-    from dataclasses import replace
-
-    from .sae import Dictionary
-    from .train_sae import train_dictionary
+    from .train_sae import train_variant
 
     spec = run.cfg.dictionary(dict_id)
-    out = seed_control_dir(run, dict_id, seed_offset)
-    if (out / "sae.safetensors").exists():
-        twin = Dictionary.load(out, map_location=device)
-    elif not train_if_missing:
+    twin = train_variant(run, dict_id, seed_control_dir(run, dict_id, seed_offset), seed_offset=seed_offset,
+                         train_if_missing=train_if_missing, device=device, progress=progress)
+    if twin is None:
         return None
-    else:
-        train = run.cfg.sae_train if spec.steps is None else replace(run.cfg.sae_train, steps=spec.steps)
-        seed = spec.seed + seed_offset
-        twin = train_dictionary(run.store(spec.transformer),
-                                replace(spec.dictionary_config(run.cfg.model.d_mlp), seed=seed), train,
-                                out_dir=out, device=device, seed=seed, progress=progress)
     return compare(run, dict_id, Side(f"{dict_id} seed+{seed_offset}", spec.transformer, twin), device=device,
                    progress=progress)
 

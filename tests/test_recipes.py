@@ -455,3 +455,27 @@ def test_april2024_b_dec_starts_at_the_median_or_at_zero_as_the_option_says():
     assert float(zero.b_dec_D.abs().max()) < 1e-6
     with pytest.raises(ConfigError, match="b_dec_init='mean' must be 'median' or 'zero'"):
         DictionaryConfig(d_in=8, d_sae=16, recipe="april2024", options={"b_dec_init": "mean"}).validate()
+
+
+def test_a_recipe_variant_of_a_run_dictionary_is_trained_once_evaluated_and_reused(tiny_run):
+    from monosemantic.metrics import variant_dir, variant_metrics
+
+    spec = tiny_run.cfg.dictionary("A/1")
+    m = variant_metrics(tiny_run, "A/1", "april", recipe="april2024")
+    out = variant_dir(tiny_run, "A/1", "april")
+    saved = ms_load(out)
+    assert saved.cfg.recipe == "april2024" and saved.cfg.d_sae == spec.d_sae and saved.cfg.seed == spec.seed
+    assert m["recipe"] == "april2024" and m["d_sae"] == spec.d_sae and 0 < m["l0"] < spec.d_sae
+    assert sum(m["density_histogram"]["counts"]) + m["density_histogram"]["dead"] == spec.d_sae
+    stamp = (out / "sae.safetensors").stat().st_mtime_ns
+    assert variant_metrics(tiny_run, "A/1", "april", recipe="april2024") == m       # reused, not retrained
+    assert (out / "sae.safetensors").stat().st_mtime_ns == stamp
+    assert variant_metrics(tiny_run, "A/1", "other", train_if_missing=False, recipe="tm2023") is None
+    with pytest.raises(ConfigError, match="another name, or delete that folder"):
+        variant_metrics(tiny_run, "A/1", "april", recipe="tm2023")
+
+
+def ms_load(path):
+    from monosemantic.sae import Dictionary
+
+    return Dictionary.load(path)
