@@ -24,13 +24,13 @@ def training_curves_figure(run, names: list[str], keys: tuple[str, ...] = ("loss
     return fig
 
 
-def density_histogram_figure(run, dict_ids: list[str], neuron_density=None):
-    """Log10 feature-density histograms (dead features reported in the legend), optionally with the neurons'."""
+def density_histogram_figure(run, dict_ids: list[str], neuron_density=None, variants: dict | None = None):
+    """Log10 feature-density histograms (dead features reported in the legend), optionally with the neurons' and
+    with ``variants`` ({label: metrics}, e.g. ``metrics.variant_metrics``: the same dictionary by another recipe)."""
     import numpy as np
 
     fig = go.Figure()
-    for d in dict_ids:
-        m = run.metrics(d)
+    for d, m in [(d, run.metrics(d)) for d in dict_ids] + list((variants or {}).items()):
         h = m["density_histogram"]
         centers = [(a + b) / 2 for a, b in zip(h["log10_edges"][:-1], h["log10_edges"][1:])]
         fig.add_trace(go.Bar(x=centers, y=h["counts"], name=f"{d} ({h['dead']} dead)", opacity=0.6))
