@@ -130,6 +130,14 @@ def _stage_splitting(transformer: str) -> Callable:
     return stage
 
 
+def _stage_interpret(dict_id: str) -> Callable:
+    def stage(run: Run, progress: bool) -> None:
+        from .interpret import interpret
+
+        interpret(run, dict_id, progress=progress)
+    return stage
+
+
 def stage_fn(name: str) -> Callable:
     if name == "corpus":
         return _stage_corpus
@@ -138,7 +146,7 @@ def stage_fn(name: str) -> Callable:
     kind, _, arg = name.partition(":")
     table = {"transformer": _stage_transformer, "harvest": _stage_harvest, "dictionary": _stage_dictionary,
              "features": _stage_features, "neurons": _stage_neurons, "compare": _stage_compare,
-             "splitting": _stage_splitting}
+             "splitting": _stage_splitting, "interpret": _stage_interpret}
     if kind not in table or not arg:
         raise ConfigError(f"unknown stage {name!r}")
     return table[kind](arg)
