@@ -136,6 +136,37 @@ function msThemeColor(el, name, fallback) {
   return v || fallback;
 }
 
+// the ink of a token on its activation colour: the theme's text colour while it keeps 4.5:1 on the orange over
+// the theme's background, else black or white, whichever contrasts more (null: the theme's own)
+const msLum = (c) => {
+  const f = (x) => { x /= 255; return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+};
+const msContrast = (a, b) => { const [x, y] = [msLum(a), msLum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+function msRgb(css, fallback) {
+  const probe = document.createElement("span");
+  probe.style.color = css;
+  document.body.appendChild(probe);
+  const m = /rgba?\(([^)]+)\)/.exec(getComputedStyle(probe).color);
+  probe.remove();
+  return m ? m[1].split(/[ ,]+/).filter(Boolean).slice(0, 3).map(Number) : fallback;
+}
+let msThemeInk = null, msThemeInkAt = 0;   // [background, text] of the theme, read again after a second
+function msTokenInk(a, max) {
+  if (!(a > 0) || !(max > 0)) return null;
+  if (!msThemeInk || performance.now() - msThemeInkAt > 1000) {
+    msThemeInkAt = performance.now();
+    const cs = getComputedStyle(document.body);
+    msThemeInk = [msRgb(cs.getPropertyValue("--jp-layout-color0").trim() || "#ffffff", [255, 255, 255]),
+                  msRgb(cs.getPropertyValue("--jp-content-font-color0").trim() || "#1f2328", [31, 35, 40])];
+  }
+  const t = Math.min(1, a / max), al = 0.12 + 0.78 * t;
+  const [bg, fg] = msThemeInk;
+  const under = [255, 112, 0].map((c, i) => c * al + bg[i] * (1 - al));
+  if (msContrast(fg, under) >= 4.5) return null;
+  return msContrast([0, 0, 0], under) >= msContrast([255, 255, 255], under) ? "#000000" : "#ffffff";
+}
+
 function msActColor(a, max) {
   if (!(a > 0) || !(max > 0)) return "";
   const t = Math.min(1, a / max);
@@ -147,7 +178,8 @@ function msToken(tok, act, max, isCenter) {
   const s = msEl("span", "ms-tok" + (isCenter ? " ms-center" : ""), tok);
   const bg = msActColor(act, max);
   if (bg) s.style.background = bg;
-  if (act > 0 && max > 0 && act / max > 0.6) s.classList.add("ms-tok-hot");   // dark text on strong orange, any theme
+  const ink = msTokenInk(act, max);
+  if (ink) s.style.color = ink;
   s.dataset.act = act === undefined ? "" : String(act);
   s.title = `${tok}  ·  ${msFmt(act, 4)}`;
   return s;
@@ -187,11 +219,24 @@ function msPlotly(model) {
   return window.__msPlotly;
 }
 
+// a plotly layout on the theme: transparent backgrounds, text and grid in the theme's colours (exported: static.js
+// themes the figures beside a widget with it)
+export function msThemedLayout(el, layout) {
+  const fg = msThemeColor(el, "--ms-fg", "#1f2328"), grid = msThemeColor(el, "--ms-border2", "#e3e8ee");
+  const out = Object.assign({}, layout, { paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+                                          font: Object.assign({}, layout.font || {}, { color: fg }) });
+  for (const k of Object.keys(out)) {
+    if (/^[xy]axis\d*$/.test(k)) out[k] = Object.assign({ gridcolor: grid, zerolinecolor: grid }, out[k]);
+  }
+  if (out.legend) out.legend = Object.assign({}, out.legend, { bgcolor: "rgba(0,0,0,0)" });
+  return out;
+}
+
 function msPlot(model, el, fig) {
   el.classList.add("ms-plot");
   msPlotly(model).then((Plotly) => {
     el.textContent = "";
-    Plotly.react(el, fig.data, Object.assign({ autosize: true }, fig.layout), { displayModeBar: false, responsive: true });
+    Plotly.react(el, fig.data, msThemedLayout(el, Object.assign({ autosize: true }, fig.layout)), { displayModeBar: false, responsive: true });
     el.dataset.rendered = "1";
   }).catch(() => { el.textContent = "(plot unavailable: plotly.js could not be loaded)"; });
 }
@@ -427,6 +472,7 @@ function msCardLayout(el, card) {
 
 function msRenderCard(model, el, card) {
   el.textContent = "";
+  msThemeInk = null;
   const root = msEl("div", "ms-card");
   if (!card || !card.panels) {
     root.appendChild(msEl("div", "ms-empty", card && card.loading ? "loading card…" : "no card"));

@@ -296,11 +296,6 @@ function render({ model, el: root }) {
   const redraw = () => { drawImage(); drawSelection(); texts(); };
   positions();
   redraw();
-  if (msIsStatic(model)) {
-    const p0 = model.get("selected_pair") || [];
-    shown = p0.length === 2 ? `${p0[0]},${p0[1]}` : null;   // static.js drew the exported pair's cards
-    if (msHashUnit()) fromHash();
-  }
   model.on("change:hide_flagged", texts);
   model.on("change:flagged", texts);
   const onOrder = () => { positions(); redraw(); };
@@ -312,6 +307,11 @@ function render({ model, el: root }) {
   model.on("change:selected_pair", redraw);
   model.on("change:selected_value", texts);
   model.on("change:stats", texts);
+  if (msIsStatic(model)) {
+    const p0 = model.get("selected_pair") || [];
+    shown = p0.length === 2 ? `${p0[0]},${p0[1]}` : null;   // static.js drew the exported pair's cards
+    if (msHashUnit()) fromHash();            // after the handlers: a permalink redraws like a click
+  }
   return () => {
     window.removeEventListener("mouseup", onUp, true);
     model.off("change:row_order", onOrder); model.off("change:col_order", onOrder);

@@ -253,12 +253,23 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
         # the kernel-side bookkeeping of the last pooled click is not needed without a kernel
         st = {k: v for k, v in super().static_state().items() if k != "pick"}
         st["static_cards"] = {}
-        if cards and self.run_dir is not None:
-            from .card import CardLayout
+        if not cards:
+            return st
+        from .card import CardLayout
 
-            pr = self._cmp.features
-            for d, n in ((pr.a, self._corr.shape[0]), (pr.b, self._corr.shape[1])):
-                st["static_cards"][d] = pack_cards(source_cards(self.run_dir, d, range(n), CardLayout.compact()))
+        pr = self._cmp.features
+        for d, n in ((pr.a, self._corr.shape[0]), (pr.b, self._corr.shape[1])):
+            if self.run_dir is not None:
+                specs = source_cards(self.run_dir, d, range(n), CardLayout.compact())
+            else:   # no run: what the card factory builds, when it builds cards (FeatureCard), else none
+                specs = {}
+                for i in range(n):
+                    c = self.cards.factory(d, i, {})
+                    if not isinstance(getattr(c, "card", None), dict):
+                        break
+                    specs[i] = c.card
+            if specs:
+                st["static_cards"][d] = pack_cards(specs)
         return st
 
     def to_html(self, path, include_plotly: bool | None = None, cards: bool = True) -> Path:

@@ -29,9 +29,12 @@ const fromB64 = (s) => {
 const modules = readJSON("ms-modules");
 const data = readJSON("ms-data");
 const loaded = {};
+let themed = (el, layout) => layout;
 for (const [name, text] of Object.entries(modules)) {
   const url = URL.createObjectURL(new Blob([text], { type: "text/javascript" }));
-  loaded[name] = (await import(url)).default;
+  const mod = await import(url);
+  loaded[name] = mod.default;
+  if (mod.msThemedLayout) themed = mod.msThemedLayout;     // base.js's, in every widget's bundle
 }
 for (const v of data.views) {
   for (const k of v.bytes || []) if (typeof v.state[k] === "string") v.state[k] = fromB64(v.state[k]);
@@ -42,7 +45,7 @@ for (const v of data.views) {
 }
 (data.figures || []).forEach((fig, i) => {
   const div = document.getElementById(`ms-figure-${i}`);
-  if (window.Plotly) window.Plotly.newPlot(div, fig.data, fig.layout || {}, { displaylogo: false });
+  if (window.Plotly) window.Plotly.newPlot(div, fig.data, themed(div, fig.layout || {}), { displaylogo: false });
   else div.textContent = "(plot unavailable: exported without plotly.js)";
 });
 document.body.dataset.rendered = "1";

@@ -63,7 +63,10 @@ class SyntheticStats:
             "dead": [False] * n_units, "ultralow": [False] * n_units})
 
     def unit(self, u: int):
-        return synthetic_unit(self.tokens, unit=int(u))
+        us = synthetic_unit(self.tokens, unit=int(u))
+        r = self.table.loc[int(u)]
+        us.row.update(density=float(r["density"]), dead=bool(r["dead"]), ultralow=bool(r["ultralow"]))
+        return us
 
 
 def comparison(P=30, Q=40, dead=(2,), a="A/1", b="B/1", seed=0):
@@ -146,4 +149,98 @@ def hostile_exports(out: Path, tokens=PAGE_BREAKERS, include_plotly: bool = Fals
     fmap = FeatureMap(map_frame(tokens), card_factory=cards)
     fmap.select("A/1", 4)
     pages["map"] = fmap.to_html(out / "map.html", include_plotly=include_plotly)
+    return pages
+
+
+# ---- presenter fixtures: ordinary tokens, the default run's sizes (A/0 512, A/1 4096, A/2 16384) -------------------
+# token strings as a real run has them: words with their spaces, indentation, newlines, a raw byte, long identifiers
+TOKENS = [" the", " LORD", "def", "        ", "\n", " God", "(", "self", ")", ":", " return", " AttributeError",
+          "\udce2", " said", "\n\n", " unto", "_initialize_configuration", " x"]
+SIZES = {"A/0": 512, "A/1": 4096, "A/2": 16384}
+
+
+def default_size_splitting(seed: int = 0):
+    """A ``Splitting`` of the default run's sizes whose largest family is as wide as the default run's (A/0 #7: 14
+    children in A/1 above the threshold, each with 6–12 in A/2, long top tokens), plus random weaker links."""
+    from monosemantic.families import Splitting
+
+    rng = np.random.default_rng(seed)
+    nodes = []
+    for d, n in SIZES.items():
+        dens = 10.0 ** rng.normal(-3.2, 0.7, n)
+        for i in range(n):
+            k = int(rng.integers(0, len(TOKENS) - 5))
+            nodes.append({"dict_id": d, "idx": i, "d_sae": n, "fires": int(dens[i] * 1e6), "density": float(dens[i]),
+                          "top_tokens": TOKENS[k:k + 5], "top_token_ids": list(range(5))})
+    edges = []
+
+    def link(src, si, dst, di, sim):
+        edges.append({"src": src, "src_idx": si, "dst": dst, "dst_idx": di, "sim": sim, "cos_src_mask": sim,
+                      "cos_dst_mask": sim, "decoder_cos": sim / 2})
+
+    for c in range(14):
+        link("A/0", 7, "A/1", 100 + c, 0.95 - 0.03 * c)
+        for g in range(6 + c % 7):
+            link("A/1", 100 + c, "A/2", 1000 + 20 * c + g, 0.9 - 0.04 * g)
+    for _ in range(3000):
+        link("A/0", int(rng.integers(0, 512)), "A/1", int(rng.integers(0, 4096)), float(rng.uniform(0.05, 0.45)))
+    nd = pd.DataFrame(nodes)
+    nd.loc[nd["dict_id"] != "A/0", "density"] = nd.loc[nd["dict_id"] != "A/0", "density"].clip(lower=1e-3)
+    return Splitting(dict_ids=list(SIZES), sizes=dict(SIZES), edges=pd.DataFrame(edges), nodes=nd, threshold=0.4)
+
+
+def default_size_map(seed: int = 0) -> pd.DataFrame:
+    """A feature map of 20,992 features (the default run's three dictionaries) in 9 clusters and noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    centers = rng.normal(0, 6, (9, 2))
+    for d, n in SIZES.items():
+        cl = rng.integers(-1, 9, n)
+        xy = np.where(cl[:, None] >= 0, centers[np.maximum(cl, 0)], 0) + rng.normal(0, 1.4, (n, 2))
+        dens = 10.0 ** rng.normal(-3.2, 0.8, n)
+        for i in range(n):
+            k = int(rng.integers(0, len(TOKENS) - 5)) if cl[i] < 0 else int(cl[i]) % (len(TOKENS) - 5)
+            rows.append((d, i, n, float(dens[i]), float(xy[i, 0]), float(xy[i, 1]), int(cl[i]), TOKENS[k:k + 5]))
+    return pd.DataFrame(rows, columns=["dict_id", "idx", "d_sae", "density", "x", "y", "cluster", "top_tokens"])
+
+
+def presenter_exports(out: Path, n_units: int = 300) -> dict[str, Path]:
+    """Every widget's static export on ordinary tokens, the tree and the map at the default run's size; the matrix
+    carries every card (its clicks open them) and the browser every unit."""
+    from monosemantic.widgets.browser import FeatureBrowser
+    from monosemantic.widgets.card import FeatureCard
+    from monosemantic.widgets.correlation import CorrelationMatrix
+    from monosemantic.widgets.feature_map import FeatureMap
+    from monosemantic.widgets.html import display_token, write_static_page
+    from monosemantic.widgets.splitting import SplittingTree
+
+    out = Path(out)
+    stats = SyntheticStats(TOKENS, n_units=n_units)
+    stats.table.loc[[5, 6], "dead"] = True
+    stats.table.loc[[5, 6], "density"] = 0.0
+
+    def cards(dict_id, idx, info):
+        return FeatureCard(stats, int(idx) % stats.n_units)
+
+    pages = {"card": FeatureCard(stats, 3).to_html(out / "card.html")}
+    browser = FeatureBrowser(stats)
+    browser.select(40)
+    pages["browser"] = browser.to_html(out / "browser.html")
+    shown = [display_token(t) for t in TOKENS]
+    data = {"title": "A/1: 2 features on 1 text", "kind": "feature", "source": "A/1",
+            "units": [{"id": 3, "label": "feature 3", "max": 1.0, "hint": ""},
+                      {"id": 9, "label": "feature 9", "max": 2.0, "hint": ""}],
+            "rows": [{"label": "row 1", "tokens": shown, "acts": [[0.06 * i, 0.1 * (i % 3)] for i in range(len(shown))],
+                      "top": [[("feature 3", 0.5)]] * len(shown)}]}
+    pages["heatmap"] = write_static_page(out / "heatmap.html", "heatmap", {"data": data, "selected": 0, "heat_row": 0},
+                                         title=data["title"])
+    matrix = CorrelationMatrix(comparison(P=60, Q=60, dead=(2,)), card_factory=cards)
+    matrix.select(matrix.row_order[0], matrix.col_order[0])
+    pages["matrix"] = matrix.to_html(out / "matrix.html")
+    tree = SplittingTree(default_size_splitting(), root=("A/0", 7), card_factory=cards)
+    tree.select("A/1", 100)
+    pages["tree"] = tree.to_html(out / "tree.html")
+    fmap = FeatureMap(default_size_map(), card_factory=cards)
+    fmap.select("A/1", 4)
+    pages["map"] = fmap.to_html(out / "map.html")
     return pages
