@@ -158,39 +158,20 @@ def _interpret(args) -> int:
         return 0
     print(f"interpretability of {args.dict_id}: {s['explain_tokens']:,} explanation tokens (train), "
           f"{s['holdout_tokens']:,} held-out tokens (val), written to {it.dir}")
-    print(f"  {'medians':22s} {'spearman':>9s} {'detection':>9s} {'logit AUC':>9s} {'units':>6s}")
+    cut = s["features"]["dense"]["density_threshold"]
+    keys = ("spearman", "detection", "logit_auc")
+    print(f"  medians: every scored unit | units denser than "
+          + (f"the features' low-density mode ({cut:.2g})" if cut else "- (the features have no low-density mode)"))
+    print(f"  {'':28s}{'spearman':>9s}{'detect':>8s}{'logit':>7s}{'units':>6s} |{'spearman':>9s}{'detect':>8s}"
+          f"{'logit':>7s}{'units':>6s}")
     for g in ("features", "neurons", "control", "control_neurons"):
         for part in ("all", "single_token", "rest"):
-            m = s[g]["high_mode"][part]
-            print(f"  {g + ' ' + part:22s} " + " ".join(f"{_fmt(m[k]) if m[k] is not None else '-':>9s}" for k in
-                                                        ("spearman", "detection", "logit_auc")) + f" {m['units']:6d}")
-    print(f"  (high-density mode; paper's logit test medians: features 0.74, neurons 0.53, control 0.50)")
-    return 0
-
-
-def _compare(args) -> int:
-    from .runs import Run
-    from .universality import comparison_dir, compare
-
-    run = Run.open(args.dir)
-    with run.lock():
-        comp = compare(run, args.a, args.b, n_tokens=args.tokens, seed=args.seed, device=args.device, write=True,
-                       progress=not (args.quiet or args.json))
-    s = comp.summary()
-    if args.json:
-        print(json.dumps(s, indent=2))
-        return 0
-    f = s["features"]
-    print(f"{comp.key}: {s['tokens']:,} tokens, written to {comparison_dir(run, f['a'], f['b'])}")
-    print(f"  features  median best-match correlation {_fmt(s['feature_median'])} "
-          f"(paper A/1~B/1: {s['paper']['feature_median']}); {f['alive_a']} alive, {f['dead_a']} dead, "
-          f"{f['ultralow_a']} ultralow of {f['units_a']}")
-    if s.get("neurons"):
-        print(f"  neurons   median best-match correlation {_fmt(s['neuron_median'])} "
-              f"(paper: {s['paper']['neuron_median']})")
-    for k in ("assignment_mean", "logit_corr_median", "decoder_mmcs"):
-        if f.get(k) is not None:
-            print(f"  {k:9s} {_fmt(f[k])}")
+            cells = []
+            for m in (s[g][part], s[g]["dense"][part]):
+                cells.append("".join(f"{_fmt(round(m[k], 3)) if m[k] is not None else '-':>{w}s}"
+                                     for k, w in zip(keys, (9, 8, 7))) + f"{m['units']:6d}")
+            print(f"  {g + ' ' + part:28s}" + " |".join(cells))
+    print("  paper's logit-test medians: features 0.74, neurons 0.53, randomized control 0.50")
     return 0
 
 

@@ -234,6 +234,7 @@ def test_stage_runs_and_summary_has_the_interpretability_block(tiny_interpret):
             assert set(m) >= {"units", "spearman", "detection", "logit_auc"}
             assert m["spearman"] is None or -1 <= m["spearman"] <= 1
         assert block[g]["high_mode"]["all"]["units"] <= block[g]["all"]["units"]
+        assert block[g]["dense"]["all"]["units"] + block[g]["dense"]["left_out"] == block[g]["all"]["units"]
         assert block[g]["all"]["units"] == block[g]["single_token"]["units"] + block[g]["rest"]["units"]
     assert block["features"]["all"]["units"] + block["features"]["not_scored"] == 512
     assert block["neurons"]["all"]["units"] + block["neurons"]["not_scored"] == 128
@@ -245,7 +246,8 @@ def test_stage_runs_and_summary_has_the_interpretability_block(tiny_interpret):
     t = it.table("features")
     u = int(t[t["scored"] & (t["named"] > 0)].index[0])
     rec = it.unit(u)
-    assert rec.rules and rec.explanation and '"' in rec.explanation and rec.label
+    assert rec.rules and rec.explanation and '"' in rec.explanation
+    assert rec.label and rec.explanation.startswith(rec.label.split(" · ")[0])
     assert rec.single_token == (rec.named == 1) and -1 <= rec.spearman <= 1 or np.isnan(rec.spearman)
     sections, toks, acts = it.heldout(u)
     assert toks.shape[1] == 10 and set(np.unique(sections)) <= {-2, -1, *range(11)} and (sections == -2).sum() == 28

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from ..config import InterpretConfig
-from ..errors import ConfigError
 from ..io import (atomic_parquet, atomic_write_json, file_sha, finished_with, json_safe, mark_finished, read_json,
                   safe_name)
 from ..tokensets import token_set_contexts

@@ -43,8 +43,10 @@ class UnitInterpretation:
 
     @property
     def label(self) -> str:
-        """A short label for cards and chips: the explanation's first patterns."""
-        return self.explanation.split("; ")[0] if self.rules else ""
+        """A short label for cards and chips: the explanation's first three patterns, without their values."""
+        if not self.rules:
+            return ""
+        return " · ".join(p.rsplit(" ", 1)[0] for p in self.explanation.split("; ")[:3] if not p.startswith("…"))
 
 
 class Interpretation:
@@ -117,7 +119,6 @@ class Interpretation:
     def heldout(self, u: int, group: str = "features"):
         """The unit's held-out windows: (sections (n,), token ids (n, W+1), true activations (n, W+1)); the
         first column is context only (not scored), −1 pads."""
-        import pandas as pd
         import pyarrow.dataset as ds
 
         self.unit(u, group)  # validates

@@ -33,7 +33,6 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..sparse import TokenMass
 
