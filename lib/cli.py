@@ -1,6 +1,6 @@
 """Command line: ``monosemantic run``, ``monosemantic summary``.
 
-    monosemantic run --preset {tiny,default,paper} [--corpus SPEC] --out DIR [--stages S ...] [--device D]
+    monosemantic run --preset {tiny,kernels,default,quality,paper} [--corpus SPEC] --out DIR [--stages S ...] [--device D]
     monosemantic summary DIR [--json]
     monosemantic compare DIR A/1 B/1 [--tokens N] [--json]
     monosemantic interpret DIR A/1 [--out OUT] [--json]

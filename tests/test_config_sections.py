@@ -69,5 +69,6 @@ def test_dict_spec_builds_its_dictionary_config():
     cfg = preset("default")
     spec = cfg.dictionary("A/1")
     dc = spec.dictionary_config(cfg.model.d_mlp)
-    assert (dc.d_in, dc.d_sae, dc.kind, dc.l1_coefficient, dc.seed) == (512, 4096, "relu", 4e-3, 0)
+    assert (dc.d_in, dc.d_sae, dc.kind, dc.l1_coefficient, dc.seed) == (512, 4096, "topk", 0.0, 0)
+    assert dc.options == {"k": 16, "lr_decay": 0.2} and dc.recipe == "tm2023"
     assert dc.options == spec.options and dc.options is not spec.options

@@ -430,6 +430,18 @@ def test_modern_recipes_recover_a_planted_dictionary_at_the_default_length(recip
     assert planted_recovery(**recipe) >= 0.9
 
 
+def test_the_default_presets_recipe_recovers_a_planted_dictionary_at_the_default_length():
+    """Issue 10's target: the default preset's A/1 recipe (kind, recipe and options — k set to 4 for this data's
+    L0 of 3, as k is a property of the data, not of the recipe) for the default preset's steps."""
+    from monosemantic.config import preset
+
+    cfg = preset("default")
+    spec = cfg.dictionary("A/1")
+    opts = {**spec.options, **({"k": 4} if "k" in spec.options else {})}
+    kw = dict(kind=spec.kind, options=opts) if spec.kind != "relu" else dict(options=opts)
+    assert planted_recovery(spec.recipe, steps=spec.steps or cfg.sae_train.steps, **kw) >= 0.9
+
+
 @pytest.mark.slow
 def test_tm2023_does_not_recover_the_planted_dictionary_in_that_length():
     """The failure issue 10 is about, on data where the answer is known: same data, λ, length."""
