@@ -1,6 +1,10 @@
 """Dictionary-training speed against SAELens, in one run, on identical activations.
 
-    python benchmarks/sae_train.py [--run data/runs/default] [--steps 150] [--d-sae 4096] [--batch 4096]
+    python benchmarks/sae_train.py [--run data/runs/default] [--steps 150] [--d-sae 4096] [--batch 4096] [--recipe relu]
+
+``--recipe default`` (the default): the default preset's A/1 recipe — TopK, k 16 (``config.DEFAULT_TOPK``) —
+against SAELens's ``TopKTrainingSAE`` with the same k.  ``--recipe relu``: the paper's ReLU + L1 (tm2023) against
+SAELens's standard SAE with matched λ (below).
 
 Trains the same config (d_in 512, d_sae 4096, batch 4096, same steps, matched λ, same learning rate) with SAELens
 6.54's own trainer (fp32 and its bf16 autocast) and with ours (the default sparse-aware fast path, and the plain
@@ -18,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +70,13 @@ def loss_recovered(run, sae_like) -> float | None:
                                progress=False)["loss_recovered"]
 
 
-def saelens_as_ours(sae):
-    """Copy a SAELens standard SAE into our ReLU dictionary object (same encode/decode formulas; decoder norms are
-    kept as trained, so nothing is renormalised) so both are evaluated by the same code."""
-    ours = make_dictionary(DictionaryConfig(d_in=sae.W_enc.shape[0], d_sae=sae.W_enc.shape[1]))
+def saelens_as_ours(sae, k: int | None = None):
+    """Copy a SAELens standard (or, with ``k``, TopK) SAE into our dictionary object of that kind (same
+    encode/decode formulas: b_dec subtracted from the input, decoder norms kept as trained) so both are evaluated by
+    the same code."""
+    assert sae.cfg.apply_b_dec_to_input, "our kinds subtract b_dec from the input"
+    kind = dict(kind="topk", options={"k": k}, l1_coefficient=0.0) if k else {}
+    ours = make_dictionary(DictionaryConfig(d_in=sae.W_enc.shape[0], d_sae=sae.W_enc.shape[1], **kind))
     with torch.no_grad():
         ours.W_enc_DF.copy_(sae.W_enc)
         ours.b_enc_F.copy_(sae.b_enc)
@@ -86,7 +94,16 @@ def main() -> None:
     p.add_argument("--l1", type=float, default=4e-3, help="our λ (SAELens gets 512·λ)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--trainers", default="saelens-fp32,saelens-autocast,ours-fast,ours-dense")
+    p.add_argument("--recipe", choices=("default", "relu"), default="default",
+                   help="default: the default preset's A/1 recipe (TopK, k 16) against SAELens's TopK SAE; relu: the "
+                        "paper's ReLU + L1 (tm2023) against SAELens's standard SAE with matched λ")
     args = p.parse_args()
+    if args.recipe == "default":
+        from monosemantic.config import preset
+
+        ours_cfg = lambda D, F: replace(preset("default").dictionary("A/1").dictionary_config(D), d_sae=F)  # noqa: E731
+    else:
+        ours_cfg = lambda D, F: DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=args.l1)  # noqa: E731
 
     run = None
     if args.run:
@@ -107,23 +124,24 @@ def main() -> None:
     peak32, peak16 = peak_matmul_gflops(torch.float32), peak_matmul_gflops(torch.bfloat16)
     print(f"measured peak matmul: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
 
+    k = ours_cfg(D, F).options.get("k")
+    print(f"recipe: ours {ours_cfg(D, F)}; SAELens {'TopK k=' + str(k) if k else 'standard'}")
     rows = {}
     for name in args.trainers.split(","):
         if name.startswith("saelens"):
             r = train_saelens(x_train, d_sae=F, l1_coefficient=args.l1 * D, lr=args.lr, batch_size=B,
-                              steps=args.steps, autocast=name.endswith("autocast"))
+                              steps=args.steps, autocast=name.endswith("autocast"), k=k)
             sae = r["sae"]
             m = metrics(lambda x: saelens_encode(sae, x), lambda x: saelens_reconstruct(sae, x), x_eval)
             m.update(tokens_per_s=r["tokens_per_s"], peak_rss_mb=r["peak_rss_mb"],
-                     loss_recovered=loss_recovered(run, saelens_as_ours(sae)))
+                     loss_recovered=loss_recovered(run, saelens_as_ours(sae, k)))
         else:
             fast = name == "ours-fast"
             cfg = SAETrainConfig(steps=args.steps, batch_size=B, lr=args.lr, warmup_steps=0, fast=fast,
                                  resample_at=(), checkpoint_every=10**9)
             with _PeakRSS() as rss:
                 t0 = time.perf_counter()
-                sae = train_dictionary(x_train, DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=args.l1), cfg,
-                                       progress=False)
+                sae = train_dictionary(x_train, ours_cfg(D, F), cfg, progress=False)
                 secs = time.perf_counter() - t0
             m = metrics(sae.encode, lambda x: sae(x)[0], x_eval)
             m.update(tokens_per_s=args.steps * B / secs, peak_rss_mb=rss.mb, loss_recovered=loss_recovered(run, sae))

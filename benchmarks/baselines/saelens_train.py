@@ -211,8 +211,11 @@ def train_saelens(
     autocast: bool = False,
     seed: int = 0,
     shuffle: bool = True,
+    k: int | None = None,
 ) -> dict[str, Any]:
-    """Train a SAELens "standard" (ReLU + decoder-norm-weighted L1) SAE.
+    """Train a SAELens "standard" (ReLU + decoder-norm-weighted L1) SAE, or with ``k`` its TopK SAE
+    (``TopKTrainingSAE``: k active latents per token, its own AuxK loss and dead-latent bookkeeping; every other
+    field at its SAELens default) — the peer of our default preset's recipe.
 
     Args:
         acts: (N, d_in) activations (any float dtype; converted to float32 CPU).
@@ -251,6 +254,8 @@ def train_saelens(
         SAETrainer,
         StandardTrainingSAE,
         StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
     )
     from sae_lens.config import SAETrainerConfig
 
@@ -262,14 +267,11 @@ def train_saelens(
     data = data.contiguous()
     d_in = data.shape[1]
 
-    sae_cfg = StandardTrainingSAEConfig(
-        d_in=d_in,
-        d_sae=d_sae,
-        l1_coefficient=l1_coefficient,
-        dtype="float32",
-        device="cpu",
-    )
-    sae = StandardTrainingSAE(sae_cfg)
+    if k is None:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
+                                                            dtype="float32", device="cpu"))
+    else:
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
 
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch_size,
