@@ -411,3 +411,31 @@ def test_correlated_neurons_against_numpy(tiny_run):
         sub = df[df.feature == f]
         assert list(sub.neuron) == list(np.argsort(-c)[:3])
         np.testing.assert_allclose(sub["corr"], np.sort(c)[::-1][:3], atol=1e-4)
+
+
+def test_example_windows_of_a_topk_dictionary_are_its_own_activations(tiny_run):
+    """TopK keeps k of F per token, so a window's activations are ``sae.encode`` of each window token (not the
+    unit's ReLU pre-activation, which is what the sampled-dot path of a ReLU dictionary computes)."""
+    from monosemantic import DictionaryConfig, make_dictionary
+    from monosemantic.features.examples import example_windows
+
+    cfg = FeatureStatsConfig(n_tokens=N_TOK, batch_contexts=16)
+    split = tiny_run.split(cfg.split)
+    ctx = token_set_contexts(split, cfg.n_tokens)
+    model = tiny_run.model("A")
+    sae = make_dictionary(DictionaryConfig(d_in=model.d_mlp, d_sae=256, kind="topk", options={"k": 4}, seed=3))
+    toks = torch.from_numpy(split.contexts(ctx))
+    with torch.no_grad():
+        f = sae.encode(model.mlp_acts(toks)[:, 1:].reshape(-1, model.d_mlp)).numpy()
+    rng = np.random.default_rng(0)
+    g = np.sort(rng.choice(len(f), 300, replace=False))
+    u = rng.integers(0, 256, 300)
+    t_out, a_out, centre = example_windows(cfg, g, u, ctx, split, model, sae, progress=False)
+    body = split.body
+    for i in range(300):
+        k, p = divmod(int(g[i]), body)
+        for w, off in enumerate(range(-int(centre[i]), a_out.shape[1] - int(centre[i]))):
+            if 0 <= p + off < body:
+                assert t_out[i, w] == toks[k, p + off + 1]
+                assert a_out[i, w] == pytest.approx(f[k * body + p + off, u[i]], abs=1e-5)
+    assert (a_out > 0).mean() < 0.05   # k = 4 of 256: a ReLU of the pre-activations would be ~half positive

@@ -65,14 +65,29 @@ for text in ["And God said, Let there be light: and there", "for i in range(10):
 nb02 = nb([
     ("md", """# 02 · Training dictionaries (sparse autoencoders)
 
-The paper's dictionary, exactly:
+A dictionary reads the MLP's 512 activations $x$ of a token and writes them as a sparse, non-negative combination of
+learned directions: $\\hat x = W_d f + b_d$ with few features $f_i > 0$. Two recipes matter here.
+
+**The paper's** (`tm2023`, kept exactly):
 
 $$\\bar x = x - b_d,\\quad f = \\mathrm{ReLU}(W_e \\bar x + b_e),\\quad \\hat x = W_d f + b_d,\\quad
 \\mathcal L = \\tfrac{1}{D}\\lVert x-\\hat x\\rVert^2 + \\lambda \\lVert f\\rVert_1$$
 
-with $b_d$ initialised to the **geometric median** of the data, encoder and decoder **untied**, decoder columns
-**unit norm** (the gradient component parallel to each column removed before the Adam step), Kaiming-uniform
-init, and **dead-feature resampling** (inputs drawn ∝ loss², encoder at 0.2× the mean alive norm, Adam state reset)."""),
+with $b_d$ at the **geometric median** of the data, untied encoder and decoder, **unit-norm** decoder columns, and
+**dead-feature resampling**. The paper trained it for 1M steps. Trained for minutes, it leaves most features in a
+**low-density mode** (~1e-4) that fire on no consistent tokens: they are not dead, so resampling never touches them
+(Anthropic's 2024 updates explain why: the L1 penalty with the pre-encoder bias silences features before they find a
+direction).
+
+**The default preset's** (`topk`, Gao et al. 2024), chosen by the recipe study (`benchmarks/recipes.py`, README):
+
+$$f = \\mathrm{ReLU}(\\mathrm{TopK}_k(W_e \\bar x + b_e)),\\quad \\mathcal L = \\tfrac{1}{D}\\lVert x-\\hat x\\rVert^2
++ \\tfrac{1}{32}\\,\\mathrm{AuxK}$$
+
+— exactly $k = 16$ features per token (the paper's L0 target, by construction instead of by tuning λ), the encoder
+initialised to the decoder's transpose, features silent for 5 % of the run revived by AuxK (the $k_{aux}$ of them
+that best fit the residual get gradient), and the learning rate decayed to 0 over the last 20 % of steps. Below, the
+two side by side on the same activations."""),
     ("code", SETUP),
     ("md", """## Harvest activations
 
@@ -88,7 +103,7 @@ print(f"mean activation {x.mean():.3f}; fraction of neurons active per token {(x
     ("md", """## Train the dictionaries
 
 The run trains every dictionary of the preset (default: A/0 = 512, A/1 = 4096, A/2 = 16384 features on A, and B/1 =
-4096 on B), then evaluates each on held-out contexts."""),
+4096 on B, each with the recipe its spec names), then evaluates each on held-out contexts."""),
     ("code", """run = ms.run_pipeline(RUN_DIR, cfg, progress=True)
 table = mw.dictionary_metrics_table(run)
 table"""),
@@ -102,6 +117,28 @@ mw.training_curves_figure(run, ids, keys=("mse", "l0"), title="dictionary traini
 nd = neuron_density(run.model("A"), run.split("val"), cfg.eval)
 mw.density_histogram_figure(run, ids, neuron_density=nd).show()"""),
     ("code", """mw.l0_vs_loss_recovered_figure(run).show()"""),
+    ("md", """## The paper's recipe beside the default's
+
+The same A/1 — size, tokens, activations, seed — trained by the other recipe: on a default run, the paper's
+`tm2023` beside the preset's TopK (trained once into `RUN/analyses/variants/`, about as long as A/1 took, then
+reused). The paper's log-density histogram is bimodal with the high mode near 1e-3 and a cluster of dead/ultralow
+features below 1e-6; after minutes of training the low cluster sits near 1e-4, above any "ultralow" cut, and holds
+most features. TopK has no such mode: k = 16 of 4,096 features fire per token, so the densities centre on 16/4096 ≈
+0.4 %. `metrics.density_modes` (a minimum-error split, kept only where the histogram dips) counts the low mode."""),
+    ("code", """import pandas as pd
+from monosemantic.metrics import variant_metrics
+spec, paper_spec = cfg.dictionary("A/1"), ms.preset("default").dictionary("A/1")
+if (spec.kind, spec.recipe) == ("relu", "tm2023"):   # this preset trains the paper's recipe: show the default's
+    label, change = "A/1 by the default's TopK", dict(kind=paper_spec.kind, recipe=paper_spec.recipe,
+                                                      options=dict(paper_spec.options), l1_coefficient=0.0)
+else:
+    label, change = "A/1 by tm2023 (the paper's)", dict(kind="relu", recipe="tm2023", options={}, l1_coefficient=4e-3)
+other = variant_metrics(run, "A/1", label.split(" by ")[1].split(" ")[0].strip("'s"), progress=True, **change)
+mw.density_histogram_figure(run, ["A/1"], variants={label: other}).show()
+mine = run.metrics("A/1")
+low = lambda m: (m["density_modes"] or {}).get("low", 0) if (m["density_modes"] or {}).get("bimodal") else 0
+pd.DataFrame({f"A/1 ({spec.kind}, {spec.recipe})": mine, label: other}).loc[
+    ["l0", "fvu", "loss_recovered", "dead", "ultralow"]].T.assign(low_density_mode=[low(mine), low(other)])"""),
     ("md", """## Bring your own activations
 
 `train_dictionary` takes any `(N, D)` tensor, an `ActivationStore`, or an iterable of batches — not only a run's

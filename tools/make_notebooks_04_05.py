@@ -42,8 +42,16 @@ pd.DataFrame({
 }, index=["features: median best-match r (A/1 → B/1)", "neurons: median best-match r (A → B)",
           "features: median best-match r (B/1 → A/1)", "features: mean r of the one-to-one matching",
           "features: median logit-weight r of best matches", "neurons: median logit-weight r of best matches"]).round(3)"""),
-    ("code", """pd.DataFrame({side: {k: s[part][f"{k}_{side}"] for k in ("alive", "dead", "ultralow")}
-              for part in ("features",) for side in ("a", "b")}).rename(columns={"a": "A/1", "b": "B/1"})"""),
+    ("md", """Which features count: dead and ultralow-density features depend on the tokens they are counted on. The
+universality pass counts on its own token set; the dictionary metrics (notebook 02) on a sample of the activation
+store. A feature firing a handful of times can be ultralow on one and not the other, so both are shown, each with
+its token set."""),
+    ("code", """thr = f["ultralow_threshold"]
+pd.DataFrame({d: {f"alive · universality set ({s['tokens']:,} tokens)": f[f"alive_{x}"],
+                  "dead · universality set": f[f"dead_{x}"], f"ultralow (< {thr:g}) · universality set": f[f"ultralow_{x}"],
+                  f"dead · metrics ({m['density_tokens']:,} {m['density_source']} tokens)": m["dead"],
+                  "ultralow · metrics": m["ultralow"]}
+              for d, x, m in (("A/1", "a", run.metrics("A/1")), ("B/1", "b", run.metrics("B/1")))})"""),
     ("code", """best_match_distribution_figure(comp).show()"""),
     ("md", """### When features are not universal: check the dictionaries first
 

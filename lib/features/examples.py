@@ -8,7 +8,7 @@ import torch
 
 from ..io import atomic_path
 
-from ..sparse import offsets, sampled_dots
+from ..sparse import linear_encoder, offsets, sampled_dots
 from .config import FeatureStatsConfig
 from .threads import pipelined
 
@@ -35,7 +35,8 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
     B = cfg.batch_contexts
     offs = np.arange(-Wb, Wa + 1)
     U = sae.d_sae if sae is not None else model.d_mlp
-    if sae is not None:
+    linear = sae is not None and linear_encoder(sae)   # f = ReLU(x W + c) per unit: sampled dots suffice
+    if linear:
         W_enc = sae.W_enc_DF.detach().float().contiguous()
         c_F = sae.b_enc_F.detach().float() - sae.b_dec_D.detach().float() @ W_enc
     fwd = mlp_acts or model.mlp_acts
@@ -54,11 +55,21 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
         flat_row = torch.from_numpy((local[:, None] * n_ctx + pc).reshape(-1))       # token rows of x
         u = torch.from_numpy(np.repeat(ex_u[sel].astype(np.int64), W))
         xf = x.reshape(-1, x.shape[-1])
-        if sae is not None:
+        if linear:
             # only the (token, unit) pairs the windows need: a sampled matmul over their unique pairs
             key, inv = torch.unique(flat_row * U + u, return_inverse=True)
             r_, c_ = torch.div(key, U, rounding_mode="floor"), key % U
             a = torch.relu(sampled_dots(offsets(r_, xf.shape[0]), c_, c_F.index_select(0, c_), xf, W_enc))[inv]
+        elif sae is not None:
+            # a unit's activation depends on the whole token (TopK keeps k of F): encode each window token once
+            rows, inv = torch.unique(flat_row, return_inverse=True)
+            a = torch.empty(len(flat_row), dtype=torch.float32)
+            step = max(1, (1 << 22) // U)
+            for c0 in range(0, len(rows), step):
+                with torch.no_grad():   # a worker thread: grad mode is per thread
+                    f = sae.encode(xf.index_select(0, rows[c0:c0 + step])).float()
+                m = (inv >= c0) & (inv < c0 + step)
+                a[m] = f[inv[m] - c0, u[m]]
         else:
             a = xf[flat_row, u]
         a_out = np.where(valid, a.view(len(sel), W).numpy(), 0.0).astype(np.float32)
