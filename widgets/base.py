@@ -87,7 +87,7 @@ class MsWidget(anywidget.AnyWidget):
 
 # ---- every card of a static page, packed ----------------------------------------------------------------------
 
-CARD_CHUNK = 32     # cards per pack of a static page: showing one card unpacks this many
+CARD_CHUNK = 64     # cards per pack of a static page: showing one card unpacks this many
 
 
 def pack_cards(specs: dict[int, dict], chunk: int = CARD_CHUNK) -> dict:

@@ -102,10 +102,26 @@ class CardLayout:
         return cls(columns=[["histogram", "top", "intervals", "logits", "units"]], n_top=8, n_per_interval=2,
                    context_chars=64)
 
+    present: bool = True      # the spec carries the present-mode layout (and its panels)
+
     @classmethod
     def export(cls) -> "CardLayout":
-        """The full card with 10 top examples and 2 samples per interval: every card of a static browser."""
-        return cls(n_top=10, n_per_interval=2)
+        """The full card with 10 top examples and 1 sample per interval: every card of a static browser (4,096
+        cards in under 10 MB)."""
+        return cls(n_top=10, n_per_interval=1)
+
+    @classmethod
+    def compact_export(cls) -> "CardLayout":
+        """The compact card with 6 top examples and 1 sample per interval, no present layout: every card of
+        both dictionaries on a static correlation matrix."""
+        return dataclasses.replace(cls.compact(), n_top=6, n_per_interval=1, present=False)
+
+    def panels(self) -> set[str]:
+        """The panels this layout draws (in present mode too, when it carries that layout)."""
+        names = {n for col in self.columns for n in col}
+        if self.present:
+            names |= {n for col in PRESENT_LAYOUT["columns"] for n in col}
+        return names
 
 
 # ---- building a card spec from the library's data ------------------------------------------------------------
@@ -143,7 +159,7 @@ def context_window(tokens: list[str], center: int, chars: int, before: float = 0
 def _seq(ex, layout: CardLayout) -> dict:
     shown = [display_token(t) for t in ex.tokens]
     lo, hi = context_window(shown, ex.center, layout.context_chars)
-    return {"tokens": shown[lo:hi], "acts": [float(f"{a:.4g}") for a in ex.acts[lo:hi]],
+    return {"tokens": shown[lo:hi], "acts": [float(f"{a:.3g}") for a in ex.acts[lo:hi]],
             "center": ex.center - lo, "act": float(ex.act)}
 
 
@@ -291,9 +307,28 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
               "intervals": intervals}
     if units is not None:
         panels["units"] = units
+    drawn = layout.panels() | {"header"}
+    panels = {k: v for k, v in panels.items() if k in drawn}    # a panel no column shows does not travel
     return {"kind": kind, "source": us.source, "unit": us.unit, "title": header.title, "status": status,
-            "panels": {k: dataclasses.asdict(v) for k, v in panels.items()},
-            "layout": {"columns": [list(c) for c in layout.columns], "present": PRESENT_LAYOUT}}
+            "panels": _short_numbers({k: dataclasses.asdict(v) for k, v in panels.items()}),
+            "layout": {"columns": [list(c) for c in layout.columns], **({"present": PRESENT_LAYOUT} if layout.present
+                                                                         else {})}}
+
+
+def _short_numbers(o):
+    """Every float to 4 significant digits (what any panel shows; a static browser carries 4,096 cards)."""
+    if isinstance(o, float):
+        if not math.isfinite(o):
+            return o
+        v = float(f"{o:.4g}")
+        return int(v) if v.is_integer() and abs(v) < 1e15 else v
+    if isinstance(o, list):
+        return [_short_numbers(v) for v in o]
+    if isinstance(o, tuple):
+        return [_short_numbers(v) for v in o]
+    if isinstance(o, dict):
+        return {k: _short_numbers(v) for k, v in o.items()}
+    return o
 
 
 def default_dictionary(run, transformer: str) -> str | None:

@@ -260,7 +260,7 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
         pr = self._cmp.features
         for d, n in ((pr.a, self._corr.shape[0]), (pr.b, self._corr.shape[1])):
             if self.run_dir is not None:
-                specs = source_cards(self.run_dir, d, range(n), CardLayout.compact())
+                specs = source_cards(self.run_dir, d, range(n), CardLayout.compact_export())
             else:   # no run: what the card factory builds, when it builds cards (FeatureCard), else none
                 specs = {}
                 for i in range(n):

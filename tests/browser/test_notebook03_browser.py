@@ -83,11 +83,12 @@ def test_notebook03_card_heatmap_and_browser(lab):
     assert "·" in toks.first.get_attribute("title")                    # activation on hover
     assert big.locator(".ms-group-title", has_text="Interval").count() >= 3
     assert big.locator(".ms-logit-row").count() >= 10
-    # the activation histograms are drawn by plotly (fetched once from the kernel, offline)
+    # the activation histograms are SVG drawn from the card's data (no plotly.js needed), stacked by domain
     page.wait_for_function(
-        "() => document.querySelectorAll('.ms-card .ms-hist[data-rendered=\"1\"] .main-svg').length >= 7",
+        "() => document.querySelectorAll('.ms-card .ms-hist[data-rendered=\"1\"] svg').length >= 7",
         timeout=90_000)
-    assert big.locator(".ms-hist .bars path").count() > 3
+    assert big.locator(".ms-hist rect.ms-hbar").count() > 3
+    assert big.locator(".ms-hist rect.ms-hbar title").first.text_content().endswith(")")   # "lo – hi: n tokens (domain)"
     # the proxy figure (plotly, jupyterlab renderer): histograms by proxy and the scores side by side
     proxy = page.locator(".js-plotly-plot", has_text="scores against base64")
     assert proxy.count() == 1 and proxy.locator(".bars path").count() > 10
@@ -156,7 +157,7 @@ def test_notebook03_card_heatmap_and_browser(lab):
     page.goto(exported[0].as_uri())
     page.locator(".ms-card .ms-title").wait_for(timeout=30_000)
     assert page.locator(".ms-card .ms-title").inner_text().startswith("Feature A/1/")
-    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] .main-svg')",
+    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] svg rect.ms-hbar')",
                            timeout=30_000)
     page.screenshot(path=str(shots / "nb03-static-card.png"), full_page=True)
 
@@ -185,26 +186,22 @@ def test_static_pages_keep_hostile_tokens_as_text(lab, tmp_path):
     assert "⟨U+202E⟩evil" in seq and "nul␀" in seq
     assert page.locator(".ms-card img, .ms-card script").count() == 0
     assert page.evaluate("() => window.__pwned === undefined")
-    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] .main-svg')", timeout=30_000)
+    page.wait_for_function("() => !!document.querySelector('.ms-hist[data-rendered=\"1\"] svg rect.ms-hbar')", timeout=30_000)
     page.screenshot(path=str(shots / "hostile-card.png"), full_page=True)
 
-    rows = [{"unit": u, "density": 0.01 * (u + 1), "max_act": 1.0, "top_tokens": HOSTILE[:2], "top_domain": "base64",
-             "proxy_specificity": 0.9, "proxy_sensitivity": 0.1, "proxy_corr": 0.5, "dead": False, "ultralow": False,
-             "search": "x"} for u in (3, 5)]
-    from monosemantic.widgets.browser import COLUMNS
+    from monosemantic.widgets.browser import FeatureBrowser
+    from widget_fixtures import SyntheticStats
 
-    state = {"columns": COLUMNS, "rows": rows, "static_rows": rows,
-             "static_cards": {str(u): card_spec(unit(u)) for u in (3, 5)}, "n_total": 2, "n_matching": 2,
-             "n_pages": 1, "page": 0, "page_size": 25, "query": "", "sort_by": "density", "descending": True,
-             "filter": "all", "selected": 5, "card": card_spec(unit(5)), "unit_kind": "feature"}
-    br = write_static_page(tmp_path / "hostile_browser.html", "browser", state, "hostile browser")
+    b = FeatureBrowser(SyntheticStats(HOSTILE, n_units=6), filter="all")
+    b.select(5)
+    br = b.to_html(tmp_path / "hostile_browser.html")
     page.goto(br.as_uri())
     page.locator(".ms-browser tr.ms-row").first.wait_for(timeout=30_000)
-    assert page.locator(".ms-browser tr.ms-row").count() == 2
+    assert page.locator(".ms-browser tr.ms-row").count() == 6
     assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/5"
-    page.locator(".ms-browser tr.ms-row[data-unit='3']").click()
-    assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/3"
-    page.locator(".ms-browser .ms-prev").click()
-    assert page.locator(".ms-browser .ms-card .ms-title").inner_text() == "Feature A/1/5"
+    page.locator(".ms-browser tr.ms-row[data-unit='3']").click()     # the card is unpacked from the page
+    page.wait_for_function("() => document.querySelector('.ms-browser .ms-card .ms-title').textContent === 'Feature A/1/3'")
+    page.locator(".ms-browser .ms-prev").click()                      # density descending: 4 comes before 3
+    page.wait_for_function("() => document.querySelector('.ms-browser .ms-card .ms-title').textContent === 'Feature A/1/4'")
     assert page.locator(".ms-browser img, .ms-browser script").count() == 0
     assert page.evaluate("() => window.__pwned === undefined")
