@@ -30,7 +30,7 @@ from ..features.accumulator import StatsAccumulator
 from ..features.examples import example_entries, example_windows
 from ..features.threads import intra_op_threads, pipelined, worker_count
 from ..features.units import top_logit_effects
-from ..sparse import SparseEncoder, linear_encoder, positive_entries
+from ..sparse import SparseEncoder, positive_entries
 from .rules import RuleFitter, Rules, pair_codes, simulate
 from .scoring import balanced_accuracy, group_spearman, logit_auc, next_token_tables, random_tokens
 
@@ -139,13 +139,6 @@ def heldout_windows(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: In
     section = np.concatenate([ex["section"].astype(np.int64), np.full(U * R, RANDOM_SECTION)])
     order = np.argsort(unit, kind="stable")
     unit, g, section = unit[order], g[order], section[order]
-    if subject.sae is not None and not linear_encoder(subject.sae):
-        import warnings
-
-        warnings.warn(f"{subject.name}: features.examples.example_windows computes the activations around each "
-                      f"example as ReLU(x̄·W_enc + b_enc), exact for ReLU dictionaries only; for kind "
-                      f"{subject.sae.cfg.kind!r} the context tokens' activations in the held-out windows are that "
-                      f"approximation (the example tokens themselves are exact)")
     toks, acts, _ = example_windows(fcfg, g, unit, ref.ctx_idx, ref.split, subject.model, subject.sae, progress,
                                     runner.mlp_acts, runner.workers)
     return {"unit": unit, "g": g, "section": section, "tokens": toks, "acts": acts}, res["count"]
