@@ -291,6 +291,26 @@ function msHistogram(div, h) {
   div.dataset.rendered = "1";
 }
 
+// ---- the theme changing under a drawn widget (JupyterLab's theme menu, the system's dark mode on a static page):
+// what was drawn from the theme's colours (canvases, token inks, plotly) is drawn again.  msOnTheme(el, fn) calls fn
+// after a change while el is in the page.
+const msThemeHooks = new Set();
+let msThemeWatch = false;
+function msOnTheme(el, fn) {
+  msThemeHooks.add([el, fn]);
+  if (msThemeWatch) return;
+  msThemeWatch = true;
+  const fire = () => {
+    msThemeInk = null;
+    for (const h of [...msThemeHooks]) {
+      if (!h[0].isConnected) { msThemeHooks.delete(h); continue; }
+      try { h[1](); } catch (e) { console.error(e); }
+    }
+  };
+  new MutationObserver(fire).observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-light", "data-jp-theme-name", "data-theme"] });
+  if (window.matchMedia) window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", fire);
+}
+
 // ---- present mode: the widget (with its linked cards) fills the screen in larger type -------------------------
 // msPresenter(el, toolbar, step): a "present" button in `toolbar`; ←/→ call step(±1), Esc leaves.  The part shown is
 // the notebook output holding the widget and its cards, or the static page.
@@ -497,9 +517,10 @@ function msRenderCard(model, el, card) {
   root.appendChild(cols);
   el.appendChild(root);
   ctx.plots.forEach(([div, fig]) => msPlot(model, div, fig));
-  if (!el.__msPresentHook) {     // entering or leaving present mode redraws the card in its layout
+  if (!el.__msPresentHook) {     // entering or leaving present mode, or a new theme, redraws the card
     el.__msPresentHook = () => { if (el.isConnected) msRenderCard(model, el, el.__msCard); };
     window.addEventListener("ms-present", el.__msPresentHook);
+    msOnTheme(el, el.__msPresentHook);
   }
   el.__msCard = card;
   return root;

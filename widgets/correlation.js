@@ -296,6 +296,7 @@ function render({ model, el: root }) {
   const redraw = () => { drawImage(); drawSelection(); texts(); };
   positions();
   redraw();
+  msOnTheme(root, redraw);
   model.on("change:hide_flagged", texts);
   model.on("change:flagged", texts);
   const onOrder = () => { positions(); redraw(); };

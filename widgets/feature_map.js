@@ -277,6 +277,7 @@ function render({ model, el: root }) {
   });
 
   load(); draw();
+  msOnTheme(root, draw);
   let lastW = 0;
   const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
     const w = Math.floor(stage.clientWidth);

@@ -64,6 +64,7 @@ export default {
       if (data.rows.length && data.units.length) msPlot(model, plot, msHeatFigure(data, hr));
     };
     ["change:data", "change:selected", "change:heat_row"].forEach((ev) => model.on(ev, draw));
+    msOnTheme(el, draw);
     draw();
   },
 };

@@ -197,10 +197,19 @@ function render({ model, el: root }) {
       stage.appendChild(g);
     }
     box.replaceChildren(svg);
-    // labels never overflow their node: cut to the width they have, with an ellipsis (the full text on hover)
+    // labels never overflow their node: cut to the width they have, with an ellipsis (the full text on hover).
+    // Measured where the browser lays the drawing out; where it does not (an output scrolled out of view that
+    // JupyterLab leaves unrendered) cut by a character width no glyph of the fonts exceeds on average
     for (const [t, w] of labels) {
       const full = t.textContent;
-      if (t.getComputedTextLength() <= w) continue;
+      const measured = t.getComputedTextLength();
+      if (!(measured > 0)) {
+        const em = t.classList.contains("ms-node-tok") ? 10 : 11;
+        const n = Math.floor(w / (0.68 * em));
+        if (full.length > n) t.textContent = full.slice(0, Math.max(1, n - 1)) + "…";
+        continue;
+      }
+      if (measured <= w) continue;
       let lo = 0, hi = full.length;
       while (lo < hi) {
         const mid = (lo + hi + 1) >> 1;
@@ -270,6 +279,12 @@ function render({ model, el: root }) {
     model.save_changes();
   });
   draw();
+  msOnTheme(root, draw);
+  let seen = false;
+  const io = typeof IntersectionObserver !== "undefined" ? new IntersectionObserver((es) => {
+    if (es.some((e) => e.isIntersecting) && !seen) { seen = true; draw(); }       // measured once laid out
+  }) : null;
+  if (io) io.observe(box);
   // redraw when the box changes width (a resized window, present mode)
   let lastW = 0;
   const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
@@ -279,7 +294,7 @@ function render({ model, el: root }) {
   if (ro) ro.observe(box);
   const keys = ["tree", "selected_feature", "error", "threshold", "root", "max_children", "hide_flagged"];
   for (const k of keys) model.on(`change:${k}`, draw);
-  return () => { for (const k of keys) model.off(`change:${k}`, draw); if (ro) ro.disconnect(); };
+  return () => { for (const k of keys) model.off(`change:${k}`, draw); if (ro) ro.disconnect(); if (io) io.disconnect(); };
 }
 
 export default { render };
