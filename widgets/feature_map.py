@@ -17,7 +17,7 @@ import numpy as np
 import traitlets
 
 from .base import LinkedCards, MsWidget, WithFeatureSelection, default_card_factory, open_run
-from .html import display_token, escape_html, token_label
+from .html import density_text, display_token, escape_html, token_label
 
 __all__ = ["FeatureMap", "feature_map_figure"]
 
@@ -111,7 +111,7 @@ class FeatureMap(WithFeatureSelection, MsWidget):
         info = {"cluster": "noise" if int(r["cluster"]) < 0 else int(r["cluster"]),
                 "top tokens": self.labels[k], "map position": f"({float(r['x']):.2f}, {float(r['y']):.2f})"}
         if "density" in r and np.isfinite(r["density"]):
-            info["density"] = f"{float(r['density']):.2g}"
+            info["density"] = density_text(float(r["density"]), odds=True)
         return info
 
     def page_title(self) -> str:

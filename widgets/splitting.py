@@ -25,7 +25,7 @@ import traitlets
 from monosemantic.errors import ConfigError
 
 from .base import LinkedCards, MsWidget, WithFeatureSelection, default_card_factory, open_run
-from .html import display_token, token_label
+from .html import density_text, display_token, token_label
 
 __all__ = ["SplittingTree"]
 
@@ -123,7 +123,7 @@ class SplittingTree(WithFeatureSelection, MsWidget):
             n = self._sp.node(d, i)
         except KeyError:
             return None
-        info = {"fires on": f"{n['fires']} tokens (density {n['density']:.2g})",
+        info = {"fires on": f"{n['fires']:,} tokens (density {density_text(n['density'], odds=True)})",
                 "top tokens": token_label(n["top_tokens"], 6)}
         par = self._sp.parents(d, i, self.threshold)
         if len(par):

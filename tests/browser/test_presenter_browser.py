@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from widget_fixtures import SyntheticStats, TOKENS, presenter_exports  # noqa: E402
+from widget_fixtures import TINY_DENSITIES, TOKENS, SyntheticStats, presenter_exports  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -188,8 +188,22 @@ def test_browser_permalink_present_mode_and_search(browser):
     stats = SyntheticStats(TOKENS, n_units=300)
     stats.table.loc[[5, 6], "dead"] = True
     stats.table.loc[[5, 6], "density"] = 0.0
+    for u, d in TINY_DENSITIES.items():
+        stats.table.loc[u, "density"] = d
     b = FeatureBrowser(stats, filter="all", query="lord", sort_by="relevance")
     assert shown == list(b.view().index[:b.page_size])
+    # densities read the same in the table (base.js msDensity) as in Python (html.density_text)
+    from monosemantic.widgets.html import density_text
+
+    page.locator("#ms-root .ms-search").fill("")
+    page.wait_for_function("() => !document.querySelector('#ms-root .ms-count').textContent.includes('relevance')")
+    for u, d in TINY_DENSITIES.items():
+        page.evaluate(f"() => {{ location.hash = '#A/1/{u}'; }}")
+        page.wait_for_function(f"() => (document.querySelector('#ms-root tr.ms-row-on') || {{}}).dataset?.unit === '{u}'")
+        cell = page.locator("#ms-root tr.ms-row-on td").nth(2).inner_text()
+        assert cell == density_text(d), (u, cell, density_text(d))
+        fact = page.locator("#ms-root .ms-card .ms-fact-v").first.inner_text()
+        assert fact == density_text(d, odds=True)
     errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
     assert not errors, errors
 

@@ -157,6 +157,7 @@ def hostile_exports(out: Path, tokens=PAGE_BREAKERS, include_plotly: bool = Fals
 TOKENS = [" the", " LORD", "def", "        ", "\n", " God", "(", "self", ")", ":", " return", " AttributeError",
           "\udce2", " said", "\n\n", " unto", "_initialize_configuration", " x"]
 SIZES = {"A/0": 512, "A/1": 4096, "A/2": 16384}
+TINY_DENSITIES = {10: 5.6e-5, 11: 2e-7, 12: 9.99e-5, 13: 0.00123}
 
 
 def default_size_splitting(seed: int = 0):
@@ -218,6 +219,8 @@ def presenter_exports(out: Path, n_units: int = 300) -> dict[str, Path]:
     stats = SyntheticStats(TOKENS, n_units=n_units)
     stats.table.loc[[5, 6], "dead"] = True
     stats.table.loc[[5, 6], "density"] = 0.0
+    for u, d in TINY_DENSITIES.items():          # rare units: the density format's small end
+        stats.table.loc[u, "density"] = d
 
     def cards(dict_id, idx, info):
         return FeatureCard(stats, int(idx) % stats.n_units)
