@@ -21,7 +21,18 @@ function msHeatFigure(data, r) {
 export default {
   render({ model, el }) {
     el.classList.add("ms-widget", "ms-heatmap-widget");
+    // present mode (built once, above what is redrawn): ←/→ colour the rows by the previous / next unit
+    const bar = msEl("div", "ms-toolbar ms-heat-toolbar");
+    const body = msEl("div", "ms-heat-body");
+    el.append(bar, body);
+    msPresenter(el, bar, (d) => {
+      const n = ((model.get("data") || {}).units || []).length;
+      if (!n) return;
+      model.set("selected", Math.max(0, Math.min(n - 1, (model.get("selected") || 0) + d)));
+      model.save_changes();
+    });
     const draw = () => {
+      const el = body;
       el.textContent = "";
       const data = model.get("data");
       const root = msEl("div", "ms-heatmap");

@@ -142,7 +142,7 @@ def test_notebook03_card_heatmap_and_browser(lab):
     br.locator("th", has_text="density").click()
     page.wait_for_function("() => document.querySelector('.ms-browser th.ms-sorted').textContent.startsWith('density')",
                            timeout=30_000)
-    dens = [float(t.rstrip("%")) for t in br.locator("tr.ms-row td:nth-child(2)").all_inner_texts()
+    dens = [float(t.rstrip("%")) for t in br.locator("tr.ms-row td:nth-child(3)").all_inner_texts()   # id, status, density
             if t.endswith("%") and "e" not in t]
     assert dens == sorted(dens, reverse=True) and len(dens) > 5
     _element_shot(page, br, shots / "nb03-browser.png")

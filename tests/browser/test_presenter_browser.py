@@ -300,3 +300,20 @@ def test_tree_and_map_fit_a_953px_column(browser):
     page.locator(".ms-map .ms-mapsearch").fill("attributeerror")
     page.wait_for_function("() => /^[1-9][\\d,]* found$/.test(document.querySelector('.ms-map .ms-found').textContent)")
     page.screenshot(path=str(shots / "fit-map.png"), full_page=True)
+
+
+def test_every_widget_has_present_mode_and_the_heatmap_steps_through_units(browser):
+    page, pages, shots = browser
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    for name in WIDGETS:
+        _open(page, pages[name])
+        assert page.locator("#ms-root .ms-present-btn").count() == 1, name
+    _ready(page, "map")
+    _open(page, pages["heatmap"])
+    _ready(page, "heatmap")
+    page.locator("#ms-root .ms-present-btn").click()
+    page.locator(".ms-presenting").wait_for()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.querySelectorAll('.ms-heatmap .ms-chip')[1].classList.contains('ms-chip-on')")
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => !document.querySelector('.ms-presenting')")
