@@ -81,6 +81,16 @@ tokens on which it fires. The paper reports the best base64 feature at 0.38 corr
 best_n = neurons.find("base64", by="corr").head(5)
 pd.concat({"features of A/1": best_f, "neurons of A": best_n})"""),
     ("code", """b64, b64_neuron = int(best_f.index[0]), int(best_n.index[0])
+rf, rn = float(best_f["corr"].iloc[0]), float(best_n["corr"].iloc[0])
+print(f"best base64 feature r = {rf:.2f}, best base64 neuron r = {rn:.2f}   (the paper: 0.38 vs 0.18)")
+if rn >= rf:
+    print("Here the best neuron matches the proxy at least as well as the best feature, unlike the paper. Our base64 "
+          "is planted in blocks, so one neuron can fire on almost all of it; the paper's proxy was a regex over web "
+          "text, where base64 is rarer and mixed with look-alikes. The paper's point is what each unit *also* does: "
+          "compare the specificity columns above and the interval samples of the two cards below.")
+else:
+    print("As in the paper, the best feature tracks the proxy better than the best neuron; our correlations are "
+          "higher than the paper's because the planted base64 is an exact, blocky proxy.")
 proxy_figure(stats, b64, neurons, b64_neuron).show()"""),
     ("code", """side_by_side(FeatureCard.from_run(run, DICT, b64, layout=CardLayout.compact()),
              NeuronCard.from_run(run, "A", b64_neuron, layout=CardLayout.compact()),
