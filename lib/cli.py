@@ -4,6 +4,7 @@
     monosemantic summary DIR [--json]
     monosemantic compare DIR A/1 B/1 [--tokens N] [--json]
     monosemantic interpret DIR A/1 [--out OUT] [--json]
+    monosemantic steer DIR A/1 --feature 123=+5 [--feature 7=x0 ...] --prompt TEXT [--tokens 20] [--seed 0]
 
 Errors are one line on stderr (exit 2); ``--debug`` (or MONOSEMANTIC_DEBUG=1) shows the traceback instead.
 """
@@ -56,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
                                                "then only read)")
     i.add_argument("--json", action="store_true", help="print the medians as JSON")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
+    st = sub.add_parser("steer", help="edit features (or neurons) while the transformer runs: the clean and the "
+                                      "steered continuation of a prompt and the top next-token changes")
+    st.add_argument("dir", help="run directory")
+    st.add_argument("source", help="dictionary id (e.g. A/1) for its features, or a transformer (A) for its neurons")
+    st.add_argument("--feature", action="append", default=[], metavar="EDIT",
+                    help="UNIT=+C add C·d_i, UNIT=xC scale, UNIT=C clamp (pin), UNIT=ablate; @POS,POS limits it to "
+                         "those token positions (-1: the newest); repeatable")
+    st.add_argument("--prompt", required=True, help="the text to continue")
+    st.add_argument("--tokens", type=int, default=20, help="tokens to sample (default 20)")
+    st.add_argument("--seed", type=int, default=0, help="sampling seed (the clean and steered runs share it)")
+    st.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default 1)")
+    st.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    st.add_argument("--top", type=int, default=5, help="next-token changes to list (default 5)")
+    st.add_argument("--no-error", action="store_true", help="splice the reconstruction alone (drop the "
+                                                            "dictionary's error term)")
+    st.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
@@ -139,6 +156,8 @@ def _dispatch(args) -> int:
         return _compare(args)
     if args.cmd == "interpret":
         return _interpret(args)
+    if args.cmd == "steer":
+        return _steer(args)
     return 1
 
 
@@ -172,6 +191,36 @@ def _interpret(args) -> int:
                                      for k, w in zip(keys, (9, 8, 7))) + f"{m['units']:6d}")
             print(f"  {g + ' ' + part:28s}" + " |".join(cells))
     print("  paper's logit-test medians: features 0.74, neurons 0.53, randomized control 0.50")
+    return 0
+
+
+def _steer(args) -> int:
+    from .errors import ConfigError
+    from .interventions import Steering
+
+    if not args.feature:
+        raise ConfigError("no edit given; add at least one --feature UNIT=+C (e.g. --feature 123=+5)")
+    s = Steering.open(args.dir, args.source)
+    edits = s.check_edits(args.feature)
+    r = s.steer(args.prompt, edits, n_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
+                seed=args.seed, k=args.top, keep_error=not args.no_error)
+    nxt = r.effect.next
+    if args.json:
+        ch = lambda c: {"token": c.token, "p_clean": c.p_clean, "p_steered": c.p_edited}  # noqa: E731
+        print(json.dumps({"source": args.source, "edits": args.feature, "prompt": args.prompt,
+                          "clean": r.clean.text, "steered": r.edited.text, "kl": nxt.kl,
+                          "raised": [ch(c) for c in nxt.raised], "lowered": [ch(c) for c in nxt.lowered],
+                          "delta_loglik": [float(v) for v in r.effect.delta_loglik_T]}, indent=2))
+        return 0
+    print(f"{args.source} {s.kind}s, edits {', '.join(args.feature)}"
+          + (" (reconstruction only, no error term)" if args.no_error else "")
+          + f"; {len(r.effect.tokens)} prompt tokens, {args.tokens} sampled (seed {args.seed})")
+    print(f"  prompt:  {args.prompt!r}")
+    print(f"  clean:   {r.clean.text!r}")
+    print(f"  steered: {r.edited.text!r}")
+    print(f"  next token: KL(clean ‖ steered) = {nxt.kl:.4g} nats")
+    for name, rows in (("raised", nxt.raised), ("lowered", nxt.lowered)):
+        print(f"  {name}: " + ", ".join(f"{c.token!r} {c.p_clean:.3f}→{c.p_edited:.3f}" for c in rows))
     return 0
 
 

@@ -184,6 +184,16 @@ class SubjectModel:
         return self.loss_with_hook(tokens, self.hook, replace, per_token)
 
     @torch.no_grad()
+    def logits_spliced(self, tokens_BT: torch.Tensor,
+                       replace: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (batch, pos, d_vocab) with the MLP hook's activations replaced by ``replace(acts)`` — an
+        intervention (``interventions.py``); ``replace=None``: the clean forward, with no hook at all."""
+        if replace is None:
+            return self.model(tokens_BT, return_type="logits")
+        return self.model.run_with_hooks(tokens_BT, return_type="logits",
+                                         fwd_hooks=[(self.hook, lambda act, hook: replace(act))])
+
+    @torch.no_grad()
     def loss_mlp_zero_ablated(self, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
         return self.loss_with_hook(tokens, f"blocks.{self.layer}.hook_mlp_out", torch.zeros_like, per_token)
 

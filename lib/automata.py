@@ -1,0 +1,219 @@
+"""Feature automata: features that chain through the token stream (*Towards Monosemanticity*, "Finite state
+automata").  Feature i's logit effect raises tokens on which feature j fires; once such a token is sampled, j fires
+at the next position — no weight connects the two, the sampled text does.  The paper's examples: a base64 feature
+whose promoted tokens re-trigger it (a one-node loop), snake_case capitals ↔ underscore, an HTML loop of four.
+
+The score of a pair, from one pass over a token set (``tokensets.token_set``, encoded by ``sparse.encode_sparse``):
+
+    w_j(t)  = a_j(t) / Σ_{t' ∈ top_j} a_j(t')   for t ∈ top_j, else 0      (a_j(t): j's mean activation on token
+                                                                            t, ``sparse.TokenMass``; top_j its
+                                                                            ``n_tokens`` top tokens, ``.top``)
+    z_i(t)  = ℓ_i(t) / std_t ℓ_i(t)                                        (ℓ_i: i's logit effect, the one
+                                                                            definition ``features.logit_weights``,
+                                                                            median-centred)
+    S[i, j] = Σ_t w_j(t) · z_i(t)        how far above i's median, in standard deviations of its logit effect, i
+                                         pushes the tokens j fires on
+
+The thresholded graph (S ≥ ``threshold``, at most ``max_edges`` strongest) gives **loops** (simple cycles of at
+most ``max_len`` features, a self-loop included) and **chains** (maximal simple paths of ≥ 3 features).  The
+``n_check`` strongest edges are checked causally on real contexts: pin i (clamp to its largest activation on the
+token set) at the last position, and measure j at the next one,
+
+    gain(i → j) = mean over contexts of Σ_{t ∈ C} (p'(t) − p(t)) · f_j(context + t)
+
+p, p' the next-token distribution clean and with i pinned, C the ``top_m`` tokens of max(p, p') — the change of j's
+expected activation at the next position (its MLP input cannot see the pin at the position before, so f_j(context +
+t) is the clean one).  ``base`` is Σ_C p(t) f_j, j's expected activation without the pin.
+
+API: ``find_automata(run, "A/1") -> Automata`` (``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
+``.chains``, ``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``pair_scores``, ``automaton_edges``,
+``loops_and_chains``, ``causal_gains`` work on any matrices.  Shapes: F features, V vocabulary, B contexts, T
+positions, M candidate tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .errors import ConfigError
+from .interventions import Edit, Intervention
+from .sparse import TokenMass
+
+__all__ = ["Automata", "find_automata", "token_weights", "pair_scores", "automaton_edges", "loops_and_chains",
+           "causal_gains"]
+
+
+def token_weights(mass: TokenMass, n_tokens: int = 10) -> sp.csr_matrix:
+    """(F, V): each feature's ``n_tokens`` top tokens weighted by its mean activation on them, rows summing to 1
+    (a feature that never fired: an empty row)."""
+    M = mass.matrix()
+    count = np.maximum(mass.count, 1)
+    rows, cols, vals = [], [], []
+    for u, ids in enumerate(mass.top(n_tokens)):
+        if not len(ids):
+            continue
+        a = np.asarray(M[u, ids].todense()).ravel() / count[ids]
+        if a.sum() <= 0:
+            continue
+        rows.append(np.full(len(ids), u)), cols.append(ids), vals.append(a / a.sum())
+    if not rows:
+        return sp.csr_matrix((mass.U, mass.V))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(mass.U, mass.V))
+
+
+def pair_scores(logits_FV: torch.Tensor | np.ndarray, weights_FV: sp.csr_matrix) -> np.ndarray:
+    """S (F_src, F_dst): ``S[i, j] = Σ_t w_j(t) · ℓ_i(t) / std(ℓ_i)`` (see the module docstring)."""
+    L = torch.as_tensor(logits_FV).double()
+    Z = (L / L.std(-1, keepdim=True).clamp_min(1e-12)).numpy()
+    return np.asarray(weights_FV.astype(np.float64) @ Z.T).T        # (W Zᵀ)ᵀ: (F_dst, F_src) → (F_src, F_dst)
+
+
+def automaton_edges(S: np.ndarray, threshold: float = 3.0, max_edges: int = 200):
+    """The thresholded graph: pairs with S ≥ ``threshold``, strongest first, at most ``max_edges`` (DataFrame src,
+    dst, score)."""
+    import pandas as pd
+
+    src, dst = np.nonzero(S >= threshold)
+    score = S[src, dst]
+    order = np.argsort(-score, kind="stable")[:max_edges]
+    return pd.DataFrame({"src": src[order].astype(int), "dst": dst[order].astype(int), "score": score[order]})
+
+
+def loops_and_chains(edges, max_len: int = 4, max_paths: int = 20_000) -> tuple[list[list[int]], list[list[int]]]:
+    """(loops, chains) of the graph ``edges`` (src → dst).  Loops: simple cycles of ≤ ``max_len`` features, each
+    once, starting at its smallest id (a self-loop is ``[i]``).  Chains: maximal simple paths of 3 … ``max_len``
+    features (neither end extends; not a loop's rotation), at most ``max_paths`` explored.  Both sorted by their weakest edge, strongest
+    first."""
+    out: dict[int, list[int]] = {}
+    into: dict[int, set[int]] = {}
+    w = {}
+    for s, d, sc in zip(edges["src"], edges["dst"], edges["score"]):
+        out.setdefault(int(s), []).append(int(d))
+        into.setdefault(int(d), set()).add(int(s))
+        w[(int(s), int(d))] = float(sc)
+    loops, chains, explored = set(), set(), 0
+    stack = [[s] for s in sorted(out)]
+    while stack and explored < max_paths:
+        path = stack.pop()
+        explored += 1
+        nxt = out.get(path[-1], [])
+        if path[0] in nxt and path[0] == min(path):
+            loops.add(tuple(path))
+        ext = [d for d in nxt if d not in path]
+        if len(path) < max_len:
+            stack.extend(path + [d] for d in ext)
+        starts_free = not (into.get(path[0], set()) - set(path))
+        closes = path[0] in nxt                                  # a loop's rotation is listed as the loop
+        if len(path) >= 3 and starts_free and not closes and (not ext or len(path) == max_len):
+            chains.add(tuple(path))
+
+    def weakest(p, closed):
+        pairs = list(zip(p, p[1:])) + ([(p[-1], p[0])] if closed else [])
+        return min(w[e] for e in pairs)
+
+    return ([list(p) for p in sorted(loops, key=lambda p: -weakest(p, True))],
+            [list(p) for p in sorted(chains, key=lambda p: -weakest(p, False))])
+
+
+@torch.no_grad()
+def causal_gains(model, dictionary, pairs: list[tuple[int, int]], contexts_BT: torch.Tensor, pin_F: np.ndarray,
+                 top_m: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, base) per pair (i, j): the change of j's expected activation at the next position when i is pinned
+    to ``pin_F[i]`` at the last position of each context, and j's expected activation without the pin (module
+    docstring).  ``contexts_BT`` start with BOS."""
+    B, T = contexts_BT.shape
+    gain, base = np.zeros(len(pairs)), np.zeros(len(pairs))
+    p_c_BV = torch.softmax(model.logits_spliced(contexts_BT)[:, -1].double(), -1)
+    for i in sorted({int(i) for i, _ in pairs}):
+        pin = Intervention(dictionary, [Edit(i, "clamp", float(pin_F[i]), positions=(-1,))])
+        p_e_BV = torch.softmax(model.logits_spliced(contexts_BT, pin)[:, -1].double(), -1)
+        cand_BM = torch.maximum(p_c_BV, p_e_BV).topk(min(top_m, p_c_BV.shape[1]), -1).indices
+        M = cand_BM.shape[1]
+        ext = torch.cat([contexts_BT.repeat_interleave(M, 0), cand_BM.reshape(-1, 1)], 1)   # (B·M, T+1)
+        f_BMF = dictionary.encode(model.mlp_acts(ext)[:, -1].float()).reshape(B, M, -1).double()
+        dp_BM = p_e_BV.gather(1, cand_BM) - p_c_BV.gather(1, cand_BM)
+        for k, (i2, j) in enumerate(pairs):
+            if int(i2) == i:
+                gain[k] = float((dp_BM * f_BMF[..., int(j)]).sum(1).mean())
+                base[k] = float((p_c_BV.gather(1, cand_BM) * f_BMF[..., int(j)]).sum(1).mean())
+    return gain, base
+
+
+@dataclass
+class Automata:
+    """The automaton graph of one dictionary: ``edges`` (src, dst, score, gain, base; gain/base NaN where not
+    checked), ``loops`` and ``chains`` (lists of feature ids), each node's ``top_tokens`` and the pin values."""
+
+    source: str
+    edges: object
+    loops: list[list[int]]
+    chains: list[list[int]]
+    top_tokens: dict[int, list[str]] = field(default_factory=dict)
+    pin_F: np.ndarray | None = None
+    n_tokens: int = 0
+
+    def describe(self, path: list[int], closed: bool = False) -> str:
+        """``"12 ['<'] → 40 ['div'] → …"``, a loop ending back at its first node."""
+        parts = [f"{u} {self.top_tokens.get(u, [])[:3]}" for u in path]
+        return " → ".join(parts + ([str(path[0])] if closed else []))
+
+
+def _token_pass(run, model, sae, n_tokens: int | None, seed: int):
+    """One pass over ``token_set(run, n_tokens)``: the features' ``TokenMass``, their largest activations, and the
+    final-LayerNorm scale of the first batch."""
+    from .sparse import encode_sparse
+    from .tokensets import token_set
+
+    ts = token_set(run, n_tokens, seed=seed)
+    mass = TokenMass(sae.d_sae, run.tokenizer.vocab_size)
+    max_F = np.zeros(sae.d_sae)
+    ln_scale, acts = None, None
+    for ctx in ts.batches(run, batch_tokens=8192):
+        tok_BT = torch.from_numpy(ctx)
+        if acts is None:
+            acts, ln_scale = model.mlp_acts_function(tok_BT[:4]), model.final_ln_scale(tok_BT[:16])
+        x_ND = acts(tok_BT)[:, 1:].reshape(-1, model.d_mlp)
+        f = encode_sparse(sae, x_ND)
+        rows = np.repeat(np.arange(f.shape[0]), np.diff(f.indptr))
+        mass.update(ctx[:, 1:].reshape(-1), rows, f.indices, f.data)
+        if f.nnz:
+            np.maximum.at(max_F, f.indices, f.data)
+    return ts, mass, max_F, ln_scale
+
+
+def find_automata(run, source: str, n_tokens: int | None = None, threshold: float = 3.0, max_edges: int = 200,
+                  n_check: int = 32, contexts: int = 16, context_len: int | None = None, top_m: int = 8,
+                  max_len: int = 4, n_top_tokens: int = 10, seed: int = 0) -> Automata:
+    """The automaton graph of dictionary ``source`` of ``run`` (module docstring): a pass over ``n_tokens``
+    (default: the run's ``universality.tokens``), pair scores, the thresholded graph, its loops and chains, and the
+    ``n_check`` strongest edges checked causally on ``contexts`` validation contexts cut to ``context_len`` tokens
+    (default n_ctx / 2)."""
+    from .features import logit_weights
+    from .prompt import loaded
+
+    if "/" not in source:
+        raise ConfigError(f"automata link features of a dictionary; give a dictionary id such as 'A/1', not "
+                          f"{source!r}")
+    run, model, sae = loaded(run, source)
+    ts, mass, max_F, ln_scale = _token_pass(run, model, sae, n_tokens, seed)
+    W = token_weights(mass, n_tokens=n_top_tokens)
+    S = pair_scores(logit_weights(model, sae, ln_scale=ln_scale), W)
+    edges = automaton_edges(S, threshold, max_edges)
+    loops, chains = loops_and_chains(edges, max_len)
+    edges["gain"], edges["base"] = np.nan, np.nan
+    if n_check and len(edges):
+        split = run.split("val")
+        L = int(context_len or max(2, model.n_ctx // 2))
+        idx = np.linspace(0, split.n_contexts - 1, min(contexts, split.n_contexts)).round().astype(np.int64)
+        ctx = torch.from_numpy(split.contexts(np.unique(idx))[:, :L])
+        top = edges.head(n_check)
+        g, b = causal_gains(model, sae, list(zip(top["src"], top["dst"])), ctx, max_F, top_m)
+        edges.loc[top.index, "gain"], edges.loc[top.index, "base"] = g, b
+    strs = run.tokenizer.token_strings()
+    nodes = sorted(set(edges["src"]) | set(edges["dst"]))
+    tops = mass.top(5)
+    return Automata(source, edges, loops, chains, {int(u): [strs[int(t)] for t in tops[u]] for u in nodes},
+                    max_F, ts.tokens)
