@@ -5,6 +5,7 @@ The public API::
     from monosemantic import preset, run_pipeline, Run                 # the whole recipe, resumable
     from monosemantic import train_dictionary, DictionaryConfig, SAETrainConfig, Dictionary
     from monosemantic import SubjectModel                              # TransformerLens behind one adapter
+    from monosemantic import Steering, Edit, find_automata             # interventions, feature automata
 """
 from .config import (CorpusConfig, DictSpec, EvalConfig, HarvestConfig, LMTrainConfig, ModelConfig, RunConfig,
                      SAETrainConfig, TokenizerConfig, preset)
@@ -21,7 +22,7 @@ __all__ = [
     "CorruptArtifactError", "MonosemanticError", "RunLockedError", "TrainingDivergedError", "Dictionary", "DictionaryConfig", "available_kinds",
     "available_recipes",
     "geometric_median", "make_dictionary", "register_kind", "train_dictionary", "run_pipeline", "Run",
-    "SubjectModel", "ActivationStore", "export_saelens", "import_saelens",
+    "SubjectModel", "ActivationStore", "export_saelens", "import_saelens", "Steering", "Edit", "find_automata",
 ]
 
 
@@ -41,6 +42,12 @@ def __getattr__(name):  # heavy modules (torch-heavy trainers, TransformerLens) 
     if name == "ActivationStore":
         from .activations import ActivationStore
         return ActivationStore
+    if name in ("Steering", "Edit"):
+        from . import interventions
+        return getattr(interventions, name)
+    if name == "find_automata":
+        from .automata import find_automata
+        return find_automata
     if name in ("export_saelens", "import_saelens"):
         from . import interop
         return getattr(interop, name)
