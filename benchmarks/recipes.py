@@ -149,8 +149,9 @@ def main(argv=None) -> None:
                   f"{fmt(u['feature_median'], '6.3f')} {fmt(u['feature_median_with_ultralow'], '6.3f')} "
                   f"{fmt(u['neuron_median'], '6.3f')} {r['tokens_per_second']:7d} {r['train_seconds']:7.0f}",
                   flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+            if args.json:   # after every row: a long study stopped half-way keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=2, default=lambda o: o.item()
+                                                      if isinstance(o, np.generic) else str(o)))
 
 
 if __name__ == "__main__":
