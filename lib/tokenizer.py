@@ -90,13 +90,35 @@ class Tokenizer:
         return self._tk.decode(list(map(int, ids)))
 
     def token_strings(self) -> list[str]:
-        """Readable string of every token id (bytes decoded; partial UTF-8 shows as �)."""
+        """Readable string of every token id: its bytes decoded as UTF-8, where the bytes of a partial character
+        are written as the text ``\\xNN`` (``errors="backslashreplace"``) rather than "�", so byte tokens stay
+        distinguishable in tables and widgets (plain text: safe in JSON, parquet and HTML).  Special tokens, and
+        tokenizers that are not byte-level BPE (a pretrained one from the hub), decode as the tokenizer does."""
         if self._strs is None:
-            self._strs = [self.decode([i]) for i in range(self.vocab_size)]
+            to_byte = {c: b for b, c in _byte_alphabet().items()}
+            piece_of = getattr(self._tk, "id_to_token", None)
+            strs = []
+            for i in range(self.vocab_size):
+                piece = piece_of(i) if piece_of is not None else None
+                if piece and i not in (self.bos_id, self.eot_id) and all(c in to_byte for c in piece):
+                    strs.append(bytes(to_byte[c] for c in piece).decode("utf-8", errors="backslashreplace"))
+                else:
+                    strs.append(self.decode([i]))
+            self._strs = strs
         return self._strs
 
     def token_str(self, i: int) -> str:
         return self.token_strings()[int(i)]
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """Byte-level BPE's alphabet (GPT-2's ``bytes_to_unicode``): the printable character that stands for each byte."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    out, n = {}, 0
+    for b in range(256):
+        out[b] = chr(b) if b in keep else chr(256 + n)
+        n += b not in keep
+    return out
 
 
 # ---- corpus → token arrays -----------------------------------------------------------------------------------

@@ -124,3 +124,23 @@ def test_write_corpus_manifest(tmp_path):
     on_disk = json.loads((tmp_path / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(man))
     assert sum(s["bytes"] for s in man["sources"].values()) == man["bytes"]
+
+
+def test_token_strings_show_partial_utf8_bytes_as_hex_text():
+    from tokenizers import pre_tokenizers
+
+    from monosemantic.tokenizer import _byte_alphabet
+
+    assert set(_byte_alphabet().values()) == set(pre_tokenizers.ByteLevel.alphabet())   # GPT-2's byte alphabet
+    texts = ["naïve café — “quoted” ✓ ok", "plain ascii text here"] * 50
+    tok = Tokenizer.train(texts, TokenizerConfig(vocab_size=300))
+    strs = tok.token_strings()
+    assert len(strs) == tok.vocab_size and "�" not in "".join(strs)
+    for i, s in enumerate(strs):
+        if i in (tok.bos_id, tok.eot_id):
+            continue
+        if "\\x" in s:   # a byte of a multi-byte character on its own: its hex, as plain text
+            assert re.fullmatch(r"[^\\]*(\\x[89a-f][0-9a-f])+[^\\]*", s), s
+        else:            # everything else reads as the tokenizer decodes it
+            assert s == tok.decode([i])
+    assert any("\\xe2" in s for s in strs)   # the lead byte of "—", "“", "✓" exists as a base token
