@@ -3,7 +3,7 @@
 against the clean run (``Steering.effect``) and a ``--tokens``-token sampled continuation (``Steering.sample``);
 ``Steering.steer`` is both, the clean side cached, which is what the panel calls.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/steer.py                       # a tiny run built in a temp dir (removed)
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/steer.py            # a tiny run, built in a temp dir and removed
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/steer.py --run /work/runs/base --dict A/1
 
 Prints the median and the fastest of ``--moves`` moves per step, and the total against the target (≤ 300 ms on 2

@@ -21,9 +21,9 @@ token set) at the last position, and measure j at the next one,
 
     gain(i → j) = mean over contexts of Σ_{t ∈ C} (p'(t) − p(t)) · f_j(context + t)
 
-p, p' the next-token distribution clean and with i pinned, C the ``top_m`` tokens of max(p, p') — the change of j's
-expected activation at the next position (its MLP input cannot see the pin at the position before, so f_j(context +
-t) is the clean one).  ``base`` is Σ_C p(t) f_j, j's expected activation without the pin.
+p, p' the next-token distribution clean and with i pinned, C j's top tokens and the ``top_m`` tokens of max(p, p')
+— the change of j's expected activation at the next position (its MLP input cannot see the pin at the position
+before, so f_j(context + t) is the clean one).  ``base`` is Σ_C p(t) f_j, j's expected activation without the pin.
 
 API: ``find_automata(run, "A/1") -> Automata`` (``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
 ``.chains``, ``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``pair_scores``, ``automaton_edges``,
@@ -85,8 +85,8 @@ def automaton_edges(S: np.ndarray, threshold: float = 3.0, max_edges: int = 200)
 def loops_and_chains(edges, max_len: int = 4, max_paths: int = 20_000) -> tuple[list[list[int]], list[list[int]]]:
     """(loops, chains) of the graph ``edges`` (src → dst).  Loops: simple cycles of ≤ ``max_len`` features, each
     once, starting at its smallest id (a self-loop is ``[i]``).  Chains: maximal simple paths of 3 … ``max_len``
-    features (neither end extends; not a loop's rotation), at most ``max_paths`` explored.  Both sorted by their weakest edge, strongest
-    first."""
+    features (neither end extends; not a loop's rotation), at most ``max_paths`` explored.  Both sorted by their
+    weakest edge, strongest first."""
     out: dict[int, list[int]] = {}
     into: dict[int, set[int]] = {}
     w = {}
@@ -120,25 +120,33 @@ def loops_and_chains(edges, max_len: int = 4, max_paths: int = 20_000) -> tuple[
 
 @torch.no_grad()
 def causal_gains(model, dictionary, pairs: list[tuple[int, int]], contexts_BT: torch.Tensor, pin_F: np.ndarray,
-                 top_m: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                 top_m: int = 8, dst_tokens: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(gain, base) per pair (i, j): the change of j's expected activation at the next position when i is pinned
     to ``pin_F[i]`` at the last position of each context, and j's expected activation without the pin (module
-    docstring).  ``contexts_BT`` start with BOS."""
+    docstring).  The candidate tokens C of a context are the ``top_m`` of max(p, p') and ``dst_tokens[j]`` (j's top
+    tokens: where its activation is).  ``contexts_BT`` start with BOS."""
     B, T = contexts_BT.shape
     gain, base = np.zeros(len(pairs)), np.zeros(len(pairs))
     p_c_BV = torch.softmax(model.logits_spliced(contexts_BT)[:, -1].double(), -1)
-    for i in sorted({int(i) for i, _ in pairs}):
-        pin = Intervention(dictionary, [Edit(i, "clamp", float(pin_F[i]), positions=(-1,))])
-        p_e_BV = torch.softmax(model.logits_spliced(contexts_BT, pin)[:, -1].double(), -1)
-        cand_BM = torch.maximum(p_c_BV, p_e_BV).topk(min(top_m, p_c_BV.shape[1]), -1).indices
+    p_e = {}
+    for k, (i, j) in enumerate(pairs):
+        i, j = int(i), int(j)
+        if i not in p_e:
+            pin = Intervention(dictionary, [Edit(i, "clamp", float(pin_F[i]), positions=(-1,))])
+            p_e[i] = torch.softmax(model.logits_spliced(contexts_BT, pin)[:, -1].double(), -1)
+        p_e_BV = p_e[i]
+        rank_BV = torch.maximum(p_c_BV, p_e_BV)
+        extra = np.asarray((dst_tokens or {}).get(j, []), np.int64)
+        if extra.size:
+            rank_BV = rank_BV.clone()
+            rank_BV[:, torch.from_numpy(extra)] += 2.0                      # probabilities are ≤ 1: extras first
+        cand_BM = rank_BV.topk(min(top_m + extra.size, rank_BV.shape[1]), -1).indices
         M = cand_BM.shape[1]
         ext = torch.cat([contexts_BT.repeat_interleave(M, 0), cand_BM.reshape(-1, 1)], 1)   # (B·M, T+1)
-        f_BMF = dictionary.encode(model.mlp_acts(ext)[:, -1].float()).reshape(B, M, -1).double()
+        f_BM = dictionary.encode(model.mlp_acts(ext)[:, -1].float())[:, j].reshape(B, M).double()
         dp_BM = p_e_BV.gather(1, cand_BM) - p_c_BV.gather(1, cand_BM)
-        for k, (i2, j) in enumerate(pairs):
-            if int(i2) == i:
-                gain[k] = float((dp_BM * f_BMF[..., int(j)]).sum(1).mean())
-                base[k] = float((p_c_BV.gather(1, cand_BM) * f_BMF[..., int(j)]).sum(1).mean())
+        gain[k] = float((dp_BM * f_BM).sum(1).mean())
+        base[k] = float((p_c_BV.gather(1, cand_BM) * f_BM).sum(1).mean())
     return gain, base
 
 
@@ -210,7 +218,8 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
         idx = np.linspace(0, split.n_contexts - 1, min(contexts, split.n_contexts)).round().astype(np.int64)
         ctx = torch.from_numpy(split.contexts(np.unique(idx))[:, :L])
         top = edges.head(n_check)
-        g, b = causal_gains(model, sae, list(zip(top["src"], top["dst"])), ctx, max_F, top_m)
+        dst = {int(j): W[int(j)].indices for j in set(top["dst"])}
+        g, b = causal_gains(model, sae, list(zip(top["src"], top["dst"])), ctx, max_F, top_m, dst)
         edges.loc[top.index, "gain"], edges.loc[top.index, "base"] = g, b
     strs = run.tokenizer.token_strings()
     nodes = sorted(set(edges["src"]) | set(edges["dst"]))

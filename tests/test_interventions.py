@@ -161,10 +161,12 @@ def test_find_automata_checks_the_top_edges_causally(tiny_run):
     st = Steering.open(tiny_run, "A/1")
     i, j = int(checked["src"].iloc[0]), int(checked["dst"].iloc[0])
     ctx = torch.from_numpy(tiny_run.split("val").contexts(np.array([0]))[:, :12])
-    gain, _ = causal_gains(st.model, st.dictionary, [(i, j)], ctx, a.pin_F, top_m=4)
+    extra = np.array([3, 17])                                            # j's tokens join the candidates
+    gain, _ = causal_gains(st.model, st.dictionary, [(i, j)], ctx, a.pin_F, top_m=4, dst_tokens={j: extra})
     p_c = torch.softmax(st.logits(ctx)[0, -1].double(), -1)
     p_e = torch.softmax(st.logits(ctx, [f"{i}={a.pin_F[i]}@10"])[0, -1].double(), -1)
-    cand = torch.maximum(p_c, p_e).topk(4).indices
+    top4 = [int(t) for t in torch.maximum(p_c, p_e).topk(6).indices if int(t) not in (3, 17)][:4]
+    cand = torch.tensor(sorted(set(top4) | {3, 17}))
     with torch.no_grad():
         f_j = [float(st.dictionary.encode(st.model.mlp_acts(torch.cat([ctx[0], c.view(1)])[None])[0, -1])[j])
                for c in cand]
