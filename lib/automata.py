@@ -25,7 +25,8 @@ p, p' the next-token distribution clean and with i pinned, C j's top tokens and 
 — the change of j's expected activation at the next position (its MLP input cannot see the pin at the position
 before, so f_j(context + t) is the clean one).  ``base`` is Σ_C p(t) f_j, j's expected activation without the pin.
 
-API: ``find_automata(run, "A/1") -> Automata`` (``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
+API: ``find_automata(run, "A/1") -> Automata`` (saved under ``RUN/analyses/automata/A-1/``, reused while weights,
+token set and settings are the same; ``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
 ``.chains``, ``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``pair_scores``, ``automaton_edges``,
 ``loops_and_chains``, ``causal_gains`` work on any matrices.  Shapes: F features, V vocabulary, B contexts, T
 positions, M candidate tokens.
@@ -33,6 +34,7 @@ positions, M candidate tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,7 +44,7 @@ from .errors import ConfigError
 from .interventions import Edit, Intervention
 from .sparse import TokenMass
 
-__all__ = ["Automata", "find_automata", "token_weights", "pair_scores", "automaton_edges", "loops_and_chains",
+__all__ = ["Automata", "find_automata", "automata_dir", "token_weights", "pair_scores", "automaton_edges", "loops_and_chains",
            "causal_gains"]
 
 
@@ -192,20 +194,50 @@ def _token_pass(run, model, sae, n_tokens: int | None, seed: int):
     return ts, mass, max_F, ln_scale
 
 
+AUTOMATA_VERSION = 1   # bump when the saved result's meaning changes
+
+
+def automata_dir(run, source: str) -> Path:
+    from .io import safe_name
+
+    return Path(run.root) / "analyses" / "automata" / safe_name(source)
+
+
 def find_automata(run, source: str, n_tokens: int | None = None, threshold: float = 3.0, max_edges: int = 200,
                   n_check: int = 32, contexts: int = 16, context_len: int | None = None, top_m: int = 8,
-                  max_len: int = 4, n_top_tokens: int = 10, seed: int = 0) -> Automata:
+                  max_len: int = 4, n_top_tokens: int = 10, seed: int = 0, write: bool = True) -> Automata:
     """The automaton graph of dictionary ``source`` of ``run`` (module docstring): a pass over ``n_tokens``
     (default: the run's ``universality.tokens``), pair scores, the thresholded graph, its loops and chains, and the
     ``n_check`` strongest edges checked causally on ``contexts`` validation contexts cut to ``context_len`` tokens
-    (default n_ctx / 2)."""
-    from .features import logit_weights
+    (default n_ctx / 2).  With ``write`` the result is saved under ``RUN/analyses/automata/<source>/`` and a later
+    call with the same weights, token set and settings loads it instead of recomputing."""
+    from .io import file_sha, finished_with
     from .prompt import loaded
+    from .tokensets import token_set
 
     if "/" not in source:
         raise ConfigError(f"automata link features of a dictionary; give a dictionary id such as 'A/1', not "
                           f"{source!r}")
     run, model, sae = loaded(run, source)
+    settings = dict(threshold=threshold, max_edges=max_edges, n_check=n_check, contexts=contexts,
+                    context_len=context_len, top_m=top_m, max_len=max_len, n_top_tokens=n_top_tokens, seed=seed)
+    fingerprint = {"version": AUTOMATA_VERSION, "settings": settings,
+                   "token_set": token_set(run, n_tokens, seed=seed).describe(),
+                   "model_sha": file_sha(run.model_dir(source.split("/")[0]) / "model.safetensors"),
+                   "dictionary_sha": file_sha(run.dict_dir(source) / "sae.safetensors")}
+    out = automata_dir(run, source)
+    if finished_with(out / "fingerprint.json", fingerprint):
+        return _load(out, source)
+    a = _compute(run, model, sae, source, n_tokens, **settings)
+    if write:
+        _save(a, out, fingerprint)
+    return a
+
+
+def _compute(run, model, sae, source, n_tokens, threshold, max_edges, n_check, contexts, context_len, top_m,
+             max_len, n_top_tokens, seed) -> Automata:
+    from .features import logit_weights
+
     ts, mass, max_F, ln_scale = _token_pass(run, model, sae, n_tokens, seed)
     W = token_weights(mass, n_tokens=n_top_tokens)
     S = pair_scores(logit_weights(model, sae, ln_scale=ln_scale), W)
@@ -226,3 +258,26 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
     tops = mass.top(5)
     return Automata(source, edges, loops, chains, {int(u): [strs[int(t)] for t in tops[u]] for u in nodes},
                     max_F, ts.tokens)
+
+
+def _save(a: Automata, out: Path, fingerprint: dict) -> None:
+    from .io import atomic_parquet, atomic_save_npy, atomic_write_json, mark_finished
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fingerprint.json").unlink(missing_ok=True)
+    atomic_parquet(a.edges, out / "edges.parquet")
+    atomic_save_npy(out / "pin.npy", np.asarray(a.pin_F, np.float64))
+    atomic_write_json(out / "automata.json", {"source": a.source, "loops": a.loops, "chains": a.chains,
+                                              "top_tokens": {str(u): t for u, t in a.top_tokens.items()},
+                                              "n_tokens": a.n_tokens})
+    mark_finished(out / "fingerprint.json", fingerprint)
+
+
+def _load(out: Path, source: str) -> Automata:
+    import pandas as pd
+
+    from .io import read_json
+
+    meta = read_json(out / "automata.json")
+    return Automata(source, pd.read_parquet(out / "edges.parquet"), meta["loops"], meta["chains"],
+                    {int(u): t for u, t in meta["top_tokens"].items()}, np.load(out / "pin.npy"), meta["n_tokens"])

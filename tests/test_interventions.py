@@ -148,7 +148,8 @@ def test_the_automaton_finder_recovers_a_planted_chain_and_loop():
     assert loops == [[7], [1, 2, 3]] and chains == [[4, 5, 6]]
 
 
-def test_find_automata_checks_the_top_edges_causally(tiny_run):
+def test_find_automata_checks_the_top_edges_causally(tiny_run, monkeypatch):
+    from monosemantic import automata
     from monosemantic.automata import causal_gains, find_automata
     from monosemantic.interventions import Steering
 
@@ -157,6 +158,12 @@ def test_find_automata_checks_the_top_edges_causally(tiny_run):
     checked = a.edges.head(3)
     assert np.isfinite(checked[["gain", "base"]].to_numpy()).all() and a.edges["gain"].iloc[3:].isna().all()
     assert (checked["base"] >= 0).all() and set(a.top_tokens) >= set(a.edges["src"])
+    with monkeypatch.context() as m:                                     # saved: the same call loads it
+        m.setattr(automata, "_compute", lambda *a, **k: pytest.fail("recomputed a finished result"))
+        again = find_automata(tiny_run, "A/1", n_tokens=8192, threshold=1.0, n_check=3, contexts=4)
+    pd.testing.assert_frame_equal(again.edges, a.edges)
+    assert again.loops == a.loops and again.chains == a.chains and np.array_equal(again.pin_F, a.pin_F)
+    assert (tiny_run.root / "analyses" / "automata" / "A-1" / "fingerprint.json").exists()
     # the gain, recomputed for one context through Steering's absolute positions
     st = Steering.open(tiny_run, "A/1")
     i, j = int(checked["src"].iloc[0]), int(checked["dst"].iloc[0])
