@@ -16,20 +16,21 @@ The score of a pair, from one pass over a token set (``tokensets.token_set``, en
 
 The thresholded graph (S ≥ ``threshold``, at most ``max_edges`` strongest) gives **loops** (simple cycles of at
 most ``max_len`` features, a self-loop included) and **chains** (maximal simple paths of ≥ 3 features).  The
-``n_check`` strongest edges are checked causally on real contexts: pin i (clamp to its largest activation on the
-token set) at the last position, and measure j at the next one,
+``n_check`` strongest edges are checked causally where i fires: in ``contexts`` prefixes of the token set that end
+on a token where i is active, set i at that last position to 0 (p₀) and to its largest activation on the token
+set (p₁: pinned), and measure j at the next position,
 
-    gain(i → j) = mean over contexts of Σ_{t ∈ C} (p'(t) − p(t)) · f_j(context + t)
+    gain(i → j) = mean over the prefixes of Σ_{t ∈ C} (p₁(t) − p₀(t)) · f_j(prefix + t)
 
-p, p' the next-token distribution clean and with i pinned, C j's top tokens and the ``top_m`` tokens of max(p, p')
-— the change of j's expected activation at the next position (its MLP input cannot see the pin at the position
-before, so f_j(context + t) is the clean one).  ``base`` is Σ_C p(t) f_j, j's expected activation without the pin.
+C j's top tokens and the ``top_m`` tokens of max(p₀, p₁) — the change of j's expected activation at the next
+position (its MLP input cannot see the edit at the position before, so f_j(prefix + t) is the clean one).
+``base`` is Σ_C p₀(t) f_j, j's expected activation with i off; an edge whose gain is > 0 is confirmed.
 
 API: ``find_automata(run, "A/1") -> Automata`` (saved under ``RUN/analyses/automata/A-1/``, reused while weights,
 token set and settings are the same; ``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
 ``.chains``, ``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``pair_scores``, ``automaton_edges``,
-``loops_and_chains``, ``causal_gains`` work on any matrices.  Shapes: F features, V vocabulary, B contexts, T
-positions, M candidate tokens.
+``loops_and_chains``, ``firing_prefixes``, ``causal_gains`` work on any matrices and models.  Shapes: F features,
+V vocabulary, B contexts, T positions, M candidate tokens.
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ from .errors import ConfigError
 from .interventions import Edit, Intervention
 from .sparse import TokenMass
 
-__all__ = ["Automata", "find_automata", "automata_dir", "token_weights", "pair_scores", "automaton_edges", "loops_and_chains",
-           "causal_gains"]
+__all__ = ["Automata", "find_automata", "automata_dir", "token_weights", "pair_scores", "automaton_edges",
+           "loops_and_chains", "causal_gains", "firing_prefixes"]
 
 
 def token_weights(mass: TokenMass, n_tokens: int = 10) -> sp.csr_matrix:
@@ -121,35 +122,72 @@ def loops_and_chains(edges, max_len: int = 4, max_paths: int = 20_000) -> tuple[
 
 
 @torch.no_grad()
-def causal_gains(model, dictionary, pairs: list[tuple[int, int]], contexts_BT: torch.Tensor, pin_F: np.ndarray,
-                 top_m: int = 8, dst_tokens: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(gain, base) per pair (i, j): the change of j's expected activation at the next position when i is pinned
-    to ``pin_F[i]`` at the last position of each context, and j's expected activation without the pin (module
-    docstring).  The candidate tokens C of a context are the ``top_m`` of max(p, p') and ``dst_tokens[j]`` (j's top
-    tokens: where its activation is).  ``contexts_BT`` start with BOS."""
-    B, T = contexts_BT.shape
-    gain, base = np.zeros(len(pairs)), np.zeros(len(pairs))
-    p_c_BV = torch.softmax(model.logits_spliced(contexts_BT)[:, -1].double(), -1)
-    p_e = {}
+def causal_gains(model, dictionary, pairs: list[tuple[int, int]], prefixes: dict[int, list[torch.Tensor]],
+                 pin_F: np.ndarray, top_m: int = 8, dst_tokens: dict[int, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(gain, base) per pair (i, j) (module docstring), over ``prefixes[i]`` (1-D token tensors starting with BOS,
+    ending where i is edited); NaN for a source without prefixes.  The candidate tokens C of a prefix are the
+    ``top_m`` of max(p₀, p₁) and ``dst_tokens[j]`` (j's top tokens: where its activation is)."""
+    gain, base = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
+    dists: dict[int, list] = {}
     for k, (i, j) in enumerate(pairs):
         i, j = int(i), int(j)
-        if i not in p_e:
-            pin = Intervention(dictionary, [Edit(i, "clamp", float(pin_F[i]), positions=(-1,))])
-            p_e[i] = torch.softmax(model.logits_spliced(contexts_BT, pin)[:, -1].double(), -1)
-        p_e_BV = p_e[i]
-        rank_BV = torch.maximum(p_c_BV, p_e_BV)
-        extra = np.asarray((dst_tokens or {}).get(j, []), np.int64)
-        if extra.size:
-            rank_BV = rank_BV.clone()
-            rank_BV[:, torch.from_numpy(extra)] += 2.0                      # probabilities are ≤ 1: extras first
-        cand_BM = rank_BV.topk(min(top_m + extra.size, rank_BV.shape[1]), -1).indices
-        M = cand_BM.shape[1]
-        ext = torch.cat([contexts_BT.repeat_interleave(M, 0), cand_BM.reshape(-1, 1)], 1)   # (B·M, T+1)
-        f_BM = dictionary.encode(model.mlp_acts(ext)[:, -1].float())[:, j].reshape(B, M).double()
-        dp_BM = p_e_BV.gather(1, cand_BM) - p_c_BV.gather(1, cand_BM)
-        gain[k] = float((dp_BM * f_BM).sum(1).mean())
-        base[k] = float((p_c_BV.gather(1, cand_BM) * f_BM).sum(1).mean())
+        if not prefixes.get(i):
+            continue
+        if i not in dists:
+            dists[i] = [_off_on(model, dictionary, i, float(pin_F[i]), t_T) for t_T in prefixes[i]]
+        extra = torch.as_tensor(np.asarray((dst_tokens or {}).get(j, []), np.int64))
+        g, b0 = [], []
+        for t_T, (p0_V, p1_V) in zip(prefixes[i], dists[i]):
+            rank_V = torch.maximum(p0_V, p1_V).clone()
+            rank_V[extra] += 2.0                                            # probabilities are ≤ 1: extras first
+            cand_M = rank_V.topk(min(top_m + extra.numel(), rank_V.numel())).indices
+            ext_MT = torch.cat([t_T.expand(len(cand_M), -1), cand_M[:, None]], 1)
+            f_M = dictionary.encode(model.mlp_acts(ext_MT)[:, -1].float())[:, j].double()
+            g.append(float(((p1_V[cand_M] - p0_V[cand_M]) * f_M).sum()))
+            b0.append(float((p0_V[cand_M] * f_M).sum()))
+        gain[k], base[k] = np.mean(g), np.mean(b0)
     return gain, base
+
+
+def _off_on(model, dictionary, i: int, pin: float, t_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token distributions after ``t_T`` with feature ``i`` at the last position set to 0 and to ``pin``."""
+    out = []
+    for edit in (Edit(i, "ablate", positions=(-1,)), Edit(i, "clamp", pin, positions=(-1,))):
+        lg = model.logits_spliced(t_T[None], Intervention(dictionary, [edit]))[0, -1]
+        out.append(torch.softmax(lg.double(), -1))
+    return out[0], out[1]
+
+
+def firing_prefixes(run, model, sae, units, n: int = 16, n_tokens: int | None = None, seed: int = 0,
+                    max_batches: int = 8) -> dict[int, list[torch.Tensor]]:
+    """For each unit, up to ``n`` prefixes of the token set's contexts (BOS … the token) ending on a token where
+    the unit fires, one per context, read from at most ``max_batches`` batches."""
+    from .sparse import encode_sparse
+    from .tokensets import token_set
+
+    units = sorted({int(u) for u in units})
+    out: dict[int, list[torch.Tensor]] = {u: [] for u in units}
+    acts = None
+    for b, ctx in enumerate(token_set(run, n_tokens, seed=seed).batches(run, batch_tokens=8192)):
+        if b >= max_batches or all(len(v) >= n for v in out.values()):
+            break
+        tok_BT = torch.from_numpy(ctx)
+        if acts is None:
+            acts = model.mlp_acts_function(tok_BT[:4])
+        B, T = tok_BT.shape
+        f = encode_sparse(sae, acts(tok_BT)[:, 1:].reshape(-1, model.d_mlp)).tocsc()
+        for u in units:
+            rows = f.indices[f.indptr[u]:f.indptr[u + 1]]
+            seen = set()
+            for r in rows:
+                c, pos = divmod(int(r), T - 1)
+                if len(out[u]) >= n:
+                    break
+                if c not in seen:
+                    seen.add(c)
+                    out[u].append(tok_BT[c, :pos + 2].clone())
+    return out
 
 
 @dataclass
@@ -194,7 +232,7 @@ def _token_pass(run, model, sae, n_tokens: int | None, seed: int):
     return ts, mass, max_F, ln_scale
 
 
-AUTOMATA_VERSION = 1   # bump when the saved result's meaning changes
+AUTOMATA_VERSION = 2   # bump when the saved result's meaning changes
 
 
 def automata_dir(run, source: str) -> Path:
@@ -204,13 +242,13 @@ def automata_dir(run, source: str) -> Path:
 
 
 def find_automata(run, source: str, n_tokens: int | None = None, threshold: float = 3.0, max_edges: int = 200,
-                  n_check: int = 32, contexts: int = 16, context_len: int | None = None, top_m: int = 8,
-                  max_len: int = 4, n_top_tokens: int = 10, seed: int = 0, write: bool = True) -> Automata:
+                  n_check: int = 32, contexts: int = 16, top_m: int = 8, max_len: int = 4, n_top_tokens: int = 10,
+                  seed: int = 0, write: bool = True) -> Automata:
     """The automaton graph of dictionary ``source`` of ``run`` (module docstring): a pass over ``n_tokens``
     (default: the run's ``universality.tokens``), pair scores, the thresholded graph, its loops and chains, and the
-    ``n_check`` strongest edges checked causally on ``contexts`` validation contexts cut to ``context_len`` tokens
-    (default n_ctx / 2).  With ``write`` the result is saved under ``RUN/analyses/automata/<source>/`` and a later
-    call with the same weights, token set and settings loads it instead of recomputing."""
+    ``n_check`` strongest edges checked causally on ``contexts`` prefixes where each source fires.  With ``write``
+    the result is saved under ``RUN/analyses/automata/<source>/`` and a later call with the same weights, token set
+    and settings loads it instead of recomputing."""
     from .io import file_sha, finished_with
     from .prompt import loaded
     from .tokensets import token_set
@@ -219,8 +257,8 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
         raise ConfigError(f"automata link features of a dictionary; give a dictionary id such as 'A/1', not "
                           f"{source!r}")
     run, model, sae = loaded(run, source)
-    settings = dict(threshold=threshold, max_edges=max_edges, n_check=n_check, contexts=contexts,
-                    context_len=context_len, top_m=top_m, max_len=max_len, n_top_tokens=n_top_tokens, seed=seed)
+    settings = dict(threshold=threshold, max_edges=max_edges, n_check=n_check, contexts=contexts, top_m=top_m,
+                    max_len=max_len, n_top_tokens=n_top_tokens, seed=seed)
     fingerprint = {"version": AUTOMATA_VERSION, "settings": settings,
                    "token_set": token_set(run, n_tokens, seed=seed).describe(),
                    "model_sha": file_sha(run.model_dir(source.split("/")[0]) / "model.safetensors"),
@@ -234,8 +272,8 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
     return a
 
 
-def _compute(run, model, sae, source, n_tokens, threshold, max_edges, n_check, contexts, context_len, top_m,
-             max_len, n_top_tokens, seed) -> Automata:
+def _compute(run, model, sae, source, n_tokens, threshold, max_edges, n_check, contexts, top_m, max_len,
+             n_top_tokens, seed) -> Automata:
     from .features import logit_weights
 
     ts, mass, max_F, ln_scale = _token_pass(run, model, sae, n_tokens, seed)
@@ -245,13 +283,10 @@ def _compute(run, model, sae, source, n_tokens, threshold, max_edges, n_check, c
     loops, chains = loops_and_chains(edges, max_len)
     edges["gain"], edges["base"] = np.nan, np.nan
     if n_check and len(edges):
-        split = run.split("val")
-        L = int(context_len or max(2, model.n_ctx // 2))
-        idx = np.linspace(0, split.n_contexts - 1, min(contexts, split.n_contexts)).round().astype(np.int64)
-        ctx = torch.from_numpy(split.contexts(np.unique(idx))[:, :L])
         top = edges.head(n_check)
+        prefixes = firing_prefixes(run, model, sae, top["src"], contexts, n_tokens, seed)
         dst = {int(j): W[int(j)].indices for j in set(top["dst"])}
-        g, b = causal_gains(model, sae, list(zip(top["src"], top["dst"])), ctx, max_F, top_m, dst)
+        g, b = causal_gains(model, sae, list(zip(top["src"], top["dst"])), prefixes, max_F, top_m, dst)
         edges.loc[top.index, "gain"], edges.loc[top.index, "base"] = g, b
     strs = run.tokenizer.token_strings()
     nodes = sorted(set(edges["src"]) | set(edges["dst"]))

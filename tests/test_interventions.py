@@ -150,7 +150,7 @@ def test_the_automaton_finder_recovers_a_planted_chain_and_loop():
 
 def test_find_automata_checks_the_top_edges_causally(tiny_run, monkeypatch):
     from monosemantic import automata
-    from monosemantic.automata import causal_gains, find_automata
+    from monosemantic.automata import causal_gains, find_automata, firing_prefixes
     from monosemantic.interventions import Steering
 
     a = find_automata(tiny_run, "A/1", n_tokens=8192, threshold=1.0, n_check=3, contexts=4)
@@ -164,20 +164,26 @@ def test_find_automata_checks_the_top_edges_causally(tiny_run, monkeypatch):
     pd.testing.assert_frame_equal(again.edges, a.edges)
     assert again.loops == a.loops and again.chains == a.chains and np.array_equal(again.pin_F, a.pin_F)
     assert (tiny_run.root / "analyses" / "automata" / "A-1" / "fingerprint.json").exists()
-    # the gain, recomputed for one context through Steering's absolute positions
+    # the gain, recomputed for one prefix through Steering's absolute positions
     st = Steering.open(tiny_run, "A/1")
     i, j = int(checked["src"].iloc[0]), int(checked["dst"].iloc[0])
-    ctx = torch.from_numpy(tiny_run.split("val").contexts(np.array([0]))[:, :12])
-    extra = np.array([3, 17])                                            # j's tokens join the candidates
-    gain, _ = causal_gains(st.model, st.dictionary, [(i, j)], ctx, a.pin_F, top_m=4, dst_tokens={j: extra})
-    p_c = torch.softmax(st.logits(ctx)[0, -1].double(), -1)
-    p_e = torch.softmax(st.logits(ctx, [f"{i}={a.pin_F[i]}@10"])[0, -1].double(), -1)
-    top4 = [int(t) for t in torch.maximum(p_c, p_e).topk(6).indices if int(t) not in (3, 17)][:4]
-    cand = torch.tensor(sorted(set(top4) | {3, 17}))
+    pre = firing_prefixes(tiny_run, st.model, st.dictionary, [i], n=2, n_tokens=8192)[i]
+    assert len(pre) == 2 and pre[0][0] == st.tokenizer.bos_id
     with torch.no_grad():
-        f_j = [float(st.dictionary.encode(st.model.mlp_acts(torch.cat([ctx[0], c.view(1)])[None])[0, -1])[j])
-               for c in cand]
-    assert np.isclose(gain[0], float(sum((p_e[c] - p_c[c]) * f for c, f in zip(cand, f_j))), atol=1e-6)
+        f_T = st.dictionary.encode(st.model.mlp_acts(pre[0][None])[0])[:, i]
+    assert f_T[-1] > 0                                                   # each prefix ends where i fires
+    extra = np.array([3, 17])                                            # j's tokens join the candidates
+    gain, base = causal_gains(st.model, st.dictionary, [(i, j)], {i: pre[:1]}, a.pin_F, top_m=4,
+                              dst_tokens={j: extra})
+    at = len(pre[0]) - 2                                                 # the last token's absolute position
+    p0 = torch.softmax(st.logits(pre[0][None], [f"{i}=ablate@{at}"])[0, -1].double(), -1)
+    p1 = torch.softmax(st.logits(pre[0][None], [f"{i}={a.pin_F[i]}@{at}"])[0, -1].double(), -1)
+    top4 = [int(t) for t in torch.maximum(p0, p1).topk(6).indices if int(t) not in (3, 17)][:4]
+    with torch.no_grad():
+        f_j = {c: float(st.dictionary.encode(st.model.mlp_acts(torch.cat([pre[0], torch.tensor([c])])[None])[0, -1])[j])
+               for c in set(top4) | {3, 17}}
+    assert np.isclose(gain[0], sum((p1[c] - p0[c]).item() * f for c, f in f_j.items()), atol=1e-6)
+    assert np.isclose(base[0], sum(p0[c].item() * f for c, f in f_j.items()), atol=1e-6)
 
 
 def test_the_steer_command_prints_both_continuations(tiny_run, capsys):
