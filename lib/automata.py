@@ -162,7 +162,8 @@ def _off_on(model, dictionary, i: int, pin: float, t_T: torch.Tensor) -> tuple[t
 def firing_prefixes(run, model, sae, units, n: int = 16, n_tokens: int | None = None, seed: int = 0,
                     max_batches: int = 8) -> dict[int, list[torch.Tensor]]:
     """For each unit, up to ``n`` prefixes of the token set's contexts (BOS … the token) ending on a token where
-    the unit fires, one per context, read from at most ``max_batches`` batches."""
+    the unit fires, one per context and at most n_ctx − 1 long (room for the next token), read from at most
+    ``max_batches`` batches."""
     from .sparse import encode_sparse
     from .tokensets import token_set
 
@@ -184,7 +185,7 @@ def firing_prefixes(run, model, sae, units, n: int = 16, n_tokens: int | None = 
                 c, pos = divmod(int(r), T - 1)
                 if len(out[u]) >= n:
                     break
-                if c not in seen:
+                if c not in seen and pos + 3 <= T:                     # room for the next token
                     seen.add(c)
                     out[u].append(tok_BT[c, :pos + 2].clone())
     return out

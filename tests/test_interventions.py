@@ -169,6 +169,8 @@ def test_find_automata_checks_the_top_edges_causally(tiny_run, monkeypatch):
     i, j = int(checked["src"].iloc[0]), int(checked["dst"].iloc[0])
     pre = firing_prefixes(tiny_run, st.model, st.dictionary, [i], n=2, n_tokens=8192)[i]
     assert len(pre) == 2 and pre[0][0] == st.tokenizer.bos_id
+    every = firing_prefixes(tiny_run, st.model, st.dictionary, range(64), n=50, n_tokens=8192)
+    assert max(len(p) for v in every.values() for p in v) == st.model.n_ctx - 1      # room for the next token
     with torch.no_grad():
         f_T = st.dictionary.encode(st.model.mlp_acts(pre[0][None])[0])[:, i]
     assert f_T[-1] > 0                                                   # each prefix ends where i fires
