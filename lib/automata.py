@@ -14,6 +14,10 @@ The score of a pair, from one pass over a token set (``tokensets.token_set``, en
     S[i, j] = Σ_t w_j(t) · z_i(t)        how far above i's median, in standard deviations of its logit effect, i
                                          pushes the tokens j fires on
 
+A target j whose **reliability** ρ_j = Σ_t w_j(t) a_j(t) / max_j (its mean activation on its own top tokens, as
+a fraction of its largest) is under ``min_reliability`` (0.1) gets no edges: such a feature is driven by context,
+not by the token, and on the default TopK run none of those edges passed the causal check below.
+
 The thresholded graph (S ≥ ``threshold``, at most ``max_edges`` strongest) gives **loops** (simple cycles of at
 most ``max_len`` features, a self-loop included) and **chains** (maximal simple paths of ≥ 3 features).  The
 ``n_check`` strongest edges are checked causally where i fires: in ``contexts`` prefixes of the token set that end
@@ -27,10 +31,10 @@ position (its MLP input cannot see the edit at the position before, so f_j(prefi
 ``base`` is Σ_C p₀(t) f_j, j's expected activation with i off; an edge whose gain is > 0 is confirmed.
 
 API: ``find_automata(run, "A/1") -> Automata`` (saved under ``RUN/analyses/automata/A-1/``, reused while weights,
-token set and settings are the same; ``.edges`` DataFrame src, dst, score, gain, base; ``.loops``,
-``.chains``, ``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``pair_scores``, ``automaton_edges``,
-``loops_and_chains``, ``firing_prefixes``, ``causal_gains`` work on any matrices and models.  Shapes: F features,
-V vocabulary, B contexts, T positions, M candidate tokens.
+token set and settings are the same; ``.edges`` DataFrame src, dst, score, gain, base; ``.loops``, ``.chains``,
+``.top_tokens``, ``.pin_F``); the pieces ``token_weights``, ``token_reliability``, ``pair_scores``,
+``automaton_edges``, ``loops_and_chains``, ``firing_prefixes``, ``causal_gains`` work on any matrices and models.
+Shapes: F features, V vocabulary, B contexts, T positions, M candidate tokens.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from .interventions import Edit, Intervention
 from .sparse import TokenMass
 
 __all__ = ["Automata", "find_automata", "automata_dir", "token_weights", "pair_scores", "automaton_edges",
-           "loops_and_chains", "causal_gains", "firing_prefixes"]
+           "loops_and_chains", "causal_gains", "firing_prefixes", "token_reliability"]
 
 
 def token_weights(mass: TokenMass, n_tokens: int = 10) -> sp.csr_matrix:
@@ -65,6 +69,16 @@ def token_weights(mass: TokenMass, n_tokens: int = 10) -> sp.csr_matrix:
     if not rows:
         return sp.csr_matrix((mass.U, mass.V))
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(mass.U, mass.V))
+
+
+def token_reliability(mass: TokenMass, weights_FV: sp.csr_matrix, max_F: np.ndarray) -> np.ndarray:
+    """ρ (F,): ``Σ_t w_j(t) a_j(t) / max_j`` — j's mean activation on its own top tokens as a fraction of its
+    largest activation.  Near 0: j is driven by context, not by the token, so a logit effect that raises its
+    tokens does not make it fire (the causal check confirms almost none of those edges)."""
+    M = weights_FV.tocoo()
+    a = np.asarray(mass.matrix()[M.row, M.col]).ravel() / np.maximum(mass.count[M.col], 1)
+    num = np.bincount(M.row, weights=M.data * a, minlength=weights_FV.shape[0])
+    return np.where(max_F > 0, num / np.where(max_F > 0, max_F, 1), 0.0)
 
 
 def pair_scores(logits_FV: torch.Tensor | np.ndarray, weights_FV: sp.csr_matrix) -> np.ndarray:
@@ -244,7 +258,7 @@ def automata_dir(run, source: str) -> Path:
 
 def find_automata(run, source: str, n_tokens: int | None = None, threshold: float = 3.0, max_edges: int = 200,
                   n_check: int = 32, contexts: int = 16, top_m: int = 8, max_len: int = 4, n_top_tokens: int = 10,
-                  seed: int = 0, write: bool = True) -> Automata:
+                  seed: int = 0, min_reliability: float = 0.1, write: bool = True) -> Automata:
     """The automaton graph of dictionary ``source`` of ``run`` (module docstring): a pass over ``n_tokens``
     (default: the run's ``universality.tokens``), pair scores, the thresholded graph, its loops and chains, and the
     ``n_check`` strongest edges checked causally on ``contexts`` prefixes where each source fires.  With ``write``
@@ -259,7 +273,7 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
                           f"{source!r}")
     run, model, sae = loaded(run, source)
     settings = dict(threshold=threshold, max_edges=max_edges, n_check=n_check, contexts=contexts, top_m=top_m,
-                    max_len=max_len, n_top_tokens=n_top_tokens, seed=seed)
+                    max_len=max_len, n_top_tokens=n_top_tokens, seed=seed, min_reliability=min_reliability)
     fingerprint = {"version": AUTOMATA_VERSION, "settings": settings,
                    "token_set": token_set(run, n_tokens, seed=seed).describe(),
                    "model_sha": file_sha(run.model_dir(source.split("/")[0]) / "model.safetensors"),
@@ -274,12 +288,13 @@ def find_automata(run, source: str, n_tokens: int | None = None, threshold: floa
 
 
 def _compute(run, model, sae, source, n_tokens, threshold, max_edges, n_check, contexts, top_m, max_len,
-             n_top_tokens, seed) -> Automata:
+             n_top_tokens, seed, min_reliability) -> Automata:
     from .features import logit_weights
 
     ts, mass, max_F, ln_scale = _token_pass(run, model, sae, n_tokens, seed)
     W = token_weights(mass, n_tokens=n_top_tokens)
     S = pair_scores(logit_weights(model, sae, ln_scale=ln_scale), W)
+    S[:, token_reliability(mass, W, max_F) < min_reliability] = -np.inf     # context-driven targets: no edges
     edges = automaton_edges(S, threshold, max_edges)
     loops, chains = loops_and_chains(edges, max_len)
     edges["gain"], edges["base"] = np.nan, np.nan

@@ -116,7 +116,7 @@ def test_bad_feature_ids_long_and_empty_prompts_name_the_fix(steer):
 
 
 def test_the_automaton_finder_recovers_a_planted_chain_and_loop():
-    from monosemantic.automata import automaton_edges, loops_and_chains, pair_scores, token_weights
+    from monosemantic.automata import automaton_edges, loops_and_chains, pair_scores, token_reliability, token_weights
     from monosemantic.sparse import TokenMass
 
     F, V = 40, 400
@@ -136,7 +136,14 @@ def test_the_automaton_finder_recovers_a_planted_chain_and_loop():
         cols.append(np.full(len(hit), j))
         vals.append(rng.uniform(0.5, 2.0, len(hit)))
     mass.update(tokens_N, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
-    S = pair_scores(torch.from_numpy(logits_FV), token_weights(mass, n_tokens=5))
+    W = token_weights(mass, n_tokens=5)
+    S = pair_scores(torch.from_numpy(logits_FV), W)
+    # reliability: the planted features reach on their tokens about 1.25 / 2 of their max; one that mostly fires
+    # at 1 % of its max on its token (context-driven) is unreliable
+    max_F = np.full(F, 2.0)
+    max_F[3] = 1.25 / 0.01
+    rho = token_reliability(mass, W, max_F)
+    assert np.allclose(rho[[0, 1, 2, 5, 6]], 1.25 / 2, atol=0.05) and np.isclose(rho[3], 0.01, atol=1e-3)
     edges = automaton_edges(S, threshold=5.0)
     assert {(1, 2), (0, 1), (2, 3), (5, 6), (6, 5)} <= set(zip(edges["src"], edges["dst"]))
     assert S[0, 1] > 5 and S[1, 0] < 3
