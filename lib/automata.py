@@ -16,7 +16,8 @@ The score of a pair, from one pass over a token set (``tokensets.token_set``, en
 
 A target j whose **reliability** ρ_j = Σ_t w_j(t) a_j(t) / max_j (its mean activation on its own top tokens, as
 a fraction of its largest) is under ``min_reliability`` (0.1) gets no edges: such a feature is driven by context,
-not by the token, and on the default TopK run none of those edges passed the causal check below.
+not by the token (on the default TopK run's A/1, 28 of the 32 strongest unfiltered edges led into such features;
+27 of them gained exactly 0 in the causal check below and one 0.02, while the 4 others gained 0.009–0.76).
 
 The thresholded graph (S ≥ ``threshold``, at most ``max_edges`` strongest) gives **loops** (simple cycles of at
 most ``max_len`` features, a self-loop included) and **chains** (maximal simple paths of ≥ 3 features).  The
