@@ -161,6 +161,33 @@ def _dispatch(args) -> int:
     return 1
 
 
+def _compare(args) -> int:
+    from .runs import Run
+    from .universality import comparison_dir, compare
+
+    run = Run.open(args.dir)
+    with run.lock():
+        comp = compare(run, args.a, args.b, n_tokens=args.tokens, seed=args.seed, device=args.device, write=True,
+                       progress=not (args.quiet or args.json))
+    s = comp.summary()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    f = s["features"]
+    print(f"{comp.key}: {s['tokens']:,} tokens, written to {comparison_dir(run, f['a'], f['b'])}")
+    print(f"  features  median best-match correlation {_fmt(s['feature_median'])} "
+          f"(paper A/1~B/1: {s['paper']['feature_median']}); {f['alive_a']} alive, {f['dead_a']} dead, "
+          f"{f['ultralow_a']} ultralow of {f['units_a']}")
+    if s.get("neurons"):
+        print(f"  neurons   median best-match correlation {_fmt(s['neuron_median'])} "
+              f"(paper: {s['paper']['neuron_median']})")
+    for k in ("assignment_mean", "logit_corr_median", "decoder_mmcs"):
+        if f.get(k) is not None:
+            print(f"  {k:9s} {_fmt(f[k])}")
+    return 0
+
+
+
 def _interpret(args) -> int:
     from .interpret import interpret
     from .runs import Run

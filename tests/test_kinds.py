@@ -364,7 +364,7 @@ def test_option_errors_name_the_fix(kind, options, match):
 def test_fractional_k_is_fine_for_batchtopk_and_defaults_fill_in():
     sae = make_dictionary(DictionaryConfig(d_in=512, d_sae=1024, kind="batchtopk", options={"k": 2.5}))
     assert sae.opts == {"k": 2.5, "k_aux": 256, "aux_coefficient": 1 / 32, "dead_tokens": None, "dead_fraction": 0.05,
-                        "threshold_lr": 0.01}
+                        "lr_decay": 0.0, "threshold_lr": 0.01}
     assert sae.cfg.options == {"k": 2.5}  # the config is not rewritten (run configs compare equal)
     small = make_dictionary(DictionaryConfig(d_in=512, d_sae=64, kind="topk", options={"k": 4}))
     assert small.opts["k_aux"] == 64      # d_in // 2, capped at d_sae

@@ -73,7 +73,7 @@ def test_unknown_preset_is_a_clear_cli_error(tmp_path):
     out = subprocess.run(CLI + ["run", "--preset", "huge", "--out", str(tmp_path / "x")], capture_output=True,
                          text=True, env=ENV)
     assert out.returncode == 2
-    assert "unknown preset 'huge'; choose one of ['default', 'kernels', 'paper', 'tiny']" in out.stderr
+    assert "unknown preset 'huge'; choose one of ['default', 'kernels', 'paper', 'quality', 'tiny']" in out.stderr
     assert not (tmp_path / "x").exists()
 
 
