@@ -433,6 +433,25 @@ def chromium_page(
         shutil.rmtree(profile, ignore_errors=True)
 
 
+ARTIFACTS = REPO_ROOT / "artifacts" / "screenshots"
+
+
+def page_over_exports(tmp_path_factory, name: str, make_pages) -> Iterator[tuple[Any, Any, Path]]:
+    """The body of a module-scoped ``browser`` fixture over static pages: builds ``make_pages(tmp_dir)``, opens
+    one Chromium page, yields ``(page, pages, screenshot_dir)``, and copies the screenshots to ``ARTIFACTS`` at
+    the end (whatever the tests did)."""
+    ensure_browser_installed()
+    pages = make_pages(tmp_path_factory.mktemp(name))
+    shots = tmp_path_factory.mktemp(f"screenshots-{name}")
+    try:
+        with chromium_page(shots) as page:
+            yield page, pages, shots
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy2(png, ARTIFACTS / png.name)
+
+
 def console_messages(page: Any) -> list[str]:
     """Browser console messages and uncaught page errors recorded since ``chromium_page`` opened."""
     return list(_PAGE_INFO.get(page, {}).get("console", []))

@@ -9,7 +9,6 @@ theme-<widget>-<light|dark>.png, present-browser.png, present-card.png, fit-tree
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from widget_fixtures import TINY_DENSITIES, TOKENS, SyntheticStats, presenter_ex
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = harness.REPO_ROOT / "artifacts" / "screenshots"
 WIDGETS = ["card", "browser", "heatmap", "matrix", "tree", "map"]
 
 # JS: (selector) => every visible text in the elements matching it, with its colour, the colour behind it (the
@@ -86,16 +84,7 @@ CONTRAST_JS = r"""
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    harness.ensure_browser_installed()
-    pages = presenter_exports(tmp_path_factory.mktemp("presenter"))
-    shots = tmp_path_factory.mktemp("screenshots-presenter")
-    try:
-        with harness.chromium_page(shots) as page:
-            yield page, pages, shots
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    yield from harness.page_over_exports(tmp_path_factory, "presenter", presenter_exports)
 
 
 def _open(page, path: Path, hash_: str = "") -> None:

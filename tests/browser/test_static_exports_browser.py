@@ -7,7 +7,6 @@ Screenshots: <pytest tmp dir>/screenshots-static and artifacts/screenshots/ (git
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,22 +18,10 @@ from widget_fixtures import PAGE_BREAKERS, hostile_exports  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = harness.REPO_ROOT / "artifacts" / "screenshots"
-
-
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    harness.ensure_browser_installed()
-    pages = hostile_exports(tmp_path_factory.mktemp("static"), include_plotly=True)
-    shots = tmp_path_factory.mktemp("screenshots-static")
-    try:
-        with harness.chromium_page(shots) as page:
-            yield page, pages, shots
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    yield from harness.page_over_exports(tmp_path_factory, "static", lambda d: hostile_exports(d, include_plotly=True))
 
 
 def _open(page, path: Path) -> None:
