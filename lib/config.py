@@ -155,8 +155,10 @@ class FeatureStatsConfig:
     log10_min: float = -4.0            # activation histogram: log-spaced bins from 10^min to 10^max,
     log10_max: float = 3.0             # plus one underflow and one overflow bin
     bins_per_decade: int = 20
-    window_before: int = 10            # surrounding tokens stored with each example
-    window_after: int = 5
+    # surrounding tokens stored with each example: 23 tokens ≈ 90+ characters, so a full card's context (≥ 80
+    # characters, trimmed at token boundaries by the widgets) is filled from the stored window
+    window_before: int = 16
+    window_after: int = 6
     n_logits: int = 10                 # top and bottom tokens of the logit effects
     n_neurons: int = 8                 # neurons a feature is built from (largest |decoder weight|)
     seed: int = 0
