@@ -51,8 +51,7 @@ def kernels_env(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["01_train_transformer.ipynb", "02_train_dictionary.ipynb", "03_inspect_features.ipynb",
-                                  "04_universality.ipynb", "05_feature_splitting.ipynb"])
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
 def test_notebook_executes_on_tiny_preset(name, nb_env):
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
