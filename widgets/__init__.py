@@ -15,11 +15,12 @@ from .plots import (density_histogram_figure, dictionary_metrics_table, l0_vs_lo
 
 __all__ = ["density_histogram_figure", "dictionary_metrics_table", "l0_vs_loss_recovered_figure",
            "training_curves_figure", "FeatureCard", "NeuronCard", "ActivationHeatmap", "FeatureBrowser",
-           "CorrelationMatrix", "SplittingTree", "FeatureMap"]
+           "CorrelationMatrix", "SplittingTree", "FeatureMap", "RatingSession", "SteeringPanel", "AutomatonGraph"]
 
 _LAZY = {"FeatureCard": ".card", "NeuronCard": ".card", "ActivationHeatmap": ".heatmap",
          "FeatureBrowser": ".browser", "CorrelationMatrix": ".correlation", "SplittingTree": ".splitting",
-         "FeatureMap": ".feature_map"}
+         "FeatureMap": ".feature_map", "RatingSession": ".rating", "SteeringPanel": ".steering",
+         "AutomatonGraph": ".automata"}
 
 
 def __getattr__(name):  # anywidget/ipywidgets load on first use
