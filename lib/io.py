@@ -79,6 +79,24 @@ def json_safe(o: Any) -> Any:
     return str(o)
 
 
+def update_json(path: str | Path, fn, default: Any = None) -> Any:
+    """Read-modify-write of the JSON file ``path`` under an exclusive lock (``path`` + ``.lock``): the file is
+    replaced atomically by ``fn(current)`` (``current`` is ``default`` when there is no file yet), so two writers
+    (two kernels) never lose each other's change.  Returns what was written."""
+    import contextlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        with contextlib.suppress(ImportError):  # no fcntl (Windows): one writer at a time is then up to the user
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        doc = fn(read_json(path, default))
+        atomic_write_json(path, doc)
+    return doc
+
+
 def atomic_parquet(df, path: str | Path) -> None:
     """Write a pandas DataFrame to ``path`` as parquet, atomically (no index column)."""
     with atomic_path(path, suffix=".parquet") as tmp:

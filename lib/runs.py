@@ -287,18 +287,14 @@ def _alive(pid: int) -> bool:
 
 
 def update_analyses(run_root: str | Path, key: str, fn) -> dict:
-    """Read-modify-write of ``RUN/analyses.json`` under an exclusive lock: ``doc[key] = fn(doc.get(key, {}))``.
-    Other keys are left as they are; the file is replaced atomically (every analysis records its headline here)."""
-    import contextlib
+    """Read-modify-write of ``RUN/analyses.json`` under an exclusive lock (``io.update_json``):
+    ``doc[key] = fn(doc.get(key, {}))``.  Other keys are left as they are; the file is replaced atomically (every
+    analysis records its headline here)."""
+    from .io import update_json
 
-    root = Path(run_root)
-    lock = root / ".analyses.lock"
-    with open(lock, "a") as fh:
-        with contextlib.suppress(ImportError):  # no fcntl (Windows): one writer at a time is then up to the user
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        doc = read_json(root / "analyses.json", {}) or {}
+    def edit(doc):
+        doc = doc or {}
         doc[key] = fn(dict(doc.get(key) or {}))
-        atomic_write_json(root / "analyses.json", doc)
-    return doc
+        return doc
+
+    return update_json(Path(run_root) / "analyses.json", edit, {})

@@ -49,14 +49,18 @@ from .tokensets import token_set
 from .families import PAPER_THRESHOLD, Family, Splitting
 
 __all__ = ["Splitting", "Family", "link_dictionaries", "link_activations", "load_splitting", "splitting_dir",
-           "feature_map", "decoder_cosine", "PAPER_THRESHOLD"]
+           "feature_map", "decoder_cosine", "nearest_decoder", "PAPER_THRESHOLD"]
 
+
+
+def _unit_decoder(sae) -> torch.Tensor:
+    """The decoder rows scaled to unit norm, (F, D) float32 on the CPU."""
+    return torch.nn.functional.normalize(sae.W_dec_FD.detach().float().cpu(), dim=1)
 
 
 def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | None = None) -> np.ndarray:
     """Cosine similarity of decoder vectors: the full (F_a, F_b) matrix, or of the pairs (i[k], j[k]) only."""
-    A = torch.nn.functional.normalize(sae_a.W_dec_FD.detach().float().cpu(), dim=1)
-    B = torch.nn.functional.normalize(sae_b.W_dec_FD.detach().float().cpu(), dim=1)
+    A, B = _unit_decoder(sae_a), _unit_decoder(sae_b)
     if i is None:
         return (A @ B.T).numpy()
     out = np.empty(len(i), np.float64)
@@ -65,6 +69,26 @@ def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | No
         a, b = torch.as_tensor(i[k:k + step]), torch.as_tensor(j[k:k + step])
         out[k:k + step] = (A[a] * B[b]).sum(1).double().numpy()
     return out
+
+
+def nearest_decoder(sae, units, k: int = 8, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's ``k`` nearest other features of the same dictionary by decoder cosine: (indices (n, k) int64,
+    cosines (n, k) float32), largest first (ties by index).  ``units`` an int or a sequence of feature ids."""
+    W = _unit_decoder(sae)
+    F = W.shape[0]
+    u = np.atleast_1d(np.asarray(units, np.int64))
+    if len(u) and (u.min() < 0 or u.max() >= F):
+        raise IndexError(f"feature ids {u[(u < 0) | (u >= F)].tolist()} out of range: the dictionary has {F} "
+                         f"features (0 … {F - 1})")
+    k = max(0, min(int(k), F - 1))
+    idx, val = np.zeros((len(u), k), np.int64), np.zeros((len(u), k), np.float32)
+    for s in range(0, len(u), chunk):
+        part = torch.as_tensor(u[s:s + chunk])
+        S = W[part] @ W.T                                           # (c, F)
+        S[torch.arange(len(part)), part] = float("-inf")            # not itself
+        v, i = torch.topk(S, k, dim=1)                              # topk is stable for ties on the CPU
+        idx[s:s + chunk], val[s:s + chunk] = i.numpy(), v.numpy()
+    return idx, val
 
 
 # ---- computing the links -----------------------------------------------------------------------------------
