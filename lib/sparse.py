@@ -38,7 +38,7 @@ from .errors import ConfigError
 
 __all__ = ["bf16_available", "bf16_default", "flat_nonzero", "flat_positive_bf16", "offsets", "csr_tensor",
            "sampled_dots", "scratch", "chunk_rows", "active_fp32", "bf16_operand", "bf16_operand_rows",
-           "candidates_bf16", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES",
+           "candidates_bf16", "topk_entries", "topk_encoder_k", "TOPK_SLACK", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES",
            "TokenMass", "TOP_TOKEN_MIN_COUNT"]
 
 U_BF16 = 2.0 ** -8           # unit roundoff of bf16 (8 significant bits, round to nearest)
@@ -242,8 +242,23 @@ def candidates_bf16(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor) -> torch.Tensor:
     accumulator to bf16 keeps its sign (up to flush-to-zero below 1e-38).  Typically ‖x_lo‖ ≈ 0.4u‖x̄‖, so the
     margin is ≈ 0.8u‖x̄‖‖w‖ (u = 2⁻⁸) and the candidates are ≈ 1.3× the active entries.
     """
-    N, D = xbar_ND.shape
+    N = xbar_ND.shape[0]
     Kp, F = Wa_KF.shape
+    xa = _bf16_lhs(xbar_ND, Kp)
+    R = chunk_rows(N, F)
+    buf = scratch("pre16", (R, F), torch.bfloat16)
+    idx = []
+    for i in range(0, N, R):
+        n = min(R, N - i)
+        fl = flat_positive_bf16(torch.mm(xa[i:i + n], Wa_KF, out=buf[:n]))
+        idx.append(fl.add_(i * F))
+    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64)
+
+
+def _bf16_lhs(xbar_ND: torch.Tensor, Kp: int) -> torch.Tensor:
+    """The left-hand operand (N, K) bf16 of ``candidates_bf16``'s product: x̃ and the two margin factors (see
+    there), then the two bias columns of ones and zero padding.  A scratch buffer."""
+    N, D = xbar_ND.shape
     up = 1.0 + 4 * U_BF16
     gamma = (Kp * 2.0 ** -24) / (1 - Kp * 2.0 ** -24) * (1 + U_BF16)
     xa = scratch("xa16", (N, Kp), torch.bfloat16)
@@ -255,14 +270,78 @@ def candidates_bf16(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor) -> torch.Tensor:
     xa[:, D + 1] = xt_norm.mul_(up)
     xa[:, D + 2:D + 4] = 1.0
     xa[:, D + 4:] = 0
+    return xa
+
+
+TOPK_SLACK = 16  # bf16 candidates per row beyond k (recomputed in fp32): rows whose check fails are redone densely
+
+
+def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k: int,
+                 Wa_KF: torch.Tensor | None = None, slack: int = TOPK_SLACK
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The k largest entries of each row of pre = x̄ W + b: (ascending flat indices into (N, F), their fp32
+    values — pre-activations, before any ReLU — and the number of rows the bf16 check sent to the dense path).
+
+    fp32 (``Wa_KF`` None): pre in row chunks of ``CHUNK_ELEMS`` and ``topk`` on each, as the dense ``encode`` does.
+    bf16 (``Wa_KF = bf16_operand(W, b)[0]``), exact as well: one bf16 product gives for every entry an upper bound
+    u_bj ≥ pre_bj (``candidates_bf16``'s margin; the product's own rounding to bf16 is covered by taking
+    t_b + 2u|t_b|).  Per row, the k + ``slack`` largest bounds are the candidates, recomputed in fp32
+    (``sampled_dots``); their top k is the row's true top k whenever its k-th value exceeds t_b + 2u|t_b|, t_b the
+    smallest candidate bound — every other entry is ≤ its bound ≤ that.  Rows where it does not (near-ties across
+    the margin; rare) are recomputed in fp32 and selected densely.  Same entries as fp32 up to exact ties.
+    """
+    N, F = xbar_ND.shape[0], W_DF.shape[1]
+    k = min(int(k), F)
+    m = k + int(slack)
+    dense = Wa_KF is None or m >= F
     R = chunk_rows(N, F)
-    buf = scratch("pre16", (R, F), torch.bfloat16)
-    idx = []
+    buf = scratch("pre32" if dense else "pre16", (R, F), torch.float32 if dense else torch.bfloat16)
+    if dense:
+        idx, vals = [], []
+        for i in range(0, N, R):
+            n = min(R, N - i)
+            v, j = torch.addmm(b_F, xbar_ND[i:i + n], W_DF, out=buf[:n]).topk(k, dim=-1, sorted=False)
+            idx.append(j.add_((torch.arange(n) * F).unsqueeze(-1)).view(-1).add_(i * F))
+            vals.append(v.reshape(-1))
+        if not idx:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0
+        fl, order = torch.cat(idx).sort()
+        return fl, torch.cat(vals).index_select(0, order), 0
+    xa = _bf16_lhs(xbar_ND, Wa_KF.shape[0])
+    cand_l, t_l = [], []
     for i in range(0, N, R):
         n = min(R, N - i)
-        fl = flat_positive_bf16(torch.mm(xa[i:i + n], Wa_KF, out=buf[:n]))
-        idx.append(fl.add_(i * F))
-    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64)
+        ub, j = torch.mm(xa[i:i + n], Wa_KF, out=buf[:n]).topk(m, dim=-1, sorted=False)
+        t = ub.float().amin(-1)
+        t_l.append(t.add_(t.abs().mul_(2 * U_BF16)))
+        cand_l.append(j.sort(dim=-1).values)
+    j, t = torch.cat(cand_l), torch.cat(t_l)
+    # one sampled product over all rows, the encoder column-major (a row-major one is copied on every call)
+    Wc = W_DF if W_DF.stride(0) == 1 else W_DF.t().contiguous().t()
+    cand = sampled_dots(torch.arange(0, N * m + 1, m), j.view(-1), b_F.index_select(0, j.view(-1)), xbar_ND,
+                        Wc).view(N, m)
+    v, p = cand.topk(k, dim=-1, sorted=False)
+    j = j.gather(1, p)
+    bad = (v.amin(-1) <= t).nonzero().view(-1)
+    for c in bad.split(R):  # the check failed: these rows' exact top k may hold a non-candidate
+        v[c], j[c] = torch.addmm(b_F, xbar_ND.index_select(0, c), W_DF).topk(k, dim=-1, sorted=False)
+    fl, order = j.add_((torch.arange(N) * F).unsqueeze(-1)).view(-1).sort()
+    return fl, v.view(-1).index_select(0, order), int(bad.numel())
+
+
+def topk_encoder_k(sae) -> int | None:
+    """k when ``sae`` encodes as ReLU(TopK_k(x̄ W_enc + b_enc)) per row — the TopK kind, not a subclass that
+    changes its ``encode`` or ``pre_acts`` (BatchTopK's inference threshold) — with its parameters on the CPU."""
+    from .kinds import TopKDictionary
+    from .sae import Dictionary
+
+    cls = type(sae)
+    if not (isinstance(sae, TopKDictionary) and cls.encode is TopKDictionary.encode
+            and cls.pre_acts is Dictionary.pre_acts and sae.subtracts_b_dec):
+        return None
+    if not all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)):
+        return None
+    return int(sae.k)
 
 
 # ---- encoders ---------------------------------------------------------------------------------------------------
@@ -285,18 +364,23 @@ class SparseEncoder:
     For the ReLU-L1 dictionary (a kind that keeps the base ``pre_acts``/``encode``) x̄ = x − b_dec goes through
     ``active_fp32``, or, with ``bf16`` (default ``bf16_default()``: the hardware has it), through the exact bf16
     filter (``candidates_bf16``, then an fp32 recompute of the candidates, ``sampled_dots``) — the same entries.
+    The TopK kind (``topk_encoder_k``) goes through ``topk_entries`` (fp32, or its exact bf16 candidates).
     Any other kind, or ``dense=True``, runs its own ``encode`` densely in row chunks of ``chunk_elems`` entries."""
 
     def __init__(self, sae, bf16: bool | None = None, dense: bool = False, chunk_elems: int = 1 << 22):
         self.sae = sae
         self.chunk_elems = int(chunk_elems)
         self.linear = not dense and linear_encoder(sae)
+        self.topk = None if dense else topk_encoder_k(sae)
         # None: wherever the hardware has it, whatever F — the statistics pass measured it faster even at F 512
-        self.bf16 = bool(self.linear and (bf16_default() if bf16 is None else bf16))
-        if self.linear:
+        fast = self.linear or self.topk is not None
+        self.bf16 = bool(fast and (bf16_default() if bf16 is None else bf16))
+        if fast:
             self.W = sae.W_enc_DF.detach().float().contiguous()
             self.b = sae.b_enc_F.detach().float()
             self.b_dec = sae.b_dec_D.detach().float()
+        if self.topk is not None:  # column-major: topk_entries' sampled product reads it without a copy
+            self.W = self.W.t().contiguous().t()
         if self.bf16:
             self.Wa, _ = bf16_operand(self.W, self.b)
 
@@ -305,10 +389,16 @@ class SparseEncoder:
         """``inplace``: ``x_ND`` (float32, contiguous) may be overwritten (saves a copy of the chunk)."""
         x = x_ND.float().contiguous()
         N = x.shape[0]
-        if not self.linear:
+        if not self.linear and self.topk is None:
             return self._generic(x)
         F = self.W.shape[1]
         xbar = x.sub_(self.b_dec) if inplace and x is x_ND else x - self.b_dec
+        if self.topk is not None:  # ReLU(TopK(pre)): the per-row top k, then its strictly positive entries
+            fl, vals, _ = topk_entries(xbar, self.W, self.b, self.topk, self.Wa if self.bf16 else None)
+            keep = (vals > 0).nonzero().view(-1)
+            fl, vals = fl.index_select(0, keep), vals.index_select(0, keep)
+            rows = torch.div(fl, F, rounding_mode="floor")
+            return rows, fl - rows * F, vals
         if self.bf16:
             fl = candidates_bf16(xbar, self.Wa)
             rows = torch.div(fl, F, rounding_mode="floor")

@@ -302,8 +302,10 @@ def test_training_after_an_analysis_under_inference_mode(monkeypatch):
                                           ("topk", {"k": 4}),
                                           ("batchtopk", {"k": 2.5, "k_aux": 4, "dead_tokens": 10})])
 @pytest.mark.parametrize("B,D,F", [(64, 24, 80), (5, 3, 7)])
-def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F):
-    """Same loss, mse, aux (on a dead set, so AuxK is on), activations, firing record and gradients."""
+@pytest.mark.parametrize("bf16", MODES)
+def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F, bf16):
+    """Same loss, mse, aux (on a dead set, so AuxK is on), activations, firing record and gradients — TopK's
+    selection in bf16 too (exact: ``sparse.topk_entries``); BatchTopK's stays fp32."""
     from monosemantic.fast import fast_form
 
     sae = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, kind=kind, options=options))
@@ -316,8 +318,9 @@ def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F):
     x = torch.randn(B, D, generator=g)
     od, gd = run(sae, x, dense)
     sd = sae._step_stats
-    of, gf = run(sae, x, lambda s, xx: fast_loss(s, xx))
+    of, gf = run(sae, x, lambda s, xx: fast_loss(s, xx, bf16=bf16))
     sf = sae._step_stats
+    assert of["bf16"] is (bf16 and kind == "topk")
     assert options.get("dead_tokens") is None or float(od["aux"]) > 0
     for k in ("loss", "mse", "sparsity", "aux"):
         assert float(of[k]) == pytest.approx(float(od[k]), rel=1e-5, abs=1e-7), k
@@ -344,3 +347,49 @@ def test_topk_training_ends_the_same_on_the_fast_and_the_dense_path(kind, option
     for n in PARAMS:
         assert rel(getattr(ends[True], n).detach(), getattr(ends[False], n).detach()) < 1e-4, n
     assert torch.equal(ends[True].tokens_since_fired_F, ends[False].tokens_since_fired_F)
+
+
+@pytest.mark.parametrize("case", ["random", "near_ties"])
+def test_topk_entries_in_bf16_are_the_fp32_top_k(case):
+    """The bf16 candidates + fp32 check pick each row's exact top k.  With near-ties (entries closer together than
+    bf16 can tell apart) the check must fail on some rows and send them to the dense path — still exact."""
+    from monosemantic.sparse import TOPK_SLACK, topk_entries
+
+    g = torch.Generator().manual_seed(11)
+    N, D, F, k = 96, 40, 300, 8
+    x = torch.randn(N, D, generator=g)
+    W = torch.randn(D, F, generator=g) / D ** 0.5
+    b = 0.1 * torch.randn(F, generator=g)
+    if case == "near_ties":  # 3k columns share one direction: their pre-activations differ by ~1e-4 relative
+        W[:, : 3 * k] = W[:, :1] * (1 + 1e-4 * torch.randn(1, 3 * k, generator=g))
+        b[: 3 * k] = 5.0
+    pre = x @ W + b
+    want = pre.topk(k, dim=-1).indices.sort(-1).values
+    fl32, v32, r32 = topk_entries(x, W, b, k)
+    fl16, v16, redone = topk_entries(x, W, b, k, bf16_operand(W, b)[0])
+    assert r32 == 0
+    for fl, v in ((fl32, v32), (fl16, v16)):
+        got = (fl % F).view(N, k)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(v, pre.view(-1)[fl], rtol=1e-5, atol=1e-5)
+        assert torch.equal(fl, fl.sort().values)
+    assert (redone > 0) == (case == "near_ties") and redone <= N
+    assert TOPK_SLACK > 0
+
+
+def test_sparse_encoder_of_a_topk_dictionary_equals_its_dense_encode():
+    from monosemantic.sparse import SparseEncoder, topk_encoder_k
+
+    sae = make_dictionary(DictionaryConfig(d_in=24, d_sae=200, kind="topk", options={"k": 5}, seed=2))
+    bt = make_dictionary(DictionaryConfig(d_in=24, d_sae=200, kind="batchtopk", options={"k": 5}, seed=2))
+    assert topk_encoder_k(sae) == 5 and topk_encoder_k(bt) is None   # BatchTopK encodes with its threshold
+    with torch.no_grad():
+        sae.b_enc_F.copy_(0.2 * torch.randn(200))
+    x = torch.randn(70, 24)
+    want = sae.encode(x).detach()
+    for bf16 in (False, True):
+        rows, cols, vals = SparseEncoder(sae, bf16=bf16)(x)
+        got = torch.zeros(70, 200)
+        got[rows, cols] = vals
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert bool((vals > 0).all())
