@@ -204,6 +204,7 @@ class UniversalityConfig:
 
 
 PAPER_THRESHOLD = 0.4  # feature splitting: the paper draws an edge above a masked cosine similarity of ≈ 0.4
+PARENT_RULES = ("best", "all")  # feature splitting: which links above the threshold make families (SplittingConfig)
 
 
 @dataclass
@@ -213,6 +214,11 @@ class SplittingConfig:
     # feature splitting encodes every size (A/2 = 16,384 features costs 4× A/1): a smaller set than compare's
     tokens: int = 524_288
     threshold: float = PAPER_THRESHOLD
+    # which links above the threshold make families: "best" — each child under its strongest parent only, so a
+    # family is a tree (on TopK dictionaries, where k features fire on every token, a child's masked cosine clears
+    # 0.4 with ~18 parents at once: 144 children per A/0 feature on the default run); "all" — every link, the
+    # paper's graph.  Read when the links are read: changing it recomputes nothing.
+    parents: str = "best"
 
 
 @dataclass
@@ -370,6 +376,8 @@ class RunConfig:
                               f"and {self.splitting.tokens}")
         if not 0 < self.splitting.threshold <= 1:
             raise ConfigError(f"splitting.threshold must be in (0, 1], got {self.splitting.threshold}")
+        if self.splitting.parents not in PARENT_RULES:
+            raise ConfigError(f"splitting.parents must be one of {PARENT_RULES}, got {self.splitting.parents!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
         return self

@@ -1,7 +1,14 @@
 """The result of a feature-splitting analysis (``splitting.link_dictionaries``): the links between features of
 dictionaries of different sizes (``edges``), the features themselves (``nodes``), and what is read from them —
 a feature's children and parents, its *family* (the feature with its children above a threshold in the next
-size, theirs in the next, and so on: a graph, since a child may have several parents), and the per-pair summary.
+size, theirs in the next, and so on), and the per-pair summary.
+
+Which links make families is the ``parents`` rule (``SplittingConfig.parents``): ``"best"`` keeps, for each child,
+only its strongest link (if above the threshold), so families are trees; ``"all"`` keeps every link above the
+threshold, the paper's graph in which a child may have several parents.  On ReLU dictionaries the two agree
+closely; on TopK dictionaries, where k features fire on every token, a child's masked cosine with many co-firing
+features of the smaller size clears the threshold and "all" links nearly everything (``parents()`` still lists
+every parent above the threshold).
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PAPER_THRESHOLD
+from .config import PAPER_THRESHOLD, PARENT_RULES
 from .errors import ConfigError
 from .io import atomic_parquet, atomic_write_json, json_safe, read_json
 
@@ -51,17 +58,36 @@ class Splitting:
     threshold: float = PAPER_THRESHOLD
     tokens: int = 0
     token_info: dict = field(default_factory=dict)
+    parents_rule: str = "best"           # which links make families (module docstring)
+
+    def __post_init__(self):
+        if self.parents_rule not in PARENT_RULES:
+            raise ConfigError(f"parents_rule must be one of {PARENT_RULES}, got {self.parents_rule!r}")
 
     # ---- queries ----
-    def _edges_from(self, dict_id: str, idx: int, threshold: float, by: str):
-        e = self.edges
-        return e[(e["src"] == dict_id) & (e["src_idx"] == idx) & (e[by] >= threshold)].sort_values(by, ascending=False)
+    def linked(self, src: str, threshold: float | None = None, by: str = "sim"):
+        """The family links leaving dictionary ``src``: its edges with ``by`` ≥ ``threshold``, under the parents
+        rule (``"best"``: only each child's strongest edge of this size pair, when that one clears the threshold)."""
+        t = self.threshold if threshold is None else float(threshold)
+        cache = self.__dict__.setdefault("_linked", {})
+        key = (src, t, by, self.parents_rule)
+        if key not in cache:
+            e = self._edges_of(src)
+            if self.parents_rule == "best" and len(e):  # the strongest parent of each child, per size pair
+                e = e.sort_values([by, "src_idx"], ascending=[False, True], kind="stable")
+                e = e.drop_duplicates(["dst", "dst_idx"], keep="first")
+            cache[key] = e[e[by] >= t]
+        return cache[key]
 
     def children(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim"):
-        """Features of the next larger dictionary linked to (dict_id, idx) above ``threshold``, strongest first."""
-        return self._edges_from(dict_id, int(idx), self.threshold if threshold is None else threshold, by)
+        """Features of the next larger dictionary linked to (dict_id, idx) above ``threshold`` under the parents
+        rule, strongest first."""
+        e = self.linked(dict_id, threshold, by)
+        return e[e["src_idx"] == int(idx)].sort_values(by, ascending=False)
 
     def parents(self, dict_id: str, idx: int, threshold: float | None = None, by: str = "sim"):
+        """Every feature of the smaller size linked to (dict_id, idx) above ``threshold`` (whatever the parents
+        rule: the candidates the rule chose among), strongest first."""
         e = self.edges
         t = self.threshold if threshold is None else threshold
         return e[(e["dst"] == dict_id) & (e["dst_idx"] == int(idx)) & (e[by] >= t)].sort_values(by, ascending=False)
@@ -117,8 +143,8 @@ class Splitting:
         for depth, (src, dst) in enumerate(zip(self.dict_ids[level0:], self.dict_ids[level0 + 1:]), start=1):
             if max_depth is not None and depth > max_depth or not frontier:
                 break
-            e = self._edges_of(src)
-            sel = e[e["src_idx"].isin(frontier) & (e[by] >= t)].sort_values(by, ascending=False)
+            e = self.linked(src, t, by)
+            sel = e[e["src_idx"].isin(frontier)].sort_values(by, ascending=False)
             if min_density is not None:
                 sel = sel[sel["dst_idx"].isin(self._dense_enough(dst, min_density))]
             if max_children is not None:
@@ -163,8 +189,7 @@ class Splitting:
         only the largest that many (ranked for every root at once, so a large run answers in seconds)."""
         dict_id = dict_id or self.dict_ids[0]
         t = self.threshold if threshold is None else threshold
-        e = self.edges
-        e = e[(e["src"] == dict_id) & (e[by] >= t)]
+        e = self.linked(dict_id, t, by)
         if min_density is not None:
             dst = self.dict_ids[self.dict_ids.index(dict_id) + 1] if dict_id != self.dict_ids[-1] else None
             e = e[e["src_idx"].isin(self._dense_enough(dict_id, min_density))]
@@ -188,8 +213,7 @@ class Splitting:
                               shape=(len(roots), self.sizes[dict_id]))
         sizes = np.ones(len(roots), dtype=np.int64)
         for src, dst in zip(self.dict_ids[level0:], self.dict_ids[level0 + 1:]):
-            e = self._edges_of(src)
-            e = e[e[by] >= t]
+            e = self.linked(src, t, by)
             if min_density is not None:
                 e = e[e["dst_idx"].isin(self._dense_enough(dst, min_density))]
             link = sp.csr_matrix((np.ones(len(e)), (e["src_idx"].to_numpy(), e["dst_idx"].to_numpy())),
@@ -200,10 +224,11 @@ class Splitting:
 
     def summary(self) -> dict:
         out = {"dictionaries": self.dict_ids, "sizes": self.sizes, "threshold": self.threshold,
-               "tokens": self.tokens, "pairs": {}}
+               "parents": self.parents_rule, "tokens": self.tokens, "pairs": {}}
         n = self.nodes
         for src, dst in zip(self.dict_ids, self.dict_ids[1:]):
-            e = self.edges[(self.edges["src"] == src) & (self.edges["dst"] == dst)]
+            e = self._edges_of(src)
+            e = e[e["dst"] == dst]
             rec = self._pair_summary(e, int((n[(n["dict_id"] == src)]["fires"] > 0).sum()),
                                      int((n[(n["dict_id"] == dst)]["fires"] > 0).sum()))
             ts, td = self.density_threshold(src), self.density_threshold(dst)
@@ -216,13 +241,21 @@ class Splitting:
         return json_safe(out)
 
     def _pair_summary(self, e, alive_src: int, alive_dst: int) -> dict:
-        """The split statistics of one size pair over the edges ``e``."""
-        strong = e[e["sim"] >= self.threshold]
+        """The split statistics of one size pair over the edges ``e``: family links under the parents rule;
+        ``edges_above_threshold`` and ``children_with_several_parents`` count every link above the threshold."""
+        above = e[e["sim"] >= self.threshold]
+        if self.parents_rule == "best" and len(e):
+            best = e.sort_values(["sim", "src_idx"], ascending=[False, True], kind="stable")
+            strong = best.drop_duplicates("dst_idx", keep="first")
+            strong = strong[strong["sim"] >= self.threshold]
+        else:
+            strong = above
         per_parent = strong.groupby("src_idx").size()
         best_parent = e.groupby("dst_idx")["sim"].max() if len(e) else None
         best_child = e.groupby("src_idx")["sim"].max() if len(e) else None
         rec = {
             "edges": int(len(strong)),
+            "edges_above_threshold": int(len(above)),
             "alive_small": alive_src, "alive_large": alive_dst,
             "parents_with_children": int(len(per_parent)),
             "parents_split": int((per_parent >= 2).sum()),
@@ -231,7 +264,7 @@ class Splitting:
             "max_children": int(per_parent.max()) if len(per_parent) else 0,
             "children_with_parent": int(strong["dst_idx"].nunique()),
             "orphan_fraction": float(1 - strong["dst_idx"].nunique() / alive_dst) if alive_dst else None,
-            "children_with_several_parents": int((strong.groupby("dst_idx").size() >= 2).sum()),
+            "children_with_several_parents": int((above.groupby("dst_idx").size() >= 2).sum()),
             "median_best_parent_sim": float(best_parent.median()) if best_parent is not None else None,
             "median_best_child_sim": float(best_child.median()) if best_child is not None else None,
             "median_decoder_cos_of_edges": float(strong["decoder_cos"].median()) if len(strong) else None,
@@ -250,7 +283,9 @@ class Splitting:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Splitting":
+    def load(cls, directory: str | Path, parents_rule: str | None = None) -> "Splitting":
+        """A saved analysis; ``parents_rule`` (default: the one it was saved with, "best" for one saved before the
+        rule existed) only changes how its links are read."""
         import pandas as pd
 
         directory = Path(directory)
@@ -262,4 +297,4 @@ class Splitting:
         nodes["top_token_ids"] = nodes["top_token_ids"].map(list)
         return cls(s["dictionaries"], {k: int(v) for k, v in s["sizes"].items()},
                    pd.read_parquet(directory / "edges.parquet"), nodes, float(s["threshold"]), int(s["tokens"]),
-                   s.get("token_info", {}))
+                   s.get("token_info", {}), parents_rule or s.get("parents", "best"))

@@ -12,7 +12,9 @@ so a child that fires on a subset of its parent's tokens, proportionally, scores
 though it covers little of the parent.  All sums come from one streaming pass (``crossstats.CrossStats`` with
 ``masked=True``: Σfg, Σ1[f≠0]g², Σf²1[g≠0] as sparse × sparse products).  Decoder cosine similarity is reported
 beside it.  A *family* is a feature of the smaller dictionary with its children (edges ≥ threshold) in the next
-size, their children in the next, and so on — a graph, since a child may have several parents.
+size, their children in the next, and so on.  By default (``splitting.parents = "best"``) a child joins only its
+strongest parent's family, so families are trees: on TopK dictionaries k features fire on every token and the
+masked cosine links a child to ~18 co-firing features of the smaller size at once (``families.py``).
 
 The geometry: ``feature_map`` embeds the decoder vectors of all sizes with UMAP (cosine metric, 15 neighbours,
 min_dist 0.05: the paper's settings) and clusters the embedding with HDBSCAN.
@@ -20,7 +22,8 @@ min_dist 0.05: the paper's settings) and clusters the embedding with HDBSCAN.
 API
 ---
 ``link_dictionaries(run, ["A/0", "A/1", "A/2"], n_tokens=None, threshold=0.4, write=True) -> Splitting``
-``link_activations(batches, dictionaries, threshold=0.4) -> Splitting``     the same on any activations
+``link_activations(batches, dictionaries, threshold=0.4, parents_rule="best") -> Splitting``  the same on any
+activations (``parents_rule``: which links make families, ``families.py``; runs take ``splitting.parents``)
 ``load_splitting(run, "A") -> Splitting``
 ``Splitting.family(dict_id, idx) -> Family``; ``.families(dict_id)``; ``.children(...)``; ``.parents(...)``;
 ``.summary()``; ``.edges`` / ``.nodes`` (DataFrames) — the result classes live in ``families.py``
@@ -40,7 +43,8 @@ import scipy.sparse as sp
 import torch
 
 from .errors import ConfigError
-from .io import atomic_parquet, file_sha, finished_with, mark_finished, read_json, safe_name, tensors_sha
+from .io import (atomic_parquet, atomic_write_json, file_sha, finished_with, mark_finished, read_json, safe_name,
+                 tensors_sha)
 from .corpus import DOMAINS
 from .sparse import TokenMass, encode_sparse
 from .runs import update_analyses
@@ -132,7 +136,7 @@ class _Linker:
         self.n += next(iter(feats.values())).shape[0]
 
     def finish(self, dict_ids: list[str], decoder_cos: dict, threshold: float, keep_min: float, keep_top: int,
-               token_str=None, token_info: dict | None = None) -> Splitting:
+               token_str=None, token_info: dict | None = None, parents_rule: str = "best") -> Splitting:
         import pandas as pd
 
         rows = []
@@ -156,7 +160,7 @@ class _Linker:
                     cols[f"share_{name}"] = np.where(tot > 0, self.dom_mass[d][:, k] / np.maximum(tot, 1e-300), np.nan)
             nodes.append(pd.DataFrame(cols))
         return Splitting(dict_ids, {d: self.sizes[d] for d in dict_ids}, edges, pd.concat(nodes, ignore_index=True),
-                         threshold, self.n, token_info or {"tokens": self.n})
+                         threshold, self.n, token_info or {"tokens": self.n}, parents_rule)
 
 
 def _select_edges(st: CrossStats, dc, a: str, b: str, keep_min: float, keep_top: int,
@@ -216,7 +220,8 @@ def _pairs(dict_ids: list[str], mode: str) -> list[tuple[str, str]]:
 
 def link_activations(batches: Iterable, dictionaries: dict, *, threshold: float = PAPER_THRESHOLD,
                      pairs: str = "consecutive", keep_min: float = 0.1, keep_top: int = 3,
-                     vocab: int | None = None, top_k_tokens: int = 8, token_str=None) -> Splitting:
+                     vocab: int | None = None, top_k_tokens: int = 8, token_str=None,
+                     parents_rule: str = "best") -> Splitting:
     """Link the features of ``dictionaries`` ({id: Dictionary}, ordered by size here) over ``batches`` of input
     activations: each an (N, d_in) tensor, or a pair (tensor, token ids (N,)) when ``vocab`` is given (for top
     tokens).  Returns a ``Splitting`` whose edges keep, per pair, every link ≥ ``keep_min`` and each feature's
@@ -230,7 +235,7 @@ def link_activations(batches: Iterable, dictionaries: dict, *, threshold: float 
         lk.update({d: encode_sparse(dictionaries[d], x) for d in ids},
                   None if toks is None else np.asarray(toks, np.int64))
     dec = {p: (lambda i, j, p=p: decoder_cosine(dictionaries[p[0]], dictionaries[p[1]], i, j)) for p in lk.pairs}
-    return lk.finish(ids, dec, threshold, keep_min, keep_top, token_str)
+    return lk.finish(ids, dec, threshold, keep_min, keep_top, token_str, parents_rule=parents_rule)
 
 
 def splitting_dir(run, transformer: str = "A") -> Path:
@@ -250,6 +255,7 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
     threshold = run.cfg.splitting.threshold if threshold is None else threshold
     if dict_ids is None:
         dict_ids = [d.id for d in run.cfg.dictionaries if d.transformer == "A"]
+    parents_rule = run.cfg.splitting.parents
     dict_ids = list(dict_ids)
     if len(dict_ids) < 2:
         raise ConfigError(f"feature splitting needs at least two dictionaries of one transformer, got {dict_ids}")
@@ -266,7 +272,10 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
                    "seed": seed, "threshold": threshold, "pairs": pairs, "keep_min": keep_min, "keep_top": keep_top,
                    "top_k_tokens": top_k_tokens}
     if finished_with(out / "links.fingerprint.json", fingerprint):  # the pipeline's (or an earlier) result
-        return Splitting.load(out)
+        res = Splitting.load(out, parents_rule)
+        if write and (read_json(out / "summary.json") or {}).get("parents") != parents_rule:
+            _write_summary(run, T, res, out)  # the links are the same; only how families read them changed
+        return res
     lk = _Linker({d: saes[d].d_sae for d in ids}, _pairs(ids, pairs), run.tokenizer.vocab_size, top_k_tokens,
                  DOMAINS)
     with torch.inference_mode():
@@ -274,18 +283,27 @@ def link_dictionaries(run, dict_ids: Sequence[str] | None = None, *, n_tokens: i
             x = acts[T]
             lk.update({d: encode_sparse(saes[d], x, kernel=kernel) for d in ids}, tok_ids, dom)
     dec = {p: (lambda i, j, p=p: decoder_cosine(saes[p[0]], saes[p[1]], i, j)) for p in lk.pairs}
-    res = lk.finish(ids, dec, threshold, keep_min, keep_top, run.tokenizer.token_str, tokens.describe())
+    res = lk.finish(ids, dec, threshold, keep_min, keep_top, run.tokenizer.token_str, tokens.describe(),
+                    parents_rule)
     if write:
         (out / "links.fingerprint.json").unlink(missing_ok=True)
         res.save(out)
-        summ = res.summary()
-        update_analyses(run.root, "splitting", lambda doc: {**doc, T: summ})
+        _write_summary(run, T, res)
         mark_finished(out / "links.fingerprint.json", fingerprint)
     return res
 
 
+def _write_summary(run, T: str, res: Splitting, out: Path | None = None) -> None:
+    """The per-pair summary into RUN/analyses.json (and, with ``out``, the analysis's own summary.json)."""
+    summ = res.summary()
+    if out is not None:
+        atomic_write_json(out / "summary.json", {**summ, "token_info": res.token_info})
+    update_analyses(run.root, "splitting", lambda doc: {**doc, T: summ})
+
+
 def load_splitting(run, transformer: str = "A") -> Splitting:
-    return Splitting.load(splitting_dir(run, transformer))
+    """The saved splitting analysis of ``transformer``, its links read under the run's ``splitting.parents``."""
+    return Splitting.load(splitting_dir(run, transformer), run.cfg.splitting.parents)
 
 
 # ---- the feature map ---------------------------------------------------------------------------------------

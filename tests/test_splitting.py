@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from monosemantic.errors import ConfigError
 from monosemantic.sae import DictionaryConfig, make_dictionary
 from monosemantic.splitting import (Splitting, embed_and_cluster, feature_map, link_activations, link_dictionaries,
                                     load_feature_map, load_splitting)
@@ -148,7 +149,8 @@ def test_family_across_three_sizes_with_a_merge():
                 ("A/1", 0, "A/2", 0, 0.8, .3, .8, .5), ("A/1", 0, "A/2", 1, 0.7, .2, .7, .4),
                 ("A/1", 1, "A/2", 1, 0.45, .2, .45, .4),        # merge at the next level
                 ("A/1", 2, "A/2", 3, 0.95, .9, .9, .9)])        # under a child that is not in the family
-    sp_ = Splitting(["A/0", "A/1", "A/2"], {"A/0": 2, "A/1": 3, "A/2": 4}, e, _nodes({"A/0": 2, "A/1": 3, "A/2": 4}))
+    sp_ = Splitting(["A/0", "A/1", "A/2"], {"A/0": 2, "A/1": 3, "A/2": 4}, e, _nodes({"A/0": 2, "A/1": 3, "A/2": 4}),
+                    parents_rule="all")
     f = sp_.family("A/0", 0)
     assert sorted(n["key"] for n in f.nodes) == ["A/0:0", "A/1:0", "A/1:1", "A/2:0", "A/2:1"]
     assert {(x["src"], x["dst"]) for x in f.edges} == {("A/0:0", "A/1:0"), ("A/0:0", "A/1:1"), ("A/1:0", "A/2:0"),
@@ -165,6 +167,36 @@ def test_family_across_three_sizes_with_a_merge():
         assert [(f.root, f.size) for f in sp_.families("A/0", threshold=t, limit=1)] == [(every[0].root, every[0].size)]
         roots = np.array([int(f.root.split(":")[1]) for f in every])
         assert list(sp_._family_sizes("A/0", roots, t, "sim", None)) == [f.size for f in every]
+
+
+def test_best_parent_rule_makes_families_trees():
+    """``parents_rule="best"`` (the default): each child joins only its strongest parent's family; ``parents()``
+    still lists every candidate; the summary counts both."""
+    e = _edges([("A/0", 0, "A/1", 0, 0.9, .5, .9, .3), ("A/0", 0, "A/1", 1, 0.6, .4, .6, .2),
+                ("A/0", 1, "A/1", 1, 0.5, .5, .4, .2),          # A/1 #1's weaker parent
+                ("A/0", 1, "A/1", 2, 0.45, .5, .4, .2), ("A/0", 0, "A/1", 2, 0.3, .2, .3, .1),
+                ("A/1", 0, "A/2", 0, 0.8, .3, .8, .5), ("A/1", 0, "A/2", 1, 0.7, .2, .7, .4),
+                ("A/1", 1, "A/2", 1, 0.45, .2, .45, .4)])       # A/2 #1's weaker parent
+    sizes = {"A/0": 2, "A/1": 3, "A/2": 4}
+    best = Splitting(["A/0", "A/1", "A/2"], sizes, e, _nodes(sizes))
+    assert best.parents_rule == "best"
+    f = best.family("A/0", 0)
+    assert sorted(n["key"] for n in f.nodes) == ["A/0:0", "A/1:0", "A/1:1", "A/2:0", "A/2:1"]
+    assert {(x["src"], x["dst"]) for x in f.edges} == {("A/0:0", "A/1:0"), ("A/0:0", "A/1:1"), ("A/1:0", "A/2:0"),
+                                                       ("A/1:0", "A/2:1")}
+    assert [n["key"] for n in best.family("A/0", 1).nodes] == ["A/0:1", "A/1:2"]   # A/1 #1 went to its best parent
+    assert list(best.children("A/0", 1)["dst_idx"]) == [2]
+    assert list(best.parents("A/1", 1)["src_idx"]) == [0, 1]
+    s = best.summary()["pairs"]["A/0->A/1"]
+    assert (s["edges"], s["edges_above_threshold"], s["children_with_several_parents"]) == (3, 4, 1)
+    assert s["mean_children"] == pytest.approx(1.5) and best.summary()["parents"] == "best"
+    roots = np.array([0, 1])
+    assert list(best._family_sizes("A/0", roots, 0.4, "sim", None)) == [best.family("A/0", r).size for r in roots]
+    every = Splitting(["A/0", "A/1", "A/2"], sizes, e, _nodes(sizes), parents_rule="all")
+    assert every.summary()["pairs"]["A/0->A/1"]["edges"] == 4
+    assert len(every.family("A/0", 0).edges) == 5
+    with pytest.raises(ConfigError, match="parents_rule"):
+        Splitting(["A/0", "A/1"], sizes, e, _nodes(sizes), parents_rule="first")
 
 
 def test_link_dictionaries_on_the_tiny_run_matches_a_dense_recomputation(tiny_run):
@@ -193,7 +225,10 @@ def test_link_dictionaries_on_the_tiny_run_matches_a_dense_recomputation(tiny_ru
     b64 = F1[dom == 2].sum(0) / np.maximum(F1.sum(0), 1e-30)
     np.testing.assert_allclose(n1["share_base64"].to_numpy(), np.where(F1.sum(0) > 0, b64, np.nan), atol=1e-6)
     # saved and summarised
-    assert run.summary()["splitting"]["A"]["pairs"]["A/0->A/1"]["edges"] == int((e["sim"] >= 0.4).sum())
+    pair = run.summary()["splitting"]["A"]["pairs"]["A/0->A/1"]
+    assert pair["edges_above_threshold"] == int((e["sim"] >= 0.4).sum())
+    best_sim = e.groupby("dst_idx")["sim"].max()        # the default rule: each child under its strongest parent
+    assert pair["edges"] == int((best_sim >= 0.4).sum()) == pair["children_with_parent"]
     back = load_splitting(run, "A")
     pd.testing.assert_frame_equal(back.edges, res.edges)
     assert back.family("A/0", 3).to_dict() == res.family("A/0", 3).to_dict()
