@@ -71,6 +71,12 @@ def available_recipes(kind: str | None = None) -> list[str]:
     return sorted(names | ({DEFAULT_RECIPE} if kind is None or kind in _KINDS else set()))
 
 
+def recipe_label(kind: str, recipe: str = DEFAULT_RECIPE) -> str:
+    """The name a reader knows a dictionary's training by: the recipe, except that the default loop under another
+    kind is that kind's own recipe (TopK with AuxK is "topk", not the paper's "tm2023")."""
+    return kind if recipe == DEFAULT_RECIPE and kind != "relu" else recipe
+
+
 def kind_class(name: str, recipe: str = DEFAULT_RECIPE) -> type["Dictionary"]:
     """The class registered under ``name`` (and ``recipe``); an unknown kind or recipe is a ``ConfigError``
     listing the known ones."""

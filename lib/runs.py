@@ -26,6 +26,7 @@ import numpy as np
 from .config import RunConfig, diff_configs
 from .errors import CheckpointMismatchError, CorruptArtifactError, RunLockedError
 from .io import atomic_write_json, load_npy, read_json, read_jsonl
+from .registry import recipe_label
 
 
 class Run:
@@ -251,7 +252,7 @@ class Run:
         for d in self.cfg.dictionaries:
             m = self.metrics(d.id)
             if m:
-                out["dictionaries"][d.id] = {"recipe": d.recipe, **{k: m[k] for k in (
+                out["dictionaries"][d.id] = {"recipe": recipe_label(d.kind, d.recipe), **{k: m[k] for k in (
                     "d_sae", "kind", "l1_coefficient", "l0", "mse", "fvu", "loss_recovered", "loss_clean",
                     "loss_zero_ablated", "loss_spliced", "dead", "ultralow", "dead_fraction", "ultralow_fraction",
                     "ultralow_threshold", "tokens", "density_tokens", "density_source", "train_seconds") if k in m}}

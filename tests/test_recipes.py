@@ -491,3 +491,13 @@ def ms_load(path):
     from monosemantic.sae import Dictionary
 
     return Dictionary.load(path)
+
+
+def test_summary_names_a_topk_dictionary_by_its_own_recipe():
+    """The default loop under TopK is Gao et al.'s recipe (AuxK, no resampling), so the summary says "topk", not
+    the paper's "tm2023" (the config field keeps the loop's name)."""
+    from monosemantic.registry import recipe_label
+
+    assert recipe_label("topk") == "topk" and recipe_label("batchtopk", "tm2023") == "batchtopk"
+    assert recipe_label("relu") == "tm2023" and recipe_label("relu", "april2024") == "april2024"
+    assert recipe_label("relu", "tm2023_lowmode") == "tm2023_lowmode"
