@@ -201,3 +201,103 @@ def test_nearest_features_equal_brute_force_cosines(labelled_run):
         np.testing.assert_allclose(cos[r], c[want], atol=1e-5)
     with pytest.raises(IndexError, match="out of range"):
         nearest_decoder(sae, [512])
+
+
+# ---- labels in every view ----------------------------------------------------------------------------------------
+
+def _page(path) -> tuple[str, list[dict]]:
+    text = path.read_text()
+    return text, json.loads(text.split('id="ms-data">', 1)[1].split("</script>", 1)[0])["views"]
+
+
+def test_card_header_edits_the_label_in_place_and_every_view_shows_it(labelled_run, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from monosemantic.ablation import ablation_effects
+    from monosemantic.splitting import nearest_decoder
+    from monosemantic.widgets import ActivationHeatmap, CorrelationMatrix, FeatureBrowser
+    from monosemantic.widgets.card import FeatureCard
+    from monosemantic.widgets.html import display_token, unpacked
+
+    sys.path.insert(0, str(Path(__file__).parent / "browser"))
+    from widget_fixtures import comparison
+
+    run = labelled_run
+    labels = Labels.open(run, "A/1")
+    it = Interpretation.load(run, "A/1")
+    u, v = _named(it)[4:6]
+    card = FeatureCard.from_run(run, "A/1", u)
+    head = card.card["panels"]["header"]
+    assert head["label"] == labels.get(u).to_dict() and head["editable"] and head["label"]["origin"] == "offline"
+    assert head["label"]["score"] == pytest.approx(labels.get(u).score, abs=1e-3)
+    # the ablation panel carries the library's numbers, the nearest panel the decoder cosines
+    ab = ablation_effects(run, "A/1", u)
+    panel = card.card["panels"]["ablation"]
+    assert [r[0] for r in panel["raised"]] == [display_token(t.token) for t in ab.raised]
+    assert [r[1] for r in panel["raised"]] == pytest.approx([t.mean for t in ab.raised], rel=1e-3)
+    assert [r[2] for r in panel["lowered"]] == [t.count for t in ab.lowered] and panel["positions"] == ab.positions
+    idx, cos = nearest_decoder(run.dictionary("A/1"), [u], 8)
+    rows = card.card["panels"]["nearest"]["rows"]
+    assert [r["unit"] for r in rows] == idx[0].tolist()
+    assert [r["cos"] for r in rows] == pytest.approx(cos[0].tolist(), abs=1e-3)
+    assert all(r["label"] == labels.get(r["unit"]).text for r in rows)
+    # an edit in place (the front-end's message) is saved through the library and redraws the card
+    card._on_custom_msg(card, {"type": "label", "source": "A/1", "unit": u, "text": HOSTILE_LABEL}, [])
+    assert card.card["panels"]["header"]["label"]["text"] == HOSTILE_LABEL
+    assert labels.get(u).origin == "user" and labels.get(u).text == HOSTILE_LABEL
+    # a click on a nearest feature opens its card below
+    card._on_custom_msg(card, {"type": "open", "source": "A/1", "unit": rows[0]["unit"]}, [])
+    assert card.cards.keys == [("A/1", rows[0]["unit"])]
+    # a card opened afterwards, and the browser, show the edit; the browser finds units by label words
+    assert FeatureCard.from_run(run, "A/1", u).card["panels"]["header"]["label"]["text"] == HOSTILE_LABEL
+    b = FeatureBrowser.from_run(run, "A/1", filter="all")
+    assert any(c["key"] == "label" for c in b.columns)
+    b.query = "ONERROR alert"
+    assert list(b.view().index) == [u] and b.rows[0]["label"] == HOSTILE_LABEL
+    b.set_label(v, "Psalm verse numbers")           # an edit through the browser's card
+    b.query = "psalm numbers"
+    assert list(b.view().index) == [v] and b.rows[0]["label"] == "Psalm verse numbers"
+    b.select(v)
+    assert b.card["panels"]["header"]["label"]["text"] == "Psalm verse numbers"
+    assert FeatureCard.from_run(run, "A/1", v).card["panels"]["header"]["label"]["origin"] == "user"
+    b._on_custom_msg(b, {"type": "open", "source": "A/1", "unit": u}, [])     # a nearest feature on its card
+    assert b.selected == u
+    # heatmap chips, matrix tooltips, tree nodes carry the label
+    hm = ActivationHeatmap.from_run(run, "A/1", "And God said", units=[u, v])
+    assert [x["explanation"] for x in hm.data["units"]] == [HOSTILE_LABEL, "Psalm verse numbers"]
+    m = CorrelationMatrix(comparison(P=30, Q=40), run_dir=run.root, figure=False)
+    assert len(m.a_names) == 512 and m.a_names[u] == HOSTILE_LABEL and m.a_names == labels.texts()
+    # static exports keep the label as data: never raw HTML in the page
+    for w, name in ((FeatureCard.from_run(run, "A/1", u), "card"), (hm, "heatmap")):
+        text, views = _page(w.to_html(tmp_path / f"{name}.html", include_plotly=False))
+        assert "<img src=x" not in text and "\\u003cimg src=x onerror=alert(1)\\u003e" in text
+    text, views = _page(b.to_html(tmp_path / "browser.html", include_plotly=False))
+    assert "<img src=x" not in text
+    rows = {r["unit"]: r for r in unpacked(views[0]["state"]["static_rows"])}
+    assert rows[u]["label"] == HOSTILE_LABEL and rows[v]["label"] == "Psalm verse numbers"
+    pack = views[0]["state"]["static_cards"]["A/1"]
+    spec = unpacked(pack["packs"][str(pack["index"][str(u)])])[str(u)]
+    assert spec["panels"]["header"]["label"]["text"] == HOSTILE_LABEL and not spec["panels"]["header"]["editable"]
+    assert spec["panels"]["ablation"]["raised"]                  # cached by the live card: carried, not recomputed
+    labels.clear(u)
+    labels.clear(v)
+
+
+def test_splitting_tree_nodes_carry_labels(labelled_run):
+    from monosemantic.splitting import link_dictionaries
+    from monosemantic.widgets import SplittingTree
+
+    run = labelled_run
+    link_dictionaries(run, n_tokens=2000)
+    t = SplittingTree.from_run(run.root)
+    labels = Labels.open(run, "A/1")
+    nodes = [n for n in t.tree["nodes"] if n["dict_id"] == "A/1"]
+    assert nodes and all(n["label"] == labels.get(n["idx"]).text for n in nodes)
+    labels.set(nodes[0]["idx"], "a split child")
+    t.threshold = t.threshold                                    # same value: redraw on the next change
+    t.max_children = t.max_children + 1
+    assert next(n for n in t.tree["nodes"] if n["key"] == nodes[0]["key"])["label"] == "a split child"
+    labels.clear(nodes[0]["idx"])
+    # A/0 has no interpretation: its nodes have empty labels, no error
+    assert all(n["label"] == "" for n in t.tree["nodes"] if n["dict_id"] == "A/0")

@@ -78,7 +78,7 @@ def test_card_spec_is_data_with_escaped_tokens():
     assert titles[0].startswith("Interval 10") and len(titles) == 11
     compact = card_spec(synthetic_unit(), CardLayout.compact())
     # side by side, the compact card keeps interval samples (a polysemantic unit's top 8 can look clean)
-    assert compact["layout"]["columns"] == [["histogram", "top", "intervals", "logits", "units"]]
+    assert compact["layout"]["columns"] == [["histogram", "top", "intervals", "logits", "ablation", "units", "nearest"]]
     shown = compact["panels"]["top"]["groups"][0]["seqs"][0]["tokens"]
     assert sum(map(len, shown)) <= 64 and "nul␀byte" in shown      # the activating token (centre) is always kept
     assert spec["layout"]["present"]["columns"] == [["histogram", "logits", "domains"], ["top"], ["intervals"]]

@@ -375,10 +375,92 @@ function msSection(title, subtitle) {
   return sec;
 }
 
+// columns of token rows with bars (the logit effects, the ablation): cols = [[head, rows, "pos"|"neg"], …], a row
+// [token, value, count?]; bars scaled to each column's largest |value| (``shared``: to the largest of all columns)
+function msTokenBars(cols, digits = 3, shared = false) {
+  const wrap = msEl("div", "ms-logits");
+  const most = (rows) => Math.max(1e-9, ...rows.map((r) => Math.abs(r[1])));
+  const all = most(cols.flatMap(([, rows]) => rows));
+  for (const [name, rows, cls] of cols) {
+    const m = shared ? all : most(rows);
+    const col = msEl("div", "ms-logit-col");
+    col.appendChild(msEl("div", "ms-logit-head", name));
+    rows.forEach(([tok, v, n]) => {
+      const r = msEl("div", "ms-logit-row");
+      const t = msEl("span", "ms-tok ms-logit-tok", tok);
+      t.title = `${tok}  ·  ${msFmt(v, 4)}` + (n !== undefined ? `  ·  ${n}×` : "");
+      r.appendChild(t);
+      const bar = msEl("span", "ms-bar ms-bar-" + cls);
+      bar.style.width = `${(60 * Math.abs(v)) / m}px`;
+      r.appendChild(bar);
+      r.appendChild(msEl("span", "ms-num", msFmt(v, digits)));
+      if (n !== undefined) r.appendChild(msEl("span", "ms-num ms-count-x", `${n}×`));
+      col.appendChild(r);
+    });
+    wrap.appendChild(col);
+  }
+  return wrap;
+}
+
+const MS_LABEL_ORIGINS = { user: "your label", llm: "LLM explanation", offline: "offline explainer", none: "" };
+
+// a card's label (interpret.labels): text, score and origin; in a live card an "edit" button turns it into a text box
+// whose Enter saves it through the kernel (message {type: "label", source, unit, text}; empty text: the automatic one)
+function msLabelRow(p, ctx) {
+  const lab = p.label;
+  const row = msEl("div", "ms-label-row");
+  const draw = () => {
+    row.textContent = "";
+    const text = msEl("span", "ms-label-text" + (lab.text ? "" : " ms-label-empty"), lab.text || "no label yet");
+    text.title = lab.origin === "user" ? `your label; the automatic one: ${(lab.auto && lab.auto.text) || "none"}` :
+      lab.origin === "none" ? "no explanation yet: monosemantic interpret RUN DICT computes them" : MS_LABEL_ORIGINS[lab.origin];
+    row.appendChild(text);
+    if (lab.score !== null && lab.score !== undefined) {
+      const sc = msEl("span", "ms-badge ms-label-score", `ρ ${msFixed(lab.score)}`);
+      sc.title = "the explanation's score: Spearman correlation of the activations it predicts and the true ones on held-out examples";
+      row.appendChild(sc);
+    }
+    if (lab.origin && lab.origin !== "none") row.appendChild(msEl("span", "ms-label-origin", MS_LABEL_ORIGINS[lab.origin]));
+    if (!editable) return;
+    const edit = msEl("button", "ms-btn ms-label-edit", "edit");
+    edit.title = "edit this label (saved in the run)";
+    edit.addEventListener("click", () => {
+      row.textContent = "";
+      const input = msEl("input", "ms-search ms-label-input");
+      input.type = "text";
+      input.value = lab.text || "";
+      input.maxLength = 200;
+      input.placeholder = "a few words: what this unit is about";
+      const save = msEl("button", "ms-btn ms-label-save", "save");
+      const cancel = msEl("button", "ms-btn ms-label-cancel", "cancel");
+      const send = () => ctx.model.send({ type: "label", source: ctx.card.source, unit: ctx.card.unit, text: input.value });
+      save.addEventListener("click", send);
+      cancel.addEventListener("click", draw);
+      input.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") { ev.preventDefault(); send(); } else if (ev.key === "Escape") { ev.preventDefault(); draw(); }
+        ev.stopPropagation();
+      });
+      row.append(input, save, cancel);
+      input.focus();
+    });
+    row.appendChild(edit);
+    if (lab.origin === "user") {
+      const reset = msEl("button", "ms-btn ms-label-reset", "reset");
+      reset.title = "back to the automatic label: " + ((lab.auto && lab.auto.text) || "none");
+      reset.addEventListener("click", () => ctx.model.send({ type: "label", source: ctx.card.source, unit: ctx.card.unit, text: "" }));
+      row.appendChild(reset);
+    }
+  };
+  const editable = !!(p.editable && ctx.model && !msIsStatic(ctx.model) && typeof ctx.model.send === "function");
+  draw();
+  return row;
+}
+
 const MS_PANELS = {
-  header(p) {
+  header(p, ctx) {
     const sec = msEl("div", "ms-header");
     sec.appendChild(msEl("div", "ms-title", p.title));
+    if (p.label) sec.appendChild(msLabelRow(p, ctx || {}));
     if (p.subtitle) sec.appendChild(msEl("div", "ms-subtitle", p.subtitle));
     const badges = msEl("div", "ms-badges");
     (p.badges || []).forEach((b) => badges.appendChild(msEl("span", "ms-badge ms-badge-" + b.kind, b.text)));
@@ -402,25 +484,29 @@ const MS_PANELS = {
   },
   logits(p) {
     const sec = msSection(p.title, p.subtitle);
-    const wrap = msEl("div", "ms-logits");
-    for (const [name, rows, cls] of [["positive", p.positive, "pos"], ["negative", p.negative, "neg"]]) {
-      const col = msEl("div", "ms-logit-col");
-      col.appendChild(msEl("div", "ms-logit-head", name));
-      const m = Math.max(1e-9, ...rows.map((r) => Math.abs(r[1])));
-      rows.forEach(([tok, v]) => {
-        const r = msEl("div", "ms-logit-row");
-        const t = msEl("span", "ms-tok ms-logit-tok", tok);
-        t.title = `${tok}  ·  ${msFmt(v, 4)}`;
-        r.appendChild(t);
-        const bar = msEl("span", "ms-bar ms-bar-" + cls);
-        bar.style.width = `${(60 * Math.abs(v)) / m}px`;
-        r.appendChild(bar);
-        r.appendChild(msEl("span", "ms-num", msFmt(v, 3)));
-        col.appendChild(r);
-      });
-      wrap.appendChild(col);
-    }
-    sec.appendChild(wrap);
+    sec.appendChild(msTokenBars([["positive", p.positive, "pos"], ["negative", p.negative, "neg"]], 3, false));
+    return sec;
+  },
+  ablation(p) {
+    const sec = msSection(p.title, p.subtitle);
+    if (!p.raised.length && !p.lowered.length) { sec.appendChild(msEl("div", "ms-empty", p.empty)); return sec; }
+    sec.appendChild(msTokenBars([["raises", p.raised, "pos"], ["lowers", p.lowered, "neg"]], 3, true));
+    return sec;
+  },
+  nearest(p, ctx) {
+    const sec = msSection(p.title, p.subtitle);
+    const open = ctx && ctx.open;
+    p.rows.forEach((r) => {
+      const row = msEl(open ? "button" : "div", "ms-unit-row ms-nearest-row" + (open ? " ms-nearest-link" : ""));
+      row.dataset.unit = String(r.unit);
+      row.appendChild(msEl("span", "ms-unit-id", `#${r.unit}`));
+      row.appendChild(msEl("span", "ms-nearest-label", r.label || r.tokens));
+      row.appendChild(msEl("span", "ms-num", msFixed(r.cos, 2)));
+      row.title = `${p.source} #${r.unit}: decoder cosine ${msFixed(r.cos, 3)}` + (r.label ? ` · ${r.label}` : "") +
+        (r.tokens ? ` · top tokens ${r.tokens}` : "") + (open ? " (click: open its card)" : "");
+      if (open) row.addEventListener("click", () => open(p.source, r.unit));
+      sec.appendChild(row);
+    });
     return sec;
   },
   units(p) {
@@ -490,7 +576,9 @@ function msCardLayout(el, card) {
   return present ? card.layout.present : card.layout;
 }
 
-function msRenderCard(model, el, card) {
+// opts.open(source, unit): what a click on a nearest feature does (default: a live card asks its kernel to open it
+// below, {type: "open"}; a static card without opts.open shows the rows without links)
+function msRenderCard(model, el, card, opts = {}) {
   el.textContent = "";
   msThemeInk = null;
   const root = msEl("div", "ms-card");
@@ -501,7 +589,9 @@ function msRenderCard(model, el, card) {
   }
   root.dataset.unit = String(card.unit);
   root.dataset.kind = card.kind;
-  const ctx = { plots: [] };
+  const live = model && !msIsStatic(model) && typeof model.send === "function";
+  const open = opts.open || (live ? (source, unit) => model.send({ type: "open", source, unit }) : null);
+  const ctx = { plots: [], model, card, open };
   if (card.panels.header) root.appendChild(MS_PANELS.header(card.panels.header, ctx));
   const lay = msCardLayout(el, card);
   const cols = msEl("div", "ms-cols ms-cols-" + (lay.columns || []).length);
@@ -518,11 +608,12 @@ function msRenderCard(model, el, card) {
   el.appendChild(root);
   ctx.plots.forEach(([div, fig]) => msPlot(model, div, fig));
   if (!el.__msPresentHook) {     // entering or leaving present mode, or a new theme, redraws the card
-    el.__msPresentHook = () => { if (el.isConnected) msRenderCard(model, el, el.__msCard); };
+    el.__msPresentHook = () => { if (el.isConnected) msRenderCard(model, el, el.__msCard, el.__msCardOpts); };
     window.addEventListener("ms-present", el.__msPresentHook);
     msOnTheme(el, el.__msPresentHook);
   }
   el.__msCard = card;
+  el.__msCardOpts = opts;
   return root;
 }
 

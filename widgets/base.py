@@ -103,14 +103,21 @@ def pack_cards(specs: dict[int, dict], chunk: int = CARD_CHUNK) -> dict:
 
 
 def source_cards(run_dir, source: str, units, layout=None) -> dict[int, dict]:
-    """The card specs of ``units`` of ``source`` ("A/1") from a run's statistics, tagged by its status rule."""
+    """The card specs of ``units`` of ``source`` ("A/1") from a run's statistics, tagged by its status rule, with
+    their labels, nearest features and (where cached) ablations — for a static page: nothing is computed per card
+    but the nearest features (one pass)."""
     from monosemantic.features import FeatureStats
 
-    from .card import StatusRule, card_spec
+    from .card import CardExtras, StatusRule, card_spec, table_top_tokens
 
-    stats = FeatureStats.load(open_run(run_dir), source)
+    run = open_run(run_dir)
+    stats = FeatureStats.load(run, source)
     rule = StatusRule.of(stats)
-    return {int(u): card_spec(stats.unit(int(u)), layout, rule=rule) for u in units}
+    units = [int(u) for u in units]
+    extras = CardExtras(run, source, compute_ablation=False, editable=False)
+    extras.prepare_nearest(units)
+    top = table_top_tokens(stats)
+    return {u: card_spec(stats.unit(u), layout, rule=rule, **extras.card_kwargs(u, top)) for u in units}
 
 
 # ---- linked cards --------------------------------------------------------------------------------------------------
@@ -163,8 +170,9 @@ class LinkedCards:
             card = self.factory(dict_id, int(idx), info)
             head = ipywidgets.HTML(f'<div class="ms-cardhead" data-feature="{escape_html(dict_id)}:{int(idx)}">'
                                    f'{escape_html(dict_id)} #{int(idx)}</div>')
-            col = ipywidgets.VBox([head, card], layout=ipywidgets.Layout(flex="1 1 0", min_width="0",
-                                                                         overflow="hidden"))
+            inner = getattr(card, "cards", None)     # a card's own linked cards (its nearest features) go below it
+            kids = [head, card] + ([inner.box] if isinstance(inner, LinkedCards) else [])
+            col = ipywidgets.VBox(kids, layout=ipywidgets.Layout(flex="1 1 0", min_width="0", overflow="hidden"))
             col.add_class("ms-cardcol")   # side by side, sharing the width
             cols.append(col)
             keys.append((dict_id, int(idx)))

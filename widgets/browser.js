@@ -3,6 +3,9 @@
 // Static pages (no kernel): every unit's row and card travel packed (html.py packed); the rows are filtered, ranked,
 // sorted and paged here, a card is unpacked when it is shown, and the address (#A/1/2318) follows the selection.
 
+// the lower-cased words of a text (interpret.labels `words`: runs of letters, digits and _)
+const msWords = (s) => String(s || "").toLowerCase().match(/[\p{L}\p{N}_]+/gu) || [];
+
 // relevance of a row for a query, as browser.py `relevance` ranks it (lower is better, Infinity: no match)
 function msRelevance(r, q) {
   if (/^\d+$/.test(q) && Number(q) === r.unit) return 0;
@@ -12,6 +15,11 @@ function msRelevance(r, q) {
     const v = (ts === q || t === q) ? 1 : ts.startsWith(q) ? 2 : t.includes(q) ? 3 : null;
     if (v !== null) best = Math.min(best, v + k / 100);
   });
+  const qw = msWords(q);
+  if (best > 2.5 && qw.length) {
+    const hay = msWords(r.label).concat(...(r.top_tokens || []).map(msWords));
+    if (qw.every((x) => hay.some((w) => w.startsWith(x)))) best = 2.5;
+  }
   if (best === Infinity && String(r.top_domain || "").toLowerCase().includes(q)) best = 4;
   return best;
 }
@@ -44,7 +52,7 @@ export default {
     const bar = msEl("div", "ms-toolbar");
     const search = msEl("input", "ms-search");
     search.type = "search";
-    search.placeholder = "search: unit id, token, domain…";
+    search.placeholder = "search: unit id, token, label words, domain…";
     search.value = model.get("query") || "";
     const filt = msEl("select", "ms-filter");
     const sc = model.get("status_counts") || {};
@@ -137,7 +145,7 @@ export default {
                         c.label + (on ? (model.get("descending") ? " ▼" : " ▲") : ""));
         th.dataset.key = c.key;
         th.addEventListener("click", () => {
-          set({ sort_by: c.key, descending: on ? !model.get("descending") : !["text", "tokens", "status"].includes(c.fmt), page: 0 });
+          set({ sort_by: c.key, descending: on ? !model.get("descending") : !["text", "tokens", "status", "label"].includes(c.fmt), page: 0 });
         });
         head.appendChild(th);
       });
@@ -153,7 +161,8 @@ export default {
           else if (c.fmt === "num") txt = msFmt(v, 3);
           else if (c.fmt === "tokens") txt = msTokenLabel(v);
           else if (c.fmt === "status") txt = v && v !== "alive" ? v : "";
-          const td = msEl("td", c.fmt === "tokens" ? "ms-tokcell" : (["text", "status"].includes(c.fmt) ? "" : "ms-num"));
+          const td = msEl("td", c.fmt === "tokens" ? "ms-tokcell" : c.fmt === "label" ? "ms-labelcell" : (["text", "status"].includes(c.fmt) ? "" : "ms-num"));
+          if (c.fmt === "label") { txt = v || ""; td.title = v || ""; }
           if (c.fmt === "status" && txt) td.appendChild(msEl("span", "ms-badge ms-badge-" + String(v).replace("-", ""), txt));
           else td.textContent = txt;
           tr.appendChild(td);
@@ -172,7 +181,12 @@ export default {
       np.addEventListener("click", () => set({ page: page + 1 }));
       pager.append(pp, msEl("span", "ms-count", `page ${page + 1} / ${nPages}`), np);
     };
-    const drawCard = () => msRenderCard(model, cardEl, model.get("card"));
+    // a nearest feature clicked on the card selects it here (statically too: its card is in the page)
+    const openUnit = (source, u) => {
+      if (source !== model.get("source")) return;
+      if (isStatic) selectStatic(u); else model.send({ type: "open", source, unit: u });   // the kernel turns to its page
+    };
+    const drawCard = () => msRenderCard(model, cardEl, model.get("card"), { open: openUnit });
     ["change:rows", "change:columns", "change:sort_by", "change:descending", "change:n_matching", "change:selected"].forEach(
       (ev) => model.on(ev, drawTable));
     model.on("change:card", drawCard);

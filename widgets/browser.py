@@ -5,8 +5,10 @@ Model state is the truth: ``query``, ``sort_by``, ``descending``, ``filter`` (al
 low-mode), ``page`` and ``selected`` are synced traits; the kernel answers with ``rows`` (the current page) and
 ``card``.  Units are tagged by ``card.StatusRule`` (the library's dead / ultralow, and the low-density mode); the
 default filter ``alive`` hides the tagged ones.  A query ranks by relevance (``sort_by="relevance"``, what typing a
-query selects): the unit of that id, then units whose top tokens equal the query, start with it, contain it (an
-earlier top token first), then the domain; ties by density, most common first.
+query selects): the unit of that id, then units whose top tokens equal the query, start with it, then those whose
+label (``interpret.labels``: the unit's explanation, or the user's edit) and top tokens hold every word of the query,
+then top tokens containing it (an earlier top token first), then the domain; ties by density, most common first.
+The label column follows edits made in any view (a card's header edits a label in place, ``set_label`` too).
 
     b = FeatureBrowser.from_run("data/runs/default", "A/1")
     b.query = "LORD"; b.sort_by = "proxy_corr"
@@ -21,7 +23,10 @@ import numpy as np
 import traitlets
 
 from .base import CARD_CHUNK, MsWidget, open_run, pack_cards
-from .card import STATUSES, CardLayout, StatusRule, card_spec, default_dictionary, neuron_features
+from monosemantic.interpret.labels import words
+
+from .card import (STATUSES, CardExtras, CardLayout, StatusRule, card_spec, default_dictionary, handle_label_message,
+                   neuron_features, table_top_tokens)
 from .html import display_token, packed
 
 COLUMNS = [
@@ -30,6 +35,7 @@ COLUMNS = [
     {"key": "density", "label": "density", "fmt": "pct"},
     {"key": "max_act", "label": "max act", "fmt": "num"},
     {"key": "top_tokens", "label": "top tokens", "fmt": "tokens"},
+    {"key": "label", "label": "label", "fmt": "label"},
     {"key": "top_domain", "label": "domain", "fmt": "text"},
     {"key": "proxy_specificity", "label": "proxy spec.", "fmt": "pct"},
     {"key": "proxy_sensitivity", "label": "proxy sens.", "fmt": "pct"},
@@ -39,14 +45,18 @@ FILTERS = ("alive", "all", "dead", "ultralow", "low-mode")
 SORTS = ["relevance"] + [c["key"] for c in COLUMNS]
 
 
-def relevance(query: str, tokens_lower: list[list[str]], domains: list[str], units) -> np.ndarray:
-    """Each row's relevance rank for ``query`` (lower is better; inf: no match): 0 the unit of that id; 1, 2, 3 a
-    top token equal to the query (spaces stripped), starting with it, containing it — plus its position among
-    the top tokens / 100; 4 the domain.  ``browser.js`` msRelevance ranks the same way on a static page."""
+def relevance(query: str, tokens_lower: list[list[str]], domains: list[str], units,
+              labels: list[str] | None = None) -> np.ndarray:
+    """Each row's relevance rank for ``query`` (lower is better; inf: no match): 0 the unit of that id; 1, 2 a top
+    token equal to the query (spaces stripped), starting with it; 2.5 every word of the query starts a word of the
+    unit's label or top tokens (``labels.words``, case-insensitive: "god name" finds the label "the name of God");
+    3 a top token containing the query — 1 to 3 plus the token's position among the top tokens / 100; 4 the
+    domain.  ``browser.js`` msRelevance ranks the same way on a static page."""
     q = query.strip().lower()
     out = np.full(len(units), np.inf)
     if not q:
         return out
+    qw = words(q)
     for i, (toks, dom, u) in enumerate(zip(tokens_lower, domains, units)):
         if q.isdigit() and int(q) == int(u):
             out[i] = 0.0
@@ -57,6 +67,11 @@ def relevance(query: str, tokens_lower: list[list[str]], domains: list[str], uni
             r = 1 if ts == q or t == q else 2 if ts.startswith(q) else 3 if q in t else None
             if r is not None:
                 best = min(best, r + k / 100)
+        if best > 2.5 and qw:
+            hay = words(labels[i]) if labels is not None else []
+            hay += [w for t in toks for w in words(t)]
+            if all(any(w.startswith(x) for w in hay) for x in qw):
+                best = 2.5
         if best == np.inf and q in str(dom).lower():
             best = 4.0
         out[i] = best
@@ -94,6 +109,9 @@ class FeatureBrowser(MsWidget):
                                _search=[" ".join(ts).lower() + " " + str(d) for ts, d in zip(strs, t["top_domain"])],
                                _tokens_key=strs.map(" ".join), _status_key=status.map(STATUSES.index))
         self._tokens_lower = [[x.lower() for x in ts] for ts in strs]
+        self._extras = CardExtras(stats.run, stats.source) if stats.run is not None else None
+        self._labels_at = None
+        self._sync_labels()
         counts = {k: int((status == k).sum()) for k in STATUSES}
         counts.update(n_tokens=self._rule.n_tokens, ultralow_threshold=self._rule.ultralow_threshold,
                       low_threshold=self._rule.low_threshold)
@@ -130,15 +148,31 @@ class FeatureBrowser(MsWidget):
             raise traitlets.TraitError(f"sort_by must be one of {SORTS}, got {proposal['value']!r}")
         return proposal["value"]
 
+    def _sync_labels(self) -> bool:
+        """Rebuild the label column when a label changed since it was built (an edit in any view); True if so."""
+        if self._extras is None:
+            if "label" not in self._table:
+                self._table["label"] = ""
+            return False
+        at = self._extras.labels.version
+        if at == self._labels_at:
+            return False
+        texts = self._extras.labels.texts()
+        self._table["label"] = [texts[int(u)] if 0 <= int(u) < len(texts) else "" for u in self._table.index]
+        self._labels_at = at
+        return True
+
     def view(self):
         """The rows matching ``query`` and ``filter``, sorted: a DataFrame indexed by unit."""
+        self._sync_labels()
         t = self._table
         if self.filter != "all":
             t = t[t["status"] == self.filter]
         q = self.query.strip().lower()
         if q:
             pos = self._table.index.get_indexer(t.index)
-            rank = relevance(q, [self._tokens_lower[i] for i in pos], list(t["top_domain"]), t["unit"])
+            rank = relevance(q, [self._tokens_lower[i] for i in pos], list(t["top_domain"]), t["unit"],
+                             list(t["label"]))
             t = t.assign(_relevance=rank)[np.isfinite(rank)]
         if self.sort_by == "relevance":
             if not q:
@@ -172,7 +206,7 @@ class FeatureBrowser(MsWidget):
         out = []
         for u, r in zip(df.index, df.itertuples(index=False)):
             out.append({"unit": int(u), "status": r.status, "density": float(f"{r.density:.4g}"),
-                        "max_act": float(f"{r.max_act:.4g}"), "top_tokens": list(r.top_tokens),
+                        "max_act": float(f"{r.max_act:.4g}"), "top_tokens": list(r.top_tokens), "label": r.label,
                         "top_domain": str(r.top_domain), "proxy_specificity": float(f"{r.proxy_specificity:.3g}"),
                         "proxy_sensitivity": float(f"{r.proxy_sensitivity:.3g}"),
                         "proxy_corr": float(f"{r.proxy_corr:.3g}"), "dead": bool(r.dead),
@@ -195,12 +229,14 @@ class FeatureBrowser(MsWidget):
         u = int(change["new"])
         self.card = self._card(u) if u >= 0 else {}
 
-    def _card(self, u: int, layout: CardLayout | None = None) -> dict:
+    def _card(self, u: int, layout: CardLayout | None = None, extras: CardExtras | None = None) -> dict:
         feats = None
         if self._stats.kind == "neuron" and self._features_from and self._stats.run is not None:
             feats = neuron_features(self._stats.run, self._features_from, u)
+        extras = extras or self._extras
+        more = extras.card_kwargs(u, table_top_tokens(self._stats)) if extras is not None else {}
         return card_spec(self._stats.unit(u), layout or self._layout, features_of_neuron=feats,
-                         features_source=self._features_from, rule=self._rule)
+                         features_source=self._features_from, rule=self._rule, **more)
 
     def select(self, unit: int) -> None:
         """Show ``unit``'s card (and turn to its page if it is in the current view)."""
@@ -227,9 +263,19 @@ class FeatureBrowser(MsWidget):
     def prev(self) -> int:
         return self.step(-1)
 
+    def set_label(self, unit: int, text: str) -> None:
+        """Save ``text`` as ``unit``'s label (empty: back to the automatic one), as an edit on its card."""
+        self._handle({"type": "label", "unit": int(unit), "text": text})
+
     def _handle(self, content) -> None:
         if isinstance(content, dict) and content.get("type") == "step":
             self.step(int(content.get("delta", 1)))
+        elif isinstance(content, dict) and content.get("type") == "open":     # a nearest feature clicked on the card
+            self.select(int(content["unit"]))
+        elif self._stats.run is not None and handle_label_message(self._stats.run, self.source, content):
+            self._refresh()
+            if self.selected >= 0:
+                self.card = self._card(self.selected)
 
     # ---- static export ------------------------------------------------------------------------------------------
     def static_state(self, max_rows: int | None = None, layout: CardLayout | None = None,
@@ -239,9 +285,15 @@ class FeatureBrowser(MsWidget):
         one of them is shown), the query, sort, filter and selection as they are here.  ``layout``: the cards'
         (default ``CardLayout.export()``: 10 top examples, 2 samples per interval)."""
         layout = layout or CardLayout.export()
+        self._sync_labels()
         df = self._table if max_rows is None else self.view().head(int(max_rows))
         rows = self._records(df)
-        cards = pack_cards({r["unit"]: self._card(r["unit"], layout) for r in rows}, chunk)
+        # a page of thousands of cards: ablations only where cached, nearest features in one pass, no editing
+        extras = None
+        if self._stats.run is not None:
+            extras = CardExtras(self._stats.run, self.source, compute_ablation=False, editable=False)
+            extras.prepare_nearest([r["unit"] for r in rows])
+        cards = pack_cards({r["unit"]: self._card(r["unit"], layout, extras) for r in rows}, chunk)
         index = cards["index"]
         sel = self.selected if str(self.selected) in index else (rows[0]["unit"] if rows else -1)
         return {"columns": self.columns, "rows": [], "static_rows": packed(rows),
@@ -249,7 +301,7 @@ class FeatureBrowser(MsWidget):
                 "n_pages": 1, "page": 0, "page_size": self.page_size, "query": self.query if max_rows is None else "",
                 "sort_by": self.sort_by, "descending": self.descending,
                 "filter": self.filter if max_rows is None else "all", "selected": sel,
-                "card": self._card(sel, layout) if sel >= 0 else {}, "unit_kind": self.unit_kind,
+                "card": self._card(sel, layout, extras) if sel >= 0 else {}, "unit_kind": self.unit_kind,
                 "source": self.source, "status_counts": self.status_counts}
 
     def page_title(self) -> str:

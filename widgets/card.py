@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import traitlets
 
-from .base import DOMAIN_COLORS, MsWidget, open_run
+from .base import DOMAIN_COLORS, LinkedCards, MsWidget, WithLinkedCards, default_card_factory, open_run
 from .html import density_text, display_token, escape_html, token_label
 
 
@@ -32,6 +32,8 @@ class HeaderPanel:
     subtitle: str = ""
     badges: list[dict] = field(default_factory=list)
     facts: list[tuple[str, str]] = field(default_factory=list)
+    label: dict | None = None      # interpret.labels.Label.to_dict(): text, score, origin, auto; None: no labels
+    editable: bool = False         # the label can be edited in place (a live card of a run)
     kind: str = "header"
 
 
@@ -79,6 +81,33 @@ class ExamplesPanel:
     kind: str = "examples"
 
 
+@dataclass
+class AblationPanel:
+    """``ablation.AblationEffects`` as the card shows it: the next tokens whose log-likelihood the feature raises
+    and lowers where it fires (rows ``(token, mean effect, count)``)."""
+
+    raised: list[tuple[str, float, int]]
+    lowered: list[tuple[str, float, int]]
+    positions: int
+    contexts: int
+    title: str = "Ablation in context"
+    subtitle: str = ""
+    empty: str = "never fires in its top contexts"
+    kind: str = "ablation"
+
+
+@dataclass
+class NearestPanel:
+    """The features nearest to this one by decoder cosine (rows: unit, cosine, label or top tokens); a click
+    opens the feature's card."""
+
+    source: str
+    rows: list[dict]
+    title: str = "Nearest features"
+    subtitle: str = "by decoder cosine"
+    kind: str = "nearest"
+
+
 # the card in present mode (base.js msCardLayout): three columns, fewer samples, fits a 1920×1080 screen
 PRESENT_LAYOUT = {"columns": [["histogram", "logits", "domains"], ["top"], ["intervals"]], "n_top": 10, "n_seqs": 2,
                   "n_groups": 6}
@@ -89,8 +118,8 @@ class CardLayout:
     """Which panels, in which columns (the header always spans the top), how many examples, and how many
     characters of context each example shows (whole tokens around the activating one, about 3/5 before it)."""
 
-    columns: list[list[str]] = field(default_factory=lambda: [["histogram", "logits", "units", "domains"],
-                                                              ["top", "intervals"]])
+    columns: list[list[str]] = field(default_factory=lambda: [["histogram", "logits", "ablation", "units",
+                                                               "nearest", "domains"], ["top", "intervals"]])
     n_top: int = 12
     n_per_interval: int = 5
     context_chars: int = 96
@@ -99,8 +128,8 @@ class CardLayout:
     def compact(cls) -> "CardLayout":
         """One column for cards side by side: 8 top examples and 2 samples per interval (a polysemantic unit's
         top examples can look clean; its lower intervals tell)."""
-        return cls(columns=[["histogram", "top", "intervals", "logits", "units"]], n_top=8, n_per_interval=2,
-                   context_chars=64)
+        return cls(columns=[["histogram", "top", "intervals", "logits", "ablation", "units", "nearest"]], n_top=8,
+                   n_per_interval=2, context_chars=64)
 
     present: bool = True      # the spec carries the present-mode layout (and its panels)
 
@@ -244,10 +273,111 @@ class StatusRule:
         return None
 
 
+# ---- what a card shows beyond the statistics: label, ablation in context, nearest features ---------------------
+
+def ablation_panel(effects) -> AblationPanel:
+    """An ``ablation.AblationEffects`` as the card's panel (token strings made visible)."""
+    rows = lambda ts: [(display_token(t.token), t.mean, t.count) for t in ts]  # noqa: E731
+    n = len(effects.contexts)
+    return AblationPanel(raised=rows(effects.raised), lowered=rows(effects.lowered), positions=effects.positions,
+                         contexts=n, subtitle=f"the feature ablated (x − f·d, error kept) where it fires in its top "
+                                              f"{n} contexts: mean Δ log-likelihood of the next token, nats "
+                                              f"({effects.positions} positions)")
+
+
+class CardExtras:
+    """What the cards of one source show beyond its statistics: each unit's label (``interpret.labels``, editable
+    in place when ``editable``), a feature's ablation in context (``ablation``: computed on first view when
+    ``compute_ablation``, else only a cached result is shown — a static export of thousands of cards) and its
+    ``k_nearest`` nearest features by decoder cosine (``splitting.nearest_decoder``).  Failures show in the panel
+    (the card still opens)."""
+
+    def __init__(self, run, source: str, compute_ablation: bool = True, k_nearest: int = 8, editable: bool = True):
+        from monosemantic.interpret.labels import Labels
+
+        self.run, self.source = run, source
+        self.is_features = "/" in source
+        self.compute_ablation, self.k_nearest, self.editable = compute_ablation, int(k_nearest), editable
+        self.labels = Labels.open(run, source)
+        self._nearest: dict[int, tuple] = {}
+        self._sae = None
+
+    def label(self, unit: int) -> dict:
+        return self.labels.get(unit).to_dict()
+
+    def ablation(self, unit: int) -> AblationPanel | None:
+        if not self.is_features:
+            return None
+        from monosemantic.ablation import ablation_effects, cached
+
+        try:
+            ab = ablation_effects(self.run, self.source, unit) if self.compute_ablation else \
+                cached(self.run, self.source, unit)
+        except Exception as e:  # noqa: BLE001 - shown in the panel, never swallowed
+            return AblationPanel([], [], 0, 0, empty=f"not available: {type(e).__name__}: {e}")
+        if ab is None:
+            return AblationPanel([], [], 0, 0, empty="not computed yet: open this card live (or run "
+                                                     "monosemantic.ablation.ablation_effects) to compute it")
+        return ablation_panel(ab)
+
+    def prepare_nearest(self, units) -> None:
+        """Compute the nearest features of many units at once (a static export)."""
+        if not self.is_features or not self.k_nearest:
+            return
+        from monosemantic.splitting import nearest_decoder
+
+        if self._sae is None:
+            self._sae = self.run.dictionary(self.source)
+        units = [int(u) for u in units if int(u) not in self._nearest]
+        if units:
+            idx, cos = nearest_decoder(self._sae, units, self.k_nearest)
+            self._nearest.update({u: (idx[r], cos[r]) for r, u in enumerate(units)})
+
+    def nearest(self, unit: int, top_tokens) -> NearestPanel | None:
+        """``top_tokens(u)``: a unit's top token strings (shown when it has no label)."""
+        if not self.is_features or not self.k_nearest:
+            return None
+        self.prepare_nearest([unit])
+        idx, cos = self._nearest[int(unit)]
+        rows = [{"unit": int(j), "cos": float(c), "label": self.labels.get(int(j)).text,
+                 "tokens": token_label(top_tokens(int(j)), 3, max_chars=16)} for j, c in zip(idx, cos)]
+        return NearestPanel(source=self.source, rows=rows)
+
+    def card_kwargs(self, unit: int, top_tokens) -> dict:
+        """The keyword arguments of ``card_spec`` for ``unit``."""
+        return {"label": self.label(unit), "editable": self.editable, "ablation": self.ablation(unit),
+                "nearest": self.nearest(unit, top_tokens)}
+
+
+def table_top_tokens(stats):
+    """``top_tokens(u)`` of a ``FeatureStats`` (its table's top tokens)."""
+    col = stats.table["top_tokens"]
+    return lambda u: list(col.loc[int(u)]) if int(u) in col.index else []
+
+
+def handle_label_message(run, source: str, content) -> bool:
+    """A card's label edit sent from the front-end (``{"type": "label", "unit", "text"}``; empty text clears it)
+    saved through ``interpret.labels``; True when ``content`` was one."""
+    if not (isinstance(content, dict) and content.get("type") == "label"):
+        return False
+    from monosemantic.interpret.labels import Labels
+
+    labels = Labels.open(run, str(content.get("source") or source))
+    text = str(content.get("text") or "")
+    if text.strip():
+        labels.set(int(content["unit"]), text)
+    else:
+        labels.clear(int(content["unit"]))
+    return True
+
+
 def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tuple[int, float]] | None = None,
-              features_source: str | None = None, rule: "StatusRule | None" = None) -> dict:
+              features_source: str | None = None, rule: "StatusRule | None" = None, label: dict | None = None,
+              editable: bool = False, ablation: AblationPanel | None = None,
+              nearest: NearestPanel | None = None) -> dict:
     """The card of one unit (a ``monosemantic.features.UnitStats``) as JSON-able data; ``rule`` tags it dead /
-    ultralow / low-mode (default: the library's dead and ultralow columns alone)."""
+    ultralow / low-mode (default: the library's dead and ultralow columns alone); ``label`` (a
+    ``Label.to_dict()``), ``ablation`` and ``nearest`` what ``CardExtras`` gives (None: not shown)."""
     layout = layout or CardLayout()
     r = us.row
     kind = us.kind
@@ -268,7 +398,8 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
         badges=badges,
         facts=[("density", density_text(r["density"], odds=True)), ("tokens fired", f"{int(r['count']):,} / {us.n_tokens:,}"),
                ("max activation", _num(r["max_act"])), ("mean when firing", _num(r["mean_act"])),
-               (f"{us.proxy_domain} corr", _num(r.get("proxy_corr", float("nan"))))])
+               (f"{us.proxy_domain} corr", _num(r.get("proxy_corr", float("nan"))))],
+        label=label, editable=bool(editable and label is not None))
     hist = HistogramPanel(title="Activation histogram", subtitle=f"density {_pct(r['density'])}, by domain",
                           hist=histogram_data(us.histogram))
     logits = LogitsPanel(positive=[(display_token(t), v) for t, v in us.logits_top],
@@ -307,6 +438,10 @@ def card_spec(us, layout: CardLayout | None = None, features_of_neuron: list[tup
               "intervals": intervals}
     if units is not None:
         panels["units"] = units
+    if ablation is not None:
+        panels["ablation"] = ablation
+    if nearest is not None:
+        panels["nearest"] = nearest
     drawn = layout.panels() | {"header"}
     panels = {k: v for k, v in panels.items() if k in drawn}    # a panel no column shows does not travel
     return {"kind": kind, "source": us.source, "unit": us.unit, "title": header.title, "status": status,
@@ -359,8 +494,10 @@ def neuron_features(run, dict_id: str, neuron: int, n: int = 8) -> list[tuple[in
 
 # ---- the widgets ------------------------------------------------------------------------------------------------
 
-class FeatureCard(MsWidget):
-    """One feature's (or neuron's) page.  ``unit`` and ``source`` are synced; the card follows them."""
+class FeatureCard(WithLinkedCards, MsWidget):
+    """One feature's (or neuron's) page.  ``unit`` and ``source`` are synced; the card follows them.  Its header
+    carries the unit's label (``interpret.labels``), edited in place and saved in the run; a feature's card shows
+    its ablation in context and its nearest features, a click on one opening its card below (``cards``)."""
 
     _js = "card"
     card = traitlets.Dict().tag(sync=True)
@@ -368,12 +505,17 @@ class FeatureCard(MsWidget):
     source = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, stats, unit: int = 0, layout: CardLayout | None = None, features_from: str | None = None,
-                 **kwargs):
+                 extras: CardExtras | None = None, **kwargs):
         self._stats = stats
         self._layout = layout or CardLayout()
         self._features_from = features_from
         self._rule = StatusRule.of(stats)
+        if extras is None and stats.run is not None:
+            extras = CardExtras(stats.run, stats.source)
+        self._extras = extras
         super().__init__(source=stats.source, **kwargs)
+        run_dir = stats.run.root if stats.run is not None else None
+        self.cards = LinkedCards(default_card_factory(run_dir, compact=True), "click a nearest feature to open its card")
         self.unit = int(unit)
         self._redraw()
 
@@ -412,8 +554,23 @@ class FeatureCard(MsWidget):
         feats = None
         if us.kind == "neuron" and self._features_from and self._stats.run is not None:
             feats = neuron_features(self._stats.run, self._features_from, unit)
+        extra = self._extras.card_kwargs(unit, table_top_tokens(self._stats)) if self._extras is not None else {}
         return card_spec(us, self._layout, features_of_neuron=feats, features_source=self._features_from,
-                         rule=self._rule)
+                         rule=self._rule, **extra)
+
+    def set_label(self, text: str) -> None:
+        """Save ``text`` as this unit's label (empty: back to the automatic one) and redraw, as an edit in place."""
+        self._handle({"type": "label", "unit": self.unit, "text": text})
+
+    def open_card(self, source: str, unit: int) -> None:
+        """Open the card of ``unit`` of ``source`` below this one (what a click on a nearest feature does)."""
+        self.cards.show([(str(source), int(unit), {})])
+
+    def _handle(self, content) -> None:
+        if self._stats.run is not None and handle_label_message(self._stats.run, self.source, content):
+            self._redraw()
+        elif isinstance(content, dict) and content.get("type") == "open":
+            self.open_card(content.get("source") or self.source, int(content["unit"]))
 
     def page_title(self) -> str:
         return self.card.get("title", "card")

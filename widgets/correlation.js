@@ -181,8 +181,9 @@ function render({ model, el: root }) {
     const ro = model.get("row_order"), co = model.get("col_order");
     const a = model.get("a_label"), b = model.get("b_label");
     const single = cell.rows[1] - cell.rows[0] === 1 && cell.cols[1] - cell.cols[0] === 1;
+    const an = (model.get("a_names") || [])[ro[cell.r]], bn = (model.get("b_names") || [])[co[cell.c]];
     tip.textContent = single
-      ? `${a} #${ro[cell.r]} ↔ ${b} #${co[cell.c]}: r = ${msFixed(codeToR(cell.code))}`
+      ? `${a} #${ro[cell.r]}${an ? ` (${an})` : ""} ↔ ${b} #${co[cell.c]}${bn ? ` (${bn})` : ""}: r = ${msFixed(codeToR(cell.code))}`
       : `${a} rows ${cell.rows[0]}–${cell.rows[1] - 1} ↔ ${b} columns ${cell.cols[0]}–${cell.cols[1] - 1}: max r = ${msFixed(codeToR(cell.code))} (click: strongest pair)`;
     tip.style.display = "block";
     tip.style.left = Math.min(x + 12, SIZE - 180) + "px";

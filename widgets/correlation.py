@@ -5,7 +5,8 @@ rows and columns reordered so the one-to-one matches lie on the diagonal, strong
 canvas of at most ``max_pixels``² cells: when the view holds more rows or columns, each pixel shows the *maximum*
 correlation of its block (a match anywhere in the block stays visible).  Drag a rectangle to zoom (the kernel
 re-pools the new window), double-click or "reset" to zoom out.  Clicking a pixel that is a single cell selects
-that pair; clicking a pooled pixel sends the block and the kernel selects the block's strongest pair.  The
+that pair; clicking a pooled pixel sends the block and the kernel selects the block's strongest pair.  Hovering a
+cell names both features by their labels (``interpret.labels``; with a run directory).  The
 selection (``selected_pair``) opens both features' cards side by side below the matrix.  Next to the matrix: the
 distribution of best-match correlations for features and for neurons (plotly), with the paper's medians.
 
@@ -100,6 +101,8 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
     stats = traitlets.Dict().tag(sync=True)                         # medians (ours, the paper's)
     hide_flagged = traitlets.Bool(True).tag(sync=True)             # leave units that are not alive out
     flagged = traitlets.Dict().tag(sync=True)                       # {"a": n, "b": n, "tokens": n}
+    a_names = traitlets.List(traitlets.Unicode()).tag(sync=True)    # each feature's label (interpret.labels), "" none
+    b_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
     n_matches = traitlets.Int(0).tag(sync=True)                     # the first n of the orders are matched pairs
     match_values = traitlets.List(traitlets.Float()).tag(sync=True)  # their correlations
 
@@ -124,6 +127,11 @@ class CorrelationMatrix(WithLinkedCards, MsWidget):
                          n_matches=int(len(mvals)),
                          match_values=[float(v) for v in np.sort(np.asarray(mvals, float))[::-1]], **kw)
         self.run_dir = None if run_dir is None else Path(run_dir)
+        if self.run_dir is not None:     # the tooltips name each feature by its label
+            from monosemantic.interpret.labels import Labels
+
+            run = open_run(self.run_dir)
+            self.a_names, self.b_names = Labels.open(run, pr.a).texts(), Labels.open(run, pr.b).texts()
         self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir, compact=True),
                                  "click a cell to open the two features' cards")
         self.distribution = None

@@ -195,9 +195,9 @@ function render({ model, el: root }) {
       for (let i = 0; i < n; i++) if (I[i] === Number(m[2]) && (w < 0 || Wh[i] === w)) out.push(i);
       return out;
     }
-    const ql = q.toLowerCase(), labels = model.get("labels") || [];
+    const ql = q.toLowerCase(), labels = model.get("labels") || [], ex = model.get("explanations") || [];
     const out = [];
-    for (let i = 0; i < n; i++) if ((labels[i] || "").toLowerCase().includes(ql)) out.push(i);
+    for (let i = 0; i < n; i++) if ((labels[i] || "").toLowerCase().includes(ql) || (ex[i] || "").toLowerCase().includes(ql)) out.push(i);
     return out;
   }
   let timer = null;
@@ -250,7 +250,8 @@ function render({ model, el: root }) {
     const i = nearest(x, y);
     if (i < 0) { tip.style.display = "none"; return; }
     const ids = model.get("dict_ids"), labels = model.get("labels") || [];
-    tip.textContent = `${ids[Wh[i]]} #${I[i]} · ${C[i] < 0 ? "noise" : "cluster " + C[i]} · ${msDensity(D[i])} · top tokens: ${labels[i] || "–"}`;
+    const ex = (model.get("explanations") || [])[i];
+    tip.textContent = `${ids[Wh[i]]} #${I[i]}${ex ? ` (${ex})` : ""} · ${C[i] < 0 ? "noise" : "cluster " + C[i]} · ${msDensity(D[i])} · top tokens: ${labels[i] || "–"}`;
     tip.style.display = "block";
     tip.style.left = Math.min(x + 12, Wpx - 260) + "px"; tip.style.top = (y + 12) + "px";
   });

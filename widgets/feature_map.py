@@ -4,7 +4,8 @@ The points come from ``monosemantic.splitting.feature_map`` (one row per feature
 density, top_tokens).  The front end draws them on a canvas as wide as the output (tens of thousands of points
 stay fluid), zooms (wheel, +/−) and pans (drag), labels each cluster with its most common top tokens
 (``cluster_labels``), and finds features by id ("A/1 123", "123") or token (the search box rings the matches;
-present mode steps through them).  Hovering shows a feature's top tokens, clicking opens its card below
+present mode steps through them).  Hovering shows a feature's top tokens and its label (``interpret.labels``; the search box finds labels too),
+clicking opens its card below
 (``selected_feature``).  ``color_by`` ("cluster" | "density" | "dict") is a synced trait, switched by the
 buttons.  ``feature_map_figure(df)`` draws the same map as a plotly figure.
 """
@@ -65,6 +66,7 @@ class FeatureMap(WithFeatureSelection, MsWidget):
     density = traitlets.Bytes(b"").tag(sync=True)     # float32: fraction of tokens it fires on (NaN: unknown)
     cluster_labels = traitlets.List(traitlets.Dict()).tag(sync=True)   # {cluster, n, x, y, label}
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)   # top tokens per point
+    explanations = traitlets.List(traitlets.Unicode()).tag(sync=True)   # each point's label (interpret.labels)
     n_clusters = traitlets.Int(0).tag(sync=True)
     color_by = traitlets.Unicode("cluster").tag(sync=True)
     selected_feature = traitlets.List().tag(sync=True)   # [dict_id, idx] or []
@@ -87,7 +89,22 @@ class FeatureMap(WithFeatureSelection, MsWidget):
                      np.full(len(df), np.nan, np.float32)).tobytes(),
             cluster_labels=cluster_labels(df), color_by=color_by, **kw)
         self.run_dir = None if run_dir is None else Path(run_dir)
+        if self.run_dir is not None:
+            self.explanations = self._explanations(df)
         self.cards = LinkedCards(card_factory or default_card_factory(self.run_dir), "click a point to open its card")
+
+    def _explanations(self, df) -> list[str]:
+        """Every point's label (``interpret.labels``; "" where none)."""
+        from monosemantic.interpret.labels import Labels
+
+        run = open_run(self.run_dir)
+        texts = {}
+        for d in df["dict_id"].unique():
+            try:
+                texts[d] = Labels.open(run, d).texts()
+            except ValueError:      # a dictionary the run's config does not name
+                texts[d] = []
+        return [texts[d][i] if i < len(texts[d]) else "" for d, i in zip(df["dict_id"], df["idx"].astype(int))]
 
     @classmethod
     def from_run(cls, run_dir: str | Path, transformer: str = "A", **kw) -> "FeatureMap":

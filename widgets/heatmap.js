@@ -43,7 +43,8 @@ export default {
       const chips = msEl("div", "ms-chips");
       data.units.forEach((u, j) => {
         const c = msEl("button", "ms-chip" + (j === sel ? " ms-chip-on" : ""), u.label);
-        c.title = `max activation ${msFmt(u.max, 4)}` + (u.hint ? ` · ${u.hint}` : "");
+        if (u.explanation) c.appendChild(msEl("span", "ms-chip-label", u.explanation));
+        c.title = (u.explanation ? `${u.label}: ${u.explanation}\n` : "") + `max activation ${msFmt(u.max, 4)}` + (u.hint ? ` · ${u.hint}` : "");
         c.addEventListener("click", () => { model.set("selected", j); model.save_changes(); });
         chips.appendChild(c);
       });

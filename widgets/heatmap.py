@@ -1,7 +1,7 @@
 """ActivationHeatmap: any text against chosen features (or neurons).
 
 Every text is a row of tokens coloured by the selected unit's activation (hover: the activation and the top units
-on that token); below, a tokens × units heatmap of one row.  The synced state is ``data`` (tokens and activations
+on that token); each unit's chip carries its label (``interpret.labels``); below, a tokens × units heatmap of one row.  The synced state is ``data`` (tokens and activations
 of the shown units), ``selected`` (which unit colours the rows) and ``heat_row`` (which row the heatmap shows).
 
     hm = ActivationHeatmap.from_run("data/runs/default", "A/1", ["And God said", "def main():"], top=8)
@@ -83,10 +83,14 @@ class ActivationHeatmap(MsWidget):
             units = [int(u) for u in np.argsort(-mx, kind="stable")[:self._top] if mx[u] > 0]
         kind = acts[0].kind
         word = "feature" if kind == "feature" else "neuron"
+        from monosemantic.interpret.labels import Labels
+
+        labels = Labels.open(self._run, self.source)
         unit_info = []
         for u in units:
             seen = max((float(a.acts_TU[:, u].max()) for a in acts if len(a.tokens)), default=0.0)
-            info = {"id": u, "label": f"{word} {u}", "max": seen, "hint": ""}
+            # "label" names the chip; "explanation" is the unit's label from interpret.labels (shown under it)
+            info = {"id": u, "label": f"{word} {u}", "max": seen, "hint": "", "explanation": labels.get(u).text}
             if self._stats is not None:
                 row = self._stats.table.loc[u]
                 info["max"] = max(float(row["max_act"]), seen)

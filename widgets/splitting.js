@@ -117,7 +117,9 @@ function render({ model, el: root }) {
       (visible.size < nodes.length ? ` · showing ${visible.size} (open a +N to see more)` : "") : "";
     const nLevels = Math.max(1, ...nodes.map((n) => n.level + 1));
     boxW = Math.max(320, Math.floor(box.clientWidth || root.clientWidth || 900));
-    const GX = Math.max(28, Math.min(70, boxW * 0.06)), LEFT = 6, TOP = 26, H = 34, GY = 8;
+    // a node is two lines (id · density, top tokens), three when any node has a label (interpret.labels)
+    const labelled = nodes.some((n) => n.label);
+    const GX = Math.max(28, Math.min(70, boxW * 0.06)), LEFT = 6, TOP = 26, H = labelled ? 46 : 34, GY = 8;
     const W = Math.max(110, Math.floor((boxW - LEFT - 8 - (nLevels - 1) * GX) / nLevels));
     const x = (L) => LEFT + L * (W + GX);
     // rows: each level's visible nodes, ordered under their strongest visible parent
@@ -174,6 +176,11 @@ function render({ model, el: root }) {
       const t1 = msSvg("text", { x: 5, y: 13 }, `${n.dict_id} #${n.idx} · ${msDensity(n.density)}`);
       const t2 = msSvg("text", { x: 5, y: 27, class: "ms-node-tok" }, tokText(n.top_tokens));
       g.append(t1, t2);
+      if (n.label) {
+        const t3 = msSvg("text", { x: 5, y: 40, class: "ms-node-label" }, n.label);
+        g.appendChild(t3);
+        labels.push([t3, W - 8]);
+      }
       const txt = closed ? `+${nk}` : [nk ? "−" : "", n.more ? `+${n.more} over cap` : ""].filter(Boolean).join(" ");
       const pillW = txt ? Math.min(W / 2, 10 + 6.2 * txt.length) : 0;
       labels.push([t1, W - 8 - pillW], [t2, W - 8]);
@@ -191,7 +198,7 @@ function render({ model, el: root }) {
         });
         g.appendChild(pill);
       }
-      g.appendChild(msSvg("title", {}, `${n.dict_id} #${n.idx}: fires on ${n.fires} tokens (${msDensity(n.density, true)}); top tokens ${tokText(n.top_tokens)}`));
+      g.appendChild(msSvg("title", {}, `${n.dict_id} #${n.idx}${n.label ? ` (${n.label})` : ""}: fires on ${n.fires} tokens (${msDensity(n.density, true)}); top tokens ${tokText(n.top_tokens)}`));
       g.addEventListener("click", () => { model.set("selected_feature", [n.dict_id, n.idx]); model.save_changes(); });
       g.addEventListener("dblclick", () => { model.set("root", [n.dict_id, n.idx]); model.save_changes(); });
       stage.appendChild(g);

@@ -3,7 +3,7 @@
 Columns are dictionary sizes (A/0 → A/1 → A/2); the root feature sits in the first column, its children (masked
 cosine similarity of activations ≥ the threshold, the paper's ≈ 0.4) in the next, theirs in the next.  Edge width
 and opacity follow the similarity; hovering an edge shows both masked cosines and the decoder cosine.  Each node
-shows the feature's top tokens; clicking it opens its card below (``selected_feature``), double-clicking makes it
+shows the feature's top tokens and its label (``interpret.labels``, with a run directory); clicking it opens its card below (``selected_feature``), double-clicking makes it
 the root.  The threshold slider, the children cap and the root box are synced traits: the kernel recomputes the
 family.  ``max_children`` (0: no cap) keeps each feature's strongest children; a node whose children the cap cut
 says so (``+N over the cap``), and the title counts the features the cap hides.  ``hide_flagged`` (default) leaves
@@ -108,11 +108,25 @@ class SplittingTree(WithFeatureSelection, MsWidget):
         out_shown = Counter(e["src"] for e in fam.edges)
         # token strings are shown as the cards show them (display_token), never raw
         tree["nodes"] = [{**n, "top_tokens": [display_token(t) for t in n.get("top_tokens", [])],
-                          "more": int(out_full[n["key"]] - out_shown[n["key"]])} for n in tree["nodes"]]
+                          "more": int(out_full[n["key"]] - out_shown[n["key"]]),
+                          "label": self._label(n["dict_id"], int(n["idx"]))} for n in tree["nodes"]]
         tree["capped"] = int(len(full.nodes) - len(fam.nodes))
         tree["low_thresholds"] = ({d: float(self._sp.density_threshold(d)) for d in self._sp.dict_ids}
                                   if self.hide_flagged else {})
         self.tree = tree
+
+    def _label(self, dict_id: str, idx: int) -> str:
+        """A node's label (``interpret.labels``; "" without a run directory or an interpretation)."""
+        if getattr(self, "run_dir", None) is None:
+            return ""
+        from monosemantic.interpret.labels import Labels
+
+        if getattr(self, "_run", None) is None:
+            self._run = open_run(self.run_dir)
+        try:
+            return Labels.open(self._run, dict_id).get(idx).text
+        except (IndexError, ValueError):   # a dictionary of the analysis the run's config does not name
+            return ""
 
     def family(self):
         """The ``Family`` currently drawn."""
