@@ -228,6 +228,29 @@ def neuron_density(model: SubjectModel, split: TokenSplit, cfg: EvalConfig) -> n
     return (fires / n).numpy()
 
 
+def low_mode_count(m: dict) -> int:
+    """Features in the low-density mode of a dictionary's metrics (``density_modes``), 0 when not bimodal."""
+    modes = m.get("density_modes") or {}
+    return int(modes["low"]) if modes.get("bimodal") else 0
+
+
+PAPER_VARIANT = dict(kind="relu", recipe="tm2023", options={}, l1_coefficient=4e-3)  # the paper's A/1, as tm2023
+
+
+def recipe_counterpart(run, dict_id: str) -> tuple[str, dict]:
+    """The other side of the paper-vs-default comparison for ``dict_id`` (notebook 02): ``(name, changes)`` for
+    ``variant_metrics`` — the paper's tm2023 when the run trains another recipe, else the default preset's."""
+    from .config import preset
+    from .registry import recipe_label
+
+    spec = run.cfg.dictionary(dict_id)
+    if (spec.kind, spec.recipe) != ("relu", "tm2023"):
+        return "tm2023", dict(PAPER_VARIANT)
+    d = preset("default").dictionary(dict_id)
+    return (recipe_label(d.kind, d.recipe),
+            dict(kind=d.kind, recipe=d.recipe, options=dict(d.options), l1_coefficient=d.l1_coefficient))
+
+
 def variant_dir(run, dict_id: str, name: str):
     from .io import safe_name
 

@@ -257,9 +257,11 @@ class Run:
                     "loss_zero_ablated", "loss_spliced", "dead", "ultralow", "dead_fraction", "ultralow_fraction",
                     "ultralow_threshold", "tokens", "density_tokens", "density_source", "train_seconds") if k in m}}
                 if "density_modes" in m:  # a short run's low-density mode: how many features, below what density
-                    two = m["density_modes"] if (m["density_modes"] or {}).get("bimodal") else None
-                    out["dictionaries"][d.id].update({"low_density_mode": two["low"] if two else 0,
-                                                      "low_density_mode_threshold": two["threshold"] if two else None})
+                    from .metrics import low_mode_count
+
+                    n_low = low_mode_count(m)
+                    out["dictionaries"][d.id].update({"low_density_mode": n_low, "low_density_mode_threshold":
+                                                      m["density_modes"]["threshold"] if n_low else None})
         extra = read_json(self.root / "analyses.json")
         if extra:
             out.update(extra)

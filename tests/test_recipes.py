@@ -501,3 +501,17 @@ def test_summary_names_a_topk_dictionary_by_its_own_recipe():
     assert recipe_label("topk") == "topk" and recipe_label("batchtopk", "tm2023") == "batchtopk"
     assert recipe_label("relu") == "tm2023" and recipe_label("relu", "april2024") == "april2024"
     assert recipe_label("relu", "tm2023_lowmode") == "tm2023_lowmode"
+
+
+def test_recipe_counterpart_is_the_paper_on_a_topk_run_and_the_default_on_a_paper_run(tiny_run):
+    from types import SimpleNamespace
+
+    from monosemantic.config import DEFAULT_TOPK, preset
+    from monosemantic.metrics import PAPER_VARIANT, low_mode_count, recipe_counterpart
+
+    name, change = recipe_counterpart(tiny_run, "A/1")              # tiny trains tm2023: show the default's TopK
+    assert name == "topk" and change == dict(kind="topk", recipe="tm2023", options=DEFAULT_TOPK, l1_coefficient=0.0)
+    name, change = recipe_counterpart(SimpleNamespace(cfg=preset("kernels")), "A/1")
+    assert name == "tm2023" and change == PAPER_VARIANT
+    assert low_mode_count({"density_modes": {"bimodal": True, "low": 7}}) == 7
+    assert low_mode_count({"density_modes": {"bimodal": False, "low": 7}}) == 0 == low_mode_count({"density_modes": None})
