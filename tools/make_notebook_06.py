@@ -13,7 +13,7 @@ The paper's central claim is that a dictionary's features are far more interpret
 neurons. It measured it two ways (*Towards Monosemanticity*, 2023):
 
 - **blind rating**: a person scores units without knowing which are features and which are neurons, on a rubric out
-  of 14 — median **12** for features, **0** for neurons;
+  the paper calls out of 14 — median **12** for features, **0** for neurons;
 - **automated**: an explanation written from a unit's examples predicts its activations on held-out text (Spearman
   correlation), and a logit test asks whether the unit's activating tokens predict which output tokens it raises —
   medians **0.74** features, **0.53** neurons, **0.50** for a randomized transformer (the control).
@@ -42,6 +42,8 @@ the value) and the unit's top positive / negative logit effects. Score it on the
 | logit consistency | 0–3 | how consistent are the positive logits with it? |
 | effect-size separation | 0/1 | are the logits that do not fit clearly smaller than those that do? |
 | specificity | 0–3 | does it fire only where the explanation says, across the intervals? |
+
+(The ranges as the paper's summary states them add up to 15; the paper calls the total "out of 14".)
 
 **Keys** (click the widget first): a digit scores the focused criterion and moves to the next · ↑/↓ or Tab: another
 criterion · `e`: write the one-line explanation (Enter saves, Esc leaves the box) · **Enter: save and go to the next

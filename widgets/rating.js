@@ -33,10 +33,11 @@ function render({ model, el }) {
     "click here, then: digits score · ↑/↓ or Tab: criterion · e: explanation · Enter: save and next · ←/→: unit");
   const body = msEl("div", "ms-rate-body");
   const left = msEl("div", "ms-rate-examples");
-  const side = msEl("div", "ms-rate-side");
+  const side = msEl("div", "ms-rate-side");        // sticky: the rubric stays in view while the intervals scroll
+  const where = msEl("div", "ms-rate-where");
   const logits = msEl("div", "ms-rate-logits");
   const form = msEl("div", "ms-rate-form");
-  side.append(logits, form);
+  side.append(where, logits, form);
   body.append(left, side);
   const reveal = msEl("div", "ms-rate-revealview");
   root.append(bar, dots, msg, err, help, body, reveal);
@@ -44,6 +45,7 @@ function render({ model, el }) {
   const isStatic = msIsStatic(model);
 
   const criteria = model.get("criteria") || [];
+  const maxTotal = criteria.reduce((s, c) => s + c.max, 0);
   let focus = 0;
   const drafts = new Map();        // position → {scores, explanation}: what is typed, before it is saved
   let localError = "";
@@ -94,8 +96,7 @@ function render({ model, el }) {
     });
     const set = criteria.filter((c) => d.scores[c.name] !== undefined);
     const sum = set.reduce((s, c) => s + d.scores[c.name], 0);
-    const max = criteria.reduce((s, c) => s + c.max, 0);
-    total.textContent = `total ${set.length === criteria.length ? sum : "–"} of ${max}` +
+    total.textContent = `total ${set.length === criteria.length ? sum : "–"} of ${maxTotal}` +
       (set.length < criteria.length ? ` (${criteria.length - set.length} to score)` : "");
     if (document.activeElement !== expl) expl.value = d.explanation || "";
     const saved = (model.get("answers") || {})[String(position())];
@@ -157,11 +158,12 @@ function render({ model, el }) {
     const answers = model.get("answers") || {};
     const done = Object.keys(answers).length;
     progress.textContent = `unit ${p + 1} of ${n} · ${done} rated`;
+    where.textContent = progress.textContent;
     root.dataset.rated = String(done);
     dots.replaceChildren(...Array.from({ length: n }, (_, i) => {
       const d = msEl("span", "ms-rate-dot" + (answers[String(i)] ? " ms-rate-dot-done" : "") + (i === p ? " ms-rate-dot-on" : ""),
         String(i + 1));
-      d.title = `unit ${i + 1}` + (answers[String(i)] ? ` · rated ${answers[String(i)].total} of 14` : "");
+      d.title = `unit ${i + 1}` + (answers[String(i)] ? ` · rated ${answers[String(i)].total} of ${maxTotal}` : "");
       d.addEventListener("click", () => { if (i !== position()) go(i - position()); root.focus(); });
       return d;
     }));
@@ -173,6 +175,8 @@ function render({ model, el }) {
 
   // ---- the reveal ------------------------------------------------------------------------------------------------
   const KINDS = [["feature", "features"], ["neuron", "neurons"]];
+  // a median of whole scores is whole or halfway between two
+  const medianText = (v) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : (Number.isInteger(v) ? String(v) : v.toFixed(1));
 
   function bars(counts, maxValue) {
     // two bars per score value: the share of each kind's answers that gave it
@@ -189,8 +193,8 @@ function render({ model, el }) {
     for (let v = 0; v <= maxValue; v++) {
       KINDS.forEach(([k], j) => {
         const y = shares[j][v] || 0;
-        const w = Math.max(2, slot / 2 - 2);
-        const r = msSvg("rect", { x: 5 + v * slot + 1 + j * (w + 1), y: H - B - y * h, width: w, height: Math.max(0, y * h),
+        const w = Math.max(2, Math.min(14, slot / 2 - 2));
+        const r = msSvg("rect", { x: 5 + (v + 0.5) * slot - w - 0.5 + j * (w + 1), y: H - B - y * h, width: w, height: Math.max(0, y * h),
           class: `ms-rate-bar ms-rate-bar-${k}` });
         r.appendChild(msSvg("title", {}, `${k}s scoring ${v}: ${Math.round(100 * y)} % (${(counts[k] || [])[v] || 0})`));
         svg.appendChild(r);
@@ -223,7 +227,7 @@ function render({ model, el }) {
     const medRow = (label, get, max, paper) => {
       const tr = msEl("tr");
       tr.appendChild(msEl("td", "", label));
-      KINDS.forEach(([k]) => tr.appendChild(msEl("td", "ms-num", msFmt(get(kinds[k] || {}), 3))));
+      KINDS.forEach(([k]) => tr.appendChild(msEl("td", "ms-num", medianText(get(kinds[k] || {})))));
       tr.appendChild(msEl("td", "ms-num", `0–${max}`));
       tr.appendChild(msEl("td", "ms-num", paper ? String(paper[0]) : ""));
       tr.appendChild(msEl("td", "ms-num", paper ? String(paper[1]) : ""));

@@ -4,7 +4,7 @@ Each unit of a session (``monosemantic.interpret.ratings``: features and neurons
 hidden) is shown as the paper's rater saw it — samples from the 11 equal-width activation intervals, highest
 first, each token in context with its activation, and the top positive / negative logit effects — beside the
 rubric (confidence 0–3, activation consistency 0–5, logit consistency 0–3, effect-size separation 0/1,
-specificity 0–3; total 14) and a one-line explanation.
+specificity 0–3: ``ratings.MAX_TOTAL`` in all; the paper says 14) and a one-line explanation.
 
 Keys (with the widget focused — click it — or in present mode): a digit scores the focused criterion and moves
 to the next; ↑/↓ or Tab/Shift+Tab move between criteria; ``e`` opens the explanation box (Enter there saves, Esc
@@ -21,11 +21,11 @@ ids, features against neurons — per-criterion distributions, medians, agreemen
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import traitlets
 
 from monosemantic.errors import ConfigError
+from monosemantic.interpret.ratings import CRITERIA, MAX_TOTAL
 
 from .base import MsWidget, open_run
 from .html import display_token
@@ -82,8 +82,6 @@ class RatingSession(MsWidget):
     error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, session, rater: str = "rater", **kw):
-        from monosemantic.interpret.ratings import CRITERIA
-
         if session.run is None:
             raise ConfigError("the session was opened without its run; open it with ratings.open_session(run, dict_id) "
                               "or RatingSession.from_run")
@@ -146,7 +144,7 @@ class RatingSession(MsWidget):
         self._load_answers()
         nxt = self.session.next_position(self.rater, after=p)
         done = len(self.answers)
-        self.status = (f"saved unit {p + 1} (total {a.total} of 14) · {done} of {self.n_units} rated"
+        self.status = (f"saved unit {p + 1} (total {a.total} of {MAX_TOTAL}) · {done} of {self.n_units} rated"
                        + ("" if nxt is not None else " · all rated: reveal when everyone is done"))
         self.error = ""
         if nxt is not None:

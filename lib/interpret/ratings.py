@@ -2,7 +2,10 @@
 
 *Towards Monosemanticity* (2023) had a rater score 162 features and neurons, shown blind, each with examples from
 11 equal-width activation intervals between 0 and the unit's maximum (sampled uniformly within each) and its top
-positive / negative logit effects, on a rubric out of 14 (``CRITERIA``): median feature 12, median neuron 0.
+positive / negative logit effects, on a rubric the paper calls "out of 14" (``CRITERIA``): median feature 12, median
+neuron 0.  The ranges as the paper's summary states them (confidence 0–3, activation consistency 0–5, logit
+consistency 0–3, effect-size separation 0/1, specificity 0–3) add up to 15, not 14; they are kept as stated, one
+place each, and ``MAX_TOTAL`` is their sum — one of them is likely one point narrower in the original rubric.
 
     s = open_session(run, "A/1", n_features=10, n_neurons=10, seed=0)   # draws, or resumes the same session
     s.add_rater("ada")
@@ -56,7 +59,7 @@ class Criterion:
     question: str
 
 
-# the paper's rubric, in its order (max 14)
+# the paper's rubric, in its order (the stated ranges sum to 15; the paper says 14: module docstring)
 CRITERIA = (
     Criterion("confidence", 3, "confidence", "How confident are you in an explanation of this unit? (0–3)"),
     Criterion("activation_consistency", 5, "activation consistency",
@@ -71,7 +74,7 @@ CRITERIA = (
 MAX_TOTAL = sum(c.max for c in CRITERIA)
 _BY_NAME = {c.name: c for c in CRITERIA}
 KINDS = ("feature", "neuron")
-# the paper's medians of the total (out of 14)
+# the paper's medians of the total (its "out of 14")
 PAPER_MEDIANS = {"feature": 12, "neuron": 0}
 _RATER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
