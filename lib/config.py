@@ -465,8 +465,9 @@ def _default() -> RunConfig:
             DictSpec("B/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
         ],
         # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)
+        # interpret:A/1 last: automated interpretability of A/1, A's neurons and a randomized control (issue 13)
         analyses=["compare:A/1~B/1", "features:A/1", "neurons:A", "splitting:A", "features:B/1", "features:A/0",
-                  "features:A/2"],
+                  "features:A/2", "interpret:A/1"],
     )
 
 
