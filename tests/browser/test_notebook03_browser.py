@@ -7,6 +7,7 @@ Screenshots: <pytest tmp dir>/screenshots03 and artifacts/screenshots/ (git-igno
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -146,6 +147,28 @@ def test_notebook03_card_heatmap_and_browser(lab):
             if t.endswith("%") and "e" not in t]
     assert dens == sorted(dens, reverse=True) and len(dens) > 5
     _element_shot(page, br, shots / "nb03-browser.png")
+
+    # ---- the big card's label, edited in place: saved in the run (interpret.labels), markup stays text ---------
+    big = page.locator(".ms-card-widget .ms-card").first
+    big.scroll_into_view_if_needed()
+    unit = big.get_attribute("data-unit")
+    big.locator(".ms-label-edit").click()
+    box = big.locator(".ms-label-input")
+    box.fill("<b>God</b> in verses")
+    box.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('.ms-card-widget .ms-card .ms-label-text').textContent === '<b>God</b> in verses'",
+        timeout=30_000)
+    doc = json.loads((run_dir / "analyses" / "labels" / "A-1.json").read_text())
+    assert doc["edits"][unit]["text"] == "<b>God</b> in verses"
+    assert big.locator(".ms-label-row b").count() == 0 and big.locator(".ms-label-reset").count() == 1
+    # a nearest feature (decoder cosine) opens its card below the big one; the ablation panel has its tokens
+    assert big.locator(".ms-nearest-link").count() == 8 and big.locator(".ms-count-x").count() > 0
+    near = big.locator(".ms-nearest-link").first
+    other = near.get_attribute("data-unit")
+    near.click()
+    page.locator(f".ms-cardhead[data-feature='A/1:{other}']").wait_for(timeout=60_000)
+    _element_shot(page, big, shots / "nb03-card-label-edited.png")
     harness.save_screenshot(page, "nb03-notebook.png")
 
     errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
