@@ -1,0 +1,180 @@
+"""Notebook 07 (interventions) in a real JupyterLab + headless Chromium: a steering panel's slider, dragged with the
+mouse and moved with the keyboard, goes to the kernel (debounced) and comes back as a new next-token chart and
+continuation; notebook 07 runs, its panels and automaton graph render, a chain highlights and a node opens its card.
+
+Run:  .venv/bin/python -m pytest tests/browser/test_notebook07_browser.py -x -q
+Screenshots: <pytest tmp dir>/screenshots07 and artifacts/screenshots/ (git-ignored).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = harness.REPO_ROOT
+ARTIFACTS = ROOT / "artifacts" / "screenshots"
+NB = "07_interventions.ipynb"
+PANEL_NB = "steer_panel.ipynb"
+
+# A panel on the feature that moves the tiny model's next token most (most of the tiny dictionary's features barely
+# do), its slider at 0 so the chart starts clean.
+PANEL_CELLS = [
+    """import os
+import monosemantic as ms
+from monosemantic.features import compute_feature_stats
+from monosemantic.widgets.steering import SteeringPanel
+run = ms.Run.open(os.environ["MONOSEMANTIC_RUN"])
+stats = compute_feature_stats(run, "A/1", progress=False)
+prompt = "def main(self):\\n    return self"
+panel = SteeringPanel.from_run(run, "A/1", prompt=prompt, n_tokens=8)
+kl = {int(u): panel.steering.effect(prompt, [f"{u}=+{stats.table.max_act[u]:.4f}"]).next.kl
+      for u in stats.alive().index}
+unit = max(kl, key=kl.get)
+print("unit", unit, "kl at +max", kl[unit], "max", stats.table.max_act[unit])
+panel.add(unit, mode="add", value=0.0)""",
+    "panel",
+]
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_run, tmp_path_factory):
+    harness.ensure_browser_installed()
+    root = tmp_path_factory.mktemp("lab07")
+    shutil.copy(ROOT / "notebooks" / NB, root / NB)
+    harness.write_notebook(root / PANEL_NB, PANEL_CELLS)
+    # a copy of the session's tiny run: every pipeline stage done, the notebooks compute statistics and automata
+    run_dir = root / "run"
+    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
+        "ckpt", "feature_stats", "neuron_stats", "exports", "scratch", "analyses*"))
+    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab", "OMP_NUM_THREADS": "1"}
+    shots = tmp_path_factory.mktemp("screenshots07")
+    try:
+        with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
+            yield root, run_dir, base_url, page, shots
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy2(png, ARTIFACTS / png.name)
+
+
+_CHART_JS = """(sel) => { const c = document.querySelector(sel + ' .ms-steer-chart');
+  return { revision: c.dataset.revision || '', rows: [...c.querySelectorAll('.ms-steer-barrow')].map(r => [r.dataset.token,
+    r.querySelector('.ms-steer-edited').style.width, r.querySelector('.ms-steer-clean').style.width]),
+    kl: document.querySelector(sel + ' .ms-steer-kl').textContent,
+    steered: document.querySelector(sel + ' .ms-steer-cont-steered .ms-steer-text').textContent,
+    clean: document.querySelector(sel + ' .ms-steer-cont-clean .ms-steer-text').textContent }; }"""
+
+
+def _chart(page, sel=".ms-steer"):
+    return page.evaluate(_CHART_JS, sel)
+
+
+def _wait_revision_past(page, rev: str, timeout=30_000):
+    page.wait_for_function("(r) => { const c = document.querySelector('.ms-steer .ms-steer-chart');"
+                           " return c && c.dataset.revision && c.dataset.revision !== r; }", arg=rev, timeout=timeout)
+    page.wait_for_timeout(600)          # a last debounced move may still be on its way: let it land
+
+
+def test_a_dragged_slider_updates_the_chart_and_the_continuation(lab):
+    root, run_dir, base_url, page, shots = lab
+    harness.run_notebook_in_lab(page, base_url, PANEL_NB, timeout_s=300)
+    row = page.locator(".ms-steer .ms-steer-row")
+    row.first.wait_for(state="visible", timeout=60_000)
+    assert row.count() == 1
+    page.wait_for_function("() => document.querySelectorAll('.ms-steer .ms-steer-barrow').length >= 8", timeout=30_000)
+    before = _chart(page)
+    assert re.search(r"KL\(clean ‖ steered\) 0 nats", before["kl"]), before["kl"]
+    assert all(e == c for _, e, c in before["rows"]) and before["steered"] == before["clean"]
+    harness.save_screenshot(page, "nb07-panel-before.png")
+
+    # drag the thumb from the middle (0) to the right end with the mouse: many input events, few recomputations
+    slider = page.locator(".ms-steer .ms-steer-slider")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)
+    page.mouse.down()
+    steps = 24
+    for k in range(1, steps + 1):
+        page.mouse.move(box["x"] + box["width"] / 2 + k * (box["width"] / 2 + 10) / steps, y)
+        page.wait_for_timeout(15)
+    page.mouse.up()
+    _wait_revision_past(page, before["revision"])
+    after = _chart(page)
+    moves = int(after["revision"]) - int(before["revision"])
+    assert 1 <= moves < steps, f"{moves} recomputations for {steps} slider events: the moves were not debounced"
+    assert after["rows"] != before["rows"] and not after["kl"].endswith(" 0 nats"), after
+    assert any(e != c for _, e, c in after["rows"])                     # steered bars differ from the clean ones
+    vmax = float(slider.get_attribute("max"))
+    assert float(page.locator(".ms-steer .ms-steer-value").input_value()) == pytest.approx(vmax, abs=0.02)
+    assert after["clean"] == before["clean"]                            # the clean side is the same seeded sample
+    harness.save_screenshot(page, "nb07-panel-dragged.png")
+
+    # the keyboard: Home sends the slider to −max; the chart follows again
+    slider.focus()
+    page.keyboard.press("Home")
+    _wait_revision_past(page, after["revision"])
+    home = _chart(page)
+    assert home["rows"] != after["rows"] and home["kl"] != after["kl"]
+    assert float(page.locator(".ms-steer .ms-steer-value").input_value()) == pytest.approx(-vmax, abs=0.02)
+    harness.save_screenshot(page, "nb07-panel-home.png")
+    errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
+    assert not errors, errors
+
+
+def test_notebook07_runs_and_its_graph_opens_cards(lab):
+    root, run_dir, base_url, page, shots = lab
+    run = harness.run_notebook_in_lab(page, base_url, NB, timeout_s=600)
+    assert all(isinstance(n, int) for n in run.execution_counts)
+    panels = page.locator(".ms-steer")
+    panels.first.wait_for(state="visible", timeout=60_000)
+    assert panels.count() == 2                                          # features, then neurons for contrast
+    assert page.locator(".ms-steer").nth(1).locator(".ms-title").inner_text().endswith("(neurons)")
+    page.wait_for_function("() => document.querySelectorAll('.ms-steer')[0].querySelectorAll('.ms-steer-barrow').length >= 8",
+                           timeout=30_000)
+    assert page.locator(".ms-steer").first.locator(".ms-steer-row").count() == 1
+    assert "feature" in page.locator(".ms-steer").first.locator(".ms-steer-row .ms-unit-id").inner_text()
+
+    graph = page.locator(".ms-automata")
+    graph.wait_for(state="visible", timeout=60_000)
+    n_nodes = graph.locator(".ms-auto-node").count()
+    n_edges = graph.locator("path.ms-auto-edge").count()
+    stats = graph.locator(".ms-stats").inner_text()
+    m = re.match(r"(\d+) features, (\d+) links", stats)
+    assert m and int(m.group(1)) == n_nodes > 0 and int(m.group(2)) == n_edges
+    # the notebook highlighted the first loop or chain and opened its first node's card
+    on = graph.locator(".ms-auto-path-on")
+    assert on.count() == 1
+    panel = page.locator(".widget-vbox", has=graph).last
+    head = panel.locator(".ms-cardhead")
+    head.first.wait_for(timeout=30_000)
+    first = head.first.get_attribute("data-feature")
+    assert first.startswith("A/1:")
+    # another path: click it; then a node elsewhere: the kernel opens its card
+    paths = graph.locator(".ms-auto-path")
+    paths.nth(1).click()
+    page.wait_for_function("() => document.querySelector('.ms-auto-path-on') && "
+                           "document.querySelector('.ms-auto-path-on') === document.querySelectorAll('.ms-auto-path')[1]",
+                           timeout=20_000)
+    assert graph.locator(".ms-auto-node.ms-auto-hl").count() >= 1
+    units = graph.locator(".ms-auto-node").evaluate_all("els => els.map(e => Number(e.dataset.unit))")
+    target = next(u for u in units if f"A/1:{u}" != first)
+    graph.locator(f'.ms-auto-node[data-unit="{target}"] circle').dispatch_event("click")
+    page.wait_for_function("(k) => [...document.querySelectorAll('.ms-cardhead')].some(e => e.dataset.feature === k)",
+                           arg=f"A/1:{target}", timeout=30_000)
+    body = panel.locator(".ms-cardcol").first.locator(":scope > :nth-child(2)")
+    page.wait_for_function("(el) => el.getBoundingClientRect().height > 60", arg=body.element_handle(), timeout=30_000)
+    assert f"A/1/{target}" in body.inner_text() and "could not be built" not in body.inner_text()
+    harness.save_screenshot(page, "nb07-graph-card.png")
+    assert (run_dir / "exports" / "automata_A-1.html").exists() and (run_dir / "exports" / "steering_A-1.html").exists()
+    errors = [msg for msg in harness.console_messages(page) if msg.startswith("[pageerror]")]
+    assert not errors, errors
