@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+from test_presenter_browser import CONTRAST_JS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,14 @@ def _focused_criterion(page) -> str | None:
 def _values(page) -> dict:
     return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.ms-rating .ms-rate-crit')]"
                          ".map((r) => [r.dataset.criterion, r.dataset.value]))")
+
+
+def _contrast(page, theme: str, least: int) -> None:
+    """Every visible text of the rating widget keeps WCAG AA contrast (tokens included, on their activation colour)."""
+    texts = page.evaluate(CONTRAST_JS, ".jp-OutputArea-output .ms-rating")
+    assert len(texts) >= least, (theme, len(texts))
+    bad = [t for t in texts if t["ratio"] < (3.0 if t["large"] else 4.5)]
+    assert not bad, (theme, bad[:8])
 
 
 def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
@@ -121,10 +130,20 @@ def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
     kb.press("Enter")
     _wait_text(page, ".ms-rating .ms-rate-progress", "unit 3 of 8 · 2 rated")
 
-    # unit 3: Enter with nothing scored is refused; Tab / Shift+Tab move between criteria
+    # unit 3: the first neuron from here on, reached with → (and ← once); Enter with nothing scored is refused;
+    # Tab / Shift+Tab move between criteria
+    q = next(i for i in range(2, len(units)) if units[i][0] == "neuron")
+    if q + 1 < len(units):
+        kb.press("ArrowRight")
+        _wait_text(page, ".ms-rating .ms-rate-progress", "unit 4 of 8")
+        kb.press("ArrowLeft")
+    for _ in range(q - 2):
+        kb.press("ArrowRight")
+    _wait_text(page, ".ms-rating .ms-rate-progress", f"unit {q + 1} of 8 · 2 rated")
+    _contrast(page, "light", 60)
     kb.press("Enter")
     _wait_text(page, ".ms-rating .ms-rate-error", "first")
-    assert page.locator(".ms-rating .ms-rate-progress").inner_text().startswith("unit 3 of 8 · 2 rated")
+    assert page.locator(".ms-rating .ms-rate-progress").inner_text().startswith(f"unit {q + 1} of 8 · 2 rated")
     kb.press("Tab")
     kb.press("Tab")
     assert _focused_criterion(page) == "logit_consistency"
@@ -138,7 +157,7 @@ def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
     kb.press("e")
     kb.type("third <script>window.__pwned=1</script>")
     kb.press("Enter")
-    _wait_text(page, ".ms-rating .ms-rate-progress", "unit 4 of 8 · 3 rated")
+    _wait_text(page, ".ms-rating .ms-rate-progress", "· 3 rated")
     w.screenshot(path=str(shots / "nb06-rated-three.png"))
 
     # JupyterLab's command-mode shortcuts never saw the keys (digits would have made markdown headings)
@@ -148,29 +167,30 @@ def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
     # the answers are in the run, as typed
     doc = json.loads((run_dir / "analyses" / "ratings" / "A-1" / "blind" / "raters" / f"{RATER}.json").read_text())
     ans = doc["answers"]
-    assert sorted(ans) == ["0", "1", "2"] and doc["session"] == session["id"]
+    assert sorted(ans, key=int) == ["0", "1", str(q)] and doc["session"] == session["id"]
     assert ans["0"]["scores"] == {"confidence": 3, "activation_consistency": 5, "logit_consistency": 2,
                                   "logit_separation": 1, "specificity": 3}
     assert ans["0"]["explanation"] == "first unit: closing brackets"
     assert ans["1"]["scores"] == {"confidence": 2, "activation_consistency": 3, "logit_consistency": 1,
                                   "logit_separation": 0, "specificity": 2}
     assert ans["1"]["explanation"] == ""
-    assert ans["2"]["scores"] == {"confidence": 0, "activation_consistency": 5, "logit_consistency": 3,
-                                  "logit_separation": 1, "specificity": 2}
-    assert ans["2"]["explanation"] == "third <script>window.__pwned=1</script>"
+    assert ans[str(q)]["scores"] == {"confidence": 0, "activation_consistency": 5, "logit_consistency": 3,
+                                     "logit_separation": 1, "specificity": 2}
+    assert ans[str(q)]["explanation"] == "third <script>window.__pwned=1</script>"
 
     # the reveal: each rated unit's kind and id, medians beside the paper's, the explanation as text
     w.locator(".ms-rate-reveal").click()
     rows = w.locator(".ms-rate-revealview tr.ms-rate-row")
     rows.first.wait_for(timeout=30_000)
     assert rows.count() == 3
-    for i in range(3):
+    for i, pos in enumerate((0, 1, q)):
         cells = rows.nth(i).locator("td").all_inner_texts()
-        assert cells[0] == str(i + 1) and [cells[1], int(cells[2])] == units[i] and cells[3] == RATER
+        assert cells[0] == str(pos + 1) and [cells[1], int(cells[2])] == units[pos] and cells[3] == RATER
     totals = sorted(int(rows.nth(i).locator("td").nth(9).inner_text()) for i in range(3))
     assert totals == [8, 11, 14]
     med = w.locator(".ms-rate-medians tr", has_text="total").first.locator("td").all_inner_texts()
-    kinds = [k for k, _ in units[:3]]
+    kinds = [units[pos][0] for pos in (0, 1, q)]
+    assert "neuron" in kinds
     assert med[4:6] == ["12", "0"]                                    # the paper's medians
     assert w.locator(".ms-rate-chart").count() == 6                   # the total and each criterion
     assert w.locator(".ms-rate-agreement").inner_text().count("one rater") == 1
@@ -180,6 +200,12 @@ def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
     w.scroll_into_view_if_needed()
     w.screenshot(path=str(shots / "nb06-reveal.png"))
     harness.save_screenshot(page, "nb06-notebook.png")
+    _contrast(page, "light", 40)
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=60_000)
+    page.wait_for_timeout(1500)
+    _contrast(page, "dark", 40)
+    w.screenshot(path=str(shots / "nb06-reveal-dark.png"))
 
     errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
     assert not errors, errors
@@ -199,3 +225,8 @@ def test_notebook06_rate_three_units_with_the_keyboard_then_reveal(lab):
     assert page.locator(".ms-rating script, .ms-rating img").count() == 0
     assert page.evaluate("() => window.__pwned === undefined")
     page.screenshot(path=str(shots / "nb06-static-reveal.png"), full_page=True)
+    for theme in ("light", "dark"):
+        page.evaluate("(t) => document.body.setAttribute('data-theme', t)", theme)
+        page.wait_for_timeout(300)
+        texts = page.evaluate(CONTRAST_JS, "#ms-root")
+        assert len(texts) >= 40 and not [t for t in texts if t["ratio"] < (3.0 if t["large"] else 4.5)], theme
