@@ -301,3 +301,25 @@ def test_splitting_tree_nodes_carry_labels(labelled_run):
     labels.clear(nodes[0]["idx"])
     # A/0 has no interpretation: its nodes have empty labels, no error
     assert all(n["label"] == "" for n in t.tree["nodes"] if n["dict_id"] == "A/0")
+
+
+def test_two_processes_editing_labels_at_once_lose_nothing(labelled_run):
+    """Edits are a locked read-modify-write (io.update_json): two kernels labelling different units keep all."""
+    import subprocess
+    import sys
+
+    import time
+
+    # both start writing at the same moment (after their imports), 120 edits each
+    code = ("import sys, time; from monosemantic.interpret.labels import Labels; L = Labels.open(sys.argv[1], 'A/1'); "
+            "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); "
+            "[L.set(u, f'label {u}') for u in range(int(sys.argv[2]), int(sys.argv[2]) + 120)]")
+    start = str(time.time() + 12)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(labelled_run.root), str(s), start]) for s in (0, 200)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    labels = Labels.open(labelled_run, "A/1")
+    assert all(labels.get(u).text == f"label {u}" for s in (0, 200) for u in range(s, s + 120))
+    for s in (0, 200):
+        for u in range(s, s + 120):
+            labels.clear(u)
+    assert not json.loads(labels_path(labelled_run, "A/1").read_text())["edits"]

@@ -1,13 +1,19 @@
 """FeatureCard / NeuronCard: the paper's feature page, live in the notebook.
 
-A card is data: a few small panel dataclasses (header, activation histogram, logit effects, the units it is built
-from, domain / proxy scores, top examples, interval samples) and a ``CardLayout`` saying which panel goes in
-which column — as in sae_vis.  ``card_spec`` turns a ``monosemantic.features.UnitStats`` into that data; the
-widget syncs it as one trait (``card``) and the front-end (``card.js``) draws it.  ``unit`` is a synced trait:
-set it (or ``card.unit = 17``) and the card redraws.
+A card is data: a few small panel dataclasses (header, activation histogram, logit effects, the ablation in
+context, the units it is built from, the nearest features, domain / proxy scores, top examples, interval samples)
+and a ``CardLayout`` saying which panel goes in which column — as in sae_vis.  ``card_spec`` turns a
+``monosemantic.features.UnitStats`` into that data (``CardExtras`` adds the label, the ablation and the nearest
+features from the library); the widget syncs it as one trait (``card``) and the front-end (``card.js``) draws it.
+``unit`` is a synced trait: set it (or ``card.unit = 17``) and the card redraws.
+
+The header carries the unit's label (``interpret.labels``: the user's edit, else the best explanation, with its
+score); "edit" on a live card changes it in place, saved in the run, and every view opened afterwards shows it.
+A click on a nearest feature opens its card below (``cards``, a ``LinkedCards``).
 
     card = FeatureCard.from_run("data/runs/default", "A/1", 123)
     card.unit = 124                               # another feature
+    card.set_label("Bible verse numbers")         # as an edit in the header ("" goes back to the automatic label)
     card.to_html("feature_124.html")              # a self-contained page for slides
     NeuronCard.from_run("data/runs/default", "A", 7, features_from="A/1")
 """

@@ -27,6 +27,9 @@ With a large model (``llm``): the ``Explainer`` protocol, the offline ``TokenPat
 ``OpenAIExplainer`` (any OpenAI-compatible chat endpoint: ``MONOSEMANTIC_LLM_BASE_URL``, ``_MODEL``, ``_API_KEY``)
 with the paper's prompt; ``Interpretation.rescore(unit, explainer)`` scores one on the same held-out examples.
 
+A unit's label in every view (``labels``): ``Labels.open(run, "A/1").get(u)`` — the user's edit, else the LLM's scored
+explanation (``Labels.explain(u, OpenAIExplainer())`` records one), else the offline explainer's, with its score.
+
 The package, along its seams: ``rules`` (fit, simulate), ``scoring`` (the three scores), ``passes`` (the streams
 over the token sets for one set of units), ``control`` (the randomized transformer and its dictionary),
 ``analysis`` (groups, fingerprints, checkpoints, summary), ``results`` (loading), ``llm`` (explainers).
@@ -35,8 +38,9 @@ Tensor names carry shapes: U units, V vocabulary, n windows, W tokens per window
 from __future__ import annotations
 
 from .analysis import GROUPS, interpret, interpret_dir, summarize
+from .labels import Label, Labels
 from .results import Interpretation, UnitInterpretation
 from .rules import Rules, RuleFitter, simulate
 
 __all__ = ["interpret", "interpret_dir", "summarize", "GROUPS", "Interpretation", "UnitInterpretation", "Rules",
-           "RuleFitter", "simulate"]
+           "RuleFitter", "simulate", "Label", "Labels"]
