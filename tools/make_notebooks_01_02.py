@@ -126,19 +126,15 @@ features below 1e-6; after minutes of training the low cluster sits near 1e-4, a
 most features. TopK has no such mode: k = 16 of 4,096 features fire per token, so the densities centre on 16/4096 ≈
 0.4 %. `metrics.density_modes` (a minimum-error split, kept only where the histogram dips) counts the low mode."""),
     ("code", """import pandas as pd
-from monosemantic.metrics import variant_metrics
-spec, paper_spec = cfg.dictionary("A/1"), ms.preset("default").dictionary("A/1")
-if (spec.kind, spec.recipe) == ("relu", "tm2023"):   # this preset trains the paper's recipe: show the default's
-    label, change = "A/1 by the default's TopK", dict(kind=paper_spec.kind, recipe=paper_spec.recipe,
-                                                      options=dict(paper_spec.options), l1_coefficient=0.0)
-else:
-    label, change = "A/1 by tm2023 (the paper's)", dict(kind="relu", recipe="tm2023", options={}, l1_coefficient=4e-3)
-other = variant_metrics(run, "A/1", label.split(" by ")[1].split(" ")[0].strip("'s"), progress=True, **change)
+from monosemantic.metrics import low_mode_count, recipe_counterpart, variant_metrics
+name, change = recipe_counterpart(run, "A/1")     # the paper's tm2023 here, or the default's recipe on a tm2023 run
+label = f"A/1 by {name}"
+other = variant_metrics(run, "A/1", name, progress=True, **change)
 mw.density_histogram_figure(run, ["A/1"], variants={label: other}).show()
-mine = run.metrics("A/1")
-low = lambda m: (m["density_modes"] or {}).get("low", 0) if (m["density_modes"] or {}).get("bimodal") else 0
+mine, spec = run.metrics("A/1"), cfg.dictionary("A/1")
 pd.DataFrame({f"A/1 ({spec.kind}, {spec.recipe})": mine, label: other}).loc[
-    ["l0", "fvu", "loss_recovered", "dead", "ultralow"]].T.assign(low_density_mode=[low(mine), low(other)])"""),
+    ["l0", "fvu", "loss_recovered", "dead", "ultralow"]].T.assign(low_density_mode=[low_mode_count(mine),
+                                                                                     low_mode_count(other)])"""),
     ("md", """## Bring your own activations
 
 `train_dictionary` takes any `(N, D)` tensor, an `ActivationStore`, or an iterable of batches — not only a run's

@@ -153,6 +153,11 @@ the cosine on the tokens where one of the two fires, computed with each feature'
 draws an edge above ≈ 0.4. Its examples: one base64 feature in A/0 becomes three in A/1 (letters, digits, encoded
 ASCII) and many in A/2; "the" in mathematical prose splits by field. Splits can merge again: it is a graph.
 
+Here a family keeps each child under its **strongest** parent only (`splitting.parents = "best"`, the default), so
+families are trees: the default's TopK dictionaries fire k = 16 features on every token, and a child's masked cosine
+clears 0.4 with many co-firing features of the smaller size at once (`"all"` keeps the paper's graph; the summary
+counts both, `edges` and `edges_above_threshold`).
+
 Below: the links between consecutive sizes, the families, one family as a tree, and a UMAP of all decoder vectors
 (cosine metric, 15 neighbours, min_dist 0.05 — the paper's settings) with HDBSCAN clusters."""),
     ("code", SETUP),
@@ -165,10 +170,11 @@ spl = splitting.link_dictionaries(run, ids, progress=True)
 print("linked", " → ".join(f"{d} ({spl.sizes[d]})" for d in spl.dict_ids), f"over {spl.tokens:,} tokens")"""),
     ("md", """## How much splits
 
-Per pair of consecutive sizes: how many features of the smaller dictionary have children above the threshold,
+Per pair of consecutive sizes (`spl.parents_rule` says which links count): how many features of the smaller
+dictionary have children above the threshold,
 how many split (≥ 2 children), how many features of the larger one have a parent, and how the similarity of
 activations relates to the cosine of decoder vectors."""),
-    ("code", """pd.DataFrame(spl.summary()["pairs"]).T[["edges", "parents_with_children", "parents_split", "split_fraction",
+    ("code", """pd.DataFrame(spl.summary()["pairs"]).T[["edges", "edges_above_threshold", "parents_with_children", "parents_split", "split_fraction",
     "mean_children", "max_children", "children_with_parent", "orphan_fraction", "children_with_several_parents",
     "median_best_parent_sim", "median_decoder_cos_of_edges", "sim_decoder_cos_correlation"]]"""),
     ("md", """A diagnostic: a rare feature's masked cosine is taken over its own few firings, where a common parent often
