@@ -243,6 +243,20 @@ def test_bad_input_names_the_problem(tmp_path):
     assert s.answers("ada") == {}                         # nothing bad was saved
 
 
+def test_eligible_units_leave_out_dead_ultralow_and_the_low_density_mode():
+    import types
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    dens = np.concatenate([10 ** rng.normal(-2, 0.3, 200), 10 ** rng.normal(-6, 0.3, 100), [0.0, 0.0]])
+    t = pd.DataFrame({"density": dens, "count": (dens * 1e7).astype(int), "dead": dens == 0,
+                      "ultralow": np.r_[np.zeros(299, bool), True, False, False]})
+    stats = types.SimpleNamespace(table=t)
+    assert list(ratings.eligible_units(stats)) == list(range(200))                  # the high mode only
+    assert list(ratings.eligible_units(stats, low_mode=True)) == list(range(299))   # ultralow and dead still out
+
+
 # ---- on a run ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -270,8 +284,10 @@ def test_open_session_draws_eligible_units_shuffled_and_resumes(stats_run):
     assert kinds != sorted(kinds) and kinds != sorted(kinds, reverse=True)       # mixed
     fs, ns = FeatureStats.load(stats_run, "A/1"), FeatureStats.load(stats_run, "A")
     for k, u in s.units:
-        row = (fs if k == "feature" else ns).table.loc[u]
+        st = fs if k == "feature" else ns
+        row = st.table.loc[u]
         assert row["count"] > 0 and not row["dead"] and not row["ultralow"]
+        assert u in ratings.eligible_units(st)
     # the same settings resume the same session; another seed under the same name is refused
     assert open_session(stats_run, "A/1", n_features=6, n_neurons=5, seed=4).units == s.units
     with pytest.raises(ConfigError, match="new name="):

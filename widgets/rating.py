@@ -96,11 +96,11 @@ class RatingSession(MsWidget):
 
     @classmethod
     def from_run(cls, run, dict_id: str, rater: str = "rater", n_features: int = 10, n_neurons: int = 10,
-                 seed: int = 0, name: str = "blind", **kw) -> "RatingSession":
+                 seed: int = 0, name: str = "blind", low_mode: bool = False, **kw) -> "RatingSession":
         from monosemantic.interpret.ratings import open_session
 
         return cls(open_session(open_run(run), dict_id, n_features=n_features, n_neurons=n_neurons, seed=seed,
-                                name=name), rater=rater, **kw)
+                                name=name, low_mode=low_mode), rater=rater, **kw)
 
     # ---- state ------------------------------------------------------------------------------------------------
     def _load_answers(self) -> None:

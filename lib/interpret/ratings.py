@@ -21,8 +21,9 @@ Storage (in the run; every answer is written when it is given, atomically, so a 
     RUN/analyses/ratings/A-1/<session>/raters/<r>.json  one rater's answers, by position
 
 A session's units: ``n_features`` features of the dictionary and ``n_neurons`` neurons of its transformer, each
-drawn uniformly (seeded) from the units that are neither dead nor ultralow on the statistics' token set (the paper
-left out dead and ultralow features; a unit that never fired has nothing to show), then shuffled together.  The
+drawn uniformly (seeded) from the units that are neither dead nor ultralow on the statistics' token set nor in its
+low-density mode (``eligible_units``: the paper left out dead and ultralow features; a unit that never fired has
+nothing to show), then shuffled together.  The
 order is saved, so every rater sees the same units in the same order and a session resumes where it stopped.
 
 The reveal (``Reveal``) counts every answer (rater × unit) as one observation: per kind the median total, the
@@ -389,18 +390,27 @@ class Reveal:
                 for k, v in self.kinds.items()}
 
 
-def eligible_units(stats) -> np.ndarray:
-    """Units of a ``FeatureStats`` that can be rated: neither dead nor ultralow on its token set."""
+def eligible_units(stats, low_mode: bool = False) -> np.ndarray:
+    """Units of a ``FeatureStats`` that can be rated: neither dead nor ultralow on its token set and, unless
+    ``low_mode``, not in the low-density mode (``metrics.density_modes`` of the units' densities, when they are two
+    modes: below its threshold; the status the cards and the browser badge) — the paper rated no ultralow features,
+    and a short run's low mode is its not-yet-ultralow cluster."""
+    from ..metrics import density_modes
+
     t = stats.table
     ok = (t["count"] > 0) & ~t["dead"].astype(bool) & ~t["ultralow"].astype(bool)
+    modes = density_modes(t["density"].to_numpy())
+    if not low_mode and modes and modes["bimodal"]:
+        ok &= t["density"] >= float(modes["threshold"])
     return np.asarray(t.index[ok.to_numpy()], dtype=np.int64)
 
 
 def open_session(run, dict_id: str, n_features: int = 10, n_neurons: int = 10, seed: int = 0,
-                 name: str = "blind") -> Session:
+                 name: str = "blind", low_mode: bool = False) -> Session:
     """Draw a blind session (``n_features`` features of ``dict_id``, ``n_neurons`` neurons of its transformer,
-    seeded, shuffled together), or resume it when it was drawn before with the same settings.  Needs the
-    feature statistics of ``dict_id`` and the neuron statistics of its transformer."""
+    each from ``eligible_units`` (``low_mode``: the low-density mode too), seeded, shuffled together), or resume it
+    when it was drawn before with the same settings.  Needs the feature statistics of ``dict_id`` and the neuron
+    statistics of its transformer."""
     from ..features import FeatureStats
 
     if isinstance(run, (str, Path)):
@@ -417,18 +427,20 @@ def open_session(run, dict_id: str, n_features: int = 10, n_neurons: int = 10, s
     if (d / "session.json").exists():
         s = Session(d, run)
         info = s.meta.get("info", {})
-        if (info.get("n_features"), info.get("n_neurons"), info.get("seed")) == (n_features, n_neurons, seed):
+        if (info.get("n_features"), info.get("n_neurons"), info.get("seed"), info.get("low_mode", False)) == \
+                (n_features, n_neurons, seed, low_mode):
             return s                                         # resume: the same draw, its answers kept
     rng = np.random.default_rng(seed)
     units = []
     for kind, source, n in (("feature", dict_id, n_features), ("neuron", transformer, n_neurons)):
         if n == 0:
             continue
-        ok = eligible_units(FeatureStats.load(run, source))
+        ok = eligible_units(FeatureStats.load(run, source), low_mode)
         if len(ok) < n:
-            raise ConfigError(f"{source} has {len(ok)} {kind}s that fire (neither dead nor ultralow) on its statistics' "
-                              f"token set; ask for at most that many {kind}s")
+            raise ConfigError(f"{source} has {len(ok)} {kind}s that can be rated (neither dead nor ultralow"
+                              f"{'' if low_mode else ' nor in the low-density mode'}) on its statistics' token set; "
+                              f"ask for at most that many {kind}s" + ("" if low_mode else " (or pass low_mode=True)"))
         units += [(kind, int(u)) for u in rng.choice(ok, size=n, replace=False)]
     order = rng.permutation(len(units))
     return Session.create(d, [units[i] for i in order], dictionary=dict_id, transformer=transformer, run=run,
-                          n_features=n_features, n_neurons=n_neurons, seed=seed)
+                          n_features=n_features, n_neurons=n_neurons, seed=seed, low_mode=low_mode)
