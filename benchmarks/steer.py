@@ -6,8 +6,12 @@ against the clean run (``Steering.effect``) and a ``--tokens``-token sampled con
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/steer.py            # a tiny run, built in a temp dir and removed
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/steer.py --run /work/runs/base --dict A/1
 
+The last row is the whole move as the notebook sees it: ``SteeringPanel`` (widgets/steering.py) given a new slider
+value — ``Steering.steer``, the chart and continuation laid out as the synced ``result``, and that state serialised
+as JSON (what goes to the front-end), the front-end's debounce (120 ms after the last move) not included.
+
 Prints the median and the fastest of ``--moves`` moves per step, and the total against the target (≤ 300 ms on 2
-cores for a 64-token prompt and a 20-token continuation).  The prompt is cut to the context when the model's is
+cores for a 64-token prompt and a 20-token continuation: ``--threads 2``).  The prompt is cut to the context when the model's is
 shorter (the tiny preset's is 32).  The last stdout line is JSON.
 """
 from __future__ import annotations
@@ -88,11 +92,22 @@ def main() -> None:
         lambda m: s.sample(prompt, edit(m), n_tokens=args.tokens, seed=m), args.moves)
     rows["slider move (Steering.steer)"], r = _timed(
         lambda m: s.steer(prompt, edit(m), n_tokens=args.tokens, seed=0), args.moves)
+    from monosemantic.widgets.steering import SteeringPanel
+
+    panel = SteeringPanel(s, prompt=prompt, n_tokens=args.tokens, seed=0)      # the same Steering: its clean cache
+    panel.add(unit, mode="set", value=float(values[0]))
+
+    def panel_move(m):
+        panel.set_value(unit, float(values[m]) * 0.999)                       # a value not seen before
+        return json.dumps(panel.result)
+
+    rows["panel slider move (SteeringPanel → synced state)"], _ = _timed(panel_move, args.moves)
+    assert panel.error == "", panel.error
     out = {}
     for name, t in rows.items():
         out[name] = {"median_ms": round(statistics.median(t), 1), "min_ms": round(min(t), 1)}
         print(f"  {name:42s} median {statistics.median(t):7.1f} ms   fastest {min(t):7.1f} ms")
-    total = out["slider move (Steering.steer)"]["median_ms"]
+    total = out["panel slider move (SteeringPanel → synced state)"]["median_ms"]
     print(f"  slider move median {total:.1f} ms (target ≤ 300 ms: {'met' if total <= 300 else 'MISSED'})")
     print(f"  last move: KL {r.effect.next.kl:.3g} nats; steered {r.edited.text!r}")
     print(json.dumps({"run": str(run.root), "dict": args.dict, "prompt_tokens": int(tok.shape[1] - 1),

@@ -104,8 +104,14 @@ class Intervention:
     window's first token after BOS, so non-negative positions stay on their token when the sampling window
     slides."""
 
-    def __init__(self, dictionary, edits: Sequence[Edit] = (), keep_error: bool = True, offset: int = 0):
+    def __init__(self, dictionary, edits: Sequence[Edit] = (), keep_error: bool = True, offset: int = 0,
+                 reuse_prefix: bool = False):
         self.dictionary, self.edits, self.keep_error, self.offset = dictionary, list(edits), keep_error, offset
+        # The sampler calls one Intervention on windows that grow by a token: the MLP input at the hook (layer 0)
+        # depends only on the tokens up to its position, never on an MLP output, so the window's earlier rows
+        # are the previous call's and only the new rows need the encoder (half a sampling step's time on the
+        # default run).  The reuse is checked: same offset and batch, and the rows equal the remembered ones.
+        self.reuse_prefix, self._memo = reuse_prefix, None
 
     def mask_T(self, edit: Edit, T: int, device) -> torch.Tensor:
         """Which of the window's T positions (BOS at 0) ``edit`` touches."""
@@ -141,15 +147,33 @@ class Intervention:
         if self.keep_error and not units:
             return x_BTD
         B, _, D = x_BTD.shape
-        f_BTF = sae.encode(x_BTD.reshape(B * T, D).to(sae.W_dec_FD.dtype)).reshape(B, T, -1)
-        if not self.keep_error:
-            f_BTF = f_BTF.clone()
-            if units:
-                f_BTF[..., units] = self._edited(f_BTF[..., units], T)
-            return sae.decode(f_BTF).to(x_BTD.dtype)
-        f_BTE = f_BTF[..., units]
-        df_BTE = self._edited(f_BTE, T) - f_BTE
-        return x_BTD + (df_BTE @ sae.W_dec_FD[units]).to(x_BTD.dtype)
+        if self.keep_error:
+            f_BTE = self._unit_acts(x_BTD, units)
+            df_BTE = self._edited(f_BTE, T) - f_BTE
+            return x_BTD + (df_BTE @ sae.W_dec_FD[units]).to(x_BTD.dtype)
+        f_BTF = sae.encode(x_BTD.reshape(B * T, D).to(sae.W_dec_FD.dtype)).reshape(B, T, -1).clone()
+        if units:                                                # the reconstruction alone, edited
+            f_BTF[..., units] = self._edited(f_BTF[..., units], T)
+        return sae.decode(f_BTF).to(x_BTD.dtype)
+
+    def _unit_acts(self, x_BTD: torch.Tensor, units: list[int]) -> torch.Tensor:
+        """The edited units' clean activations f_BTE (with ``reuse_prefix``, the remembered rows reused)."""
+        sae = self.dictionary
+        B, T, D = x_BTD.shape
+
+        def enc(x):
+            n = x.shape[1]
+            return sae.encode(x.reshape(B * n, D).to(sae.W_dec_FD.dtype)).reshape(B, n, -1)[..., units]
+
+        m = self._memo
+        if (m is not None and m[0] == (self.offset, B, tuple(units)) and m[1].shape[1] <= T
+                and torch.allclose(x_BTD[:, :m[1].shape[1]], m[1], rtol=1e-5, atol=1e-6)):
+            f_BTE = torch.cat([m[2], enc(x_BTD[:, m[1].shape[1]:])], 1)
+        else:
+            f_BTE = enc(x_BTD)
+        if self.reuse_prefix:
+            self._memo = ((self.offset, B, tuple(units)), x_BTD.detach().clone(), f_BTE)
+        return f_BTE
 
 
 @dataclass
@@ -298,10 +322,15 @@ class Steering:
         seq = self.tokens(prompt)[0].tolist()
         g = torch.Generator().manual_seed(int(seed))
         body, out = self.model.n_ctx - 1, []
+        hook = None
+        if edits or not (keep_error or self.dictionary is None):
+            hook = Intervention(self.dictionary, edits, keep_error, reuse_prefix=True)
         for _ in range(int(n_tokens)):
             start = max(1, len(seq) - body)
             window = torch.tensor([[seq[0]] + seq[start:]], dtype=torch.long, device=self.model.device)
-            logits_V = self.logits(window, edits, keep_error, offset=start - 1)[0, -1].float().cpu()
+            if hook is not None:
+                hook.offset = start - 1
+            logits_V = self.model.logits_spliced(window, hook)[0, -1].float().cpu()
             nxt = _draw(logits_V, temperature, top_k, g)
             seq.append(nxt)
             out.append(nxt)

@@ -101,6 +101,25 @@ def test_the_pinned_sampler_is_reproducible_for_a_seed(steer):
     assert r.clean.token_ids == steer.sample(PROMPT, (), n_tokens=6, seed=2).token_ids
 
 
+def test_the_sampler_encodes_only_each_new_token_and_samples_the_same_text(steer, monkeypatch):
+    from monosemantic.interventions import _draw
+
+    rows = []
+    encode = steer.dictionary.encode
+    monkeypatch.setattr(steer.dictionary, "encode", lambda x: (rows.append(x.shape[0]), encode(x))[1])
+    got = steer.sample(PROMPT, ["5=4"], n_tokens=6, seed=2)
+    T0 = steer.tokens(PROMPT).shape[1]
+    assert rows == [T0] + [1] * 5                 # the first window whole, then only the new row each step
+    seq, g = steer.tokens(PROMPT)[0].tolist(), torch.Generator().manual_seed(2)
+    for _ in range(6):                            # a fresh intervention on every window: the same text
+        seq.append(_draw(steer.logits(torch.tensor([seq]), ["5=4"])[0, -1].float(), 1.0, None, g))
+    assert seq[T0:] == got.token_ids
+    rows.clear()                                  # past the context the window slides: every row is new
+    n = steer.model.n_ctx - T0 + 4               # the last three steps slide
+    steer.sample(PROMPT, ["5=4"], n_tokens=n, seed=2)
+    assert rows[-3:] == [steer.model.n_ctx] * 3 and rows[1:-3] == [1] * (n - 4)
+
+
 def test_bad_feature_ids_long_and_empty_prompts_name_the_fix(steer):
     n = steer.dictionary.d_sae
     with pytest.raises(ConfigError, match=rf"feature {n} does not exist.*0 … {n - 1}.*pick an id"):
