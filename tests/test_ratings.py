@@ -199,12 +199,32 @@ def test_answers_survive_a_killed_process_and_the_session_resumes(tmp_path):
     assert 4 <= k < len(units), k
     assert sorted(got) == list(range(k))                 # every answer given before the kill, in order
     assert all(got[p].scores == _expected(p) and got[p].explanation == f"unit {p}" for p in got)
-    assert not [f for f in path.parent.iterdir() if f.name != "ada.json"], "a temporary file was left behind"
+    assert not [f for f in path.parent.iterdir() if f.name not in ("ada.json", ".ada.json.lock")], \
+        "a temporary file was left behind"
     # resume where it stopped
     assert s2.next_position("ada") == k
     for p in range(k, len(units)):
         s2.rate("ada", p, _expected(p), f"unit {p}")
     assert s2.next_position("ada") is None and len(Session(s.dir).answers("ada")) == len(units)
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from monosemantic.interpret.ratings import CRITERIA, Session
+    s = Session(sys.argv[1])
+    for p in range(int(sys.argv[2]), len(s), 2):
+        s.rate("ada", p, {c.name: (p + i) % (c.max + 1) for i, c in enumerate(CRITERIA)}, f"unit {p}")
+""")
+
+
+def test_the_same_rater_in_two_kernels_loses_no_answer(tmp_path):
+    s = Session.create(tmp_path / "s", [("feature", i) for i in range(120)], dictionary="A/1", transformer="A")
+    s.add_rater("ada")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(s.dir), str(k)], env=env) for k in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    got = s.answers("ada")
+    assert sorted(got) == list(range(120)) and all(got[p].scores == _expected(p) for p in got)
 
 
 def test_bad_input_names_the_problem(tmp_path):

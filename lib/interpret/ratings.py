@@ -18,7 +18,8 @@ place each, and ``MAX_TOTAL`` is their sum — one of them is likely one point n
 Storage (in the run; every answer is written when it is given, atomically, so a killed kernel loses nothing)::
 
     RUN/analyses/ratings/A-1/<session>/session.json     the drawn units in their shuffled order, seed, counts
-    RUN/analyses/ratings/A-1/<session>/raters/<r>.json  one rater's answers, by position
+    RUN/analyses/ratings/A-1/<session>/raters/<r>.json  one rater's answers, by position (``io.update_json``:
+                                                        locked read-modify-write, atomic replace)
 
 A session's units: ``n_features`` features of the dictionary and ``n_neurons`` neurons of its transformer, each
 drawn uniformly (seeded) from the units that are neither dead nor ultralow on the statistics' token set nor in its
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, json_safe, read_json, safe_name
+from ..io import atomic_write_json, json_safe, read_json, safe_name, update_json
 
 __all__ = ["Criterion", "CRITERIA", "MAX_TOTAL", "PAPER_MEDIANS", "Session", "RatingItem", "Answer", "Reveal",
            "open_session", "ratings_dir", "krippendorff_alpha", "check_scores"]
@@ -251,14 +252,18 @@ class Session:
         """Save ``rater``'s answer on the unit at ``position`` (replacing an earlier one): every criterion scored
         within its range, and a one-line explanation.  Written atomically before this returns."""
         p = self._check_position(position)
-        doc = self._read(rater)
+        self._read(rater)                                     # the rater exists, for this session
         s = check_scores(scores)
         if not isinstance(explanation, str):
             raise ConfigError(f"the explanation is a line of text, got {type(explanation).__name__}")
         line = " ".join(explanation.split())[:500]          # one line, however it was typed
         a = Answer(p, s, line, _now())
-        doc["answers"][str(p)] = {"scores": s, "explanation": line, "saved_at": a.saved_at}
-        atomic_write_json(self._rater_path(rater), doc)
+
+        def put(doc):   # under the file's lock: the same rater in two kernels loses neither's answers
+            doc["answers"][str(p)] = {"scores": s, "explanation": line, "saved_at": a.saved_at}
+            return doc
+
+        update_json(self._rater_path(rater), put)
         return a
 
     def next_position(self, rater: str, after: int = -1) -> int | None:
