@@ -216,12 +216,12 @@ def test_card_header_edits_the_label_in_place_and_every_view_shows_it(labelled_r
 
     from monosemantic.ablation import ablation_effects
     from monosemantic.splitting import nearest_decoder
-    from monosemantic.widgets import ActivationHeatmap, CorrelationMatrix, FeatureBrowser
+    from monosemantic.widgets import ActivationHeatmap, CorrelationMatrix, FeatureBrowser, FeatureMap
     from monosemantic.widgets.card import FeatureCard
     from monosemantic.widgets.html import display_token, unpacked
 
     sys.path.insert(0, str(Path(__file__).parent / "browser"))
-    from widget_fixtures import comparison
+    from widget_fixtures import comparison, map_frame
 
     run = labelled_run
     labels = Labels.open(run, "A/1")
@@ -268,6 +268,10 @@ def test_card_header_edits_the_label_in_place_and_every_view_shows_it(labelled_r
     assert [x["explanation"] for x in hm.data["units"]] == [HOSTILE_LABEL, "Psalm verse numbers"]
     m = CorrelationMatrix(comparison(P=30, Q=40), run_dir=run.root, figure=False)
     assert len(m.a_names) == 512 and m.a_names[u] == HOSTILE_LABEL and m.a_names == labels.texts()
+    frame = map_frame()
+    frame.loc[frame["dict_id"] == "A/1", "idx"] = [u, v] + list(range(8))
+    fm = FeatureMap(frame, run_dir=run.root)                  # A/0 has no interpretation: empty labels there
+    assert fm.explanations[:7] == [""] * 5 + [HOSTILE_LABEL, "Psalm verse numbers"]
     # static exports keep the label as data: never raw HTML in the page
     for w, name in ((FeatureCard.from_run(run, "A/1", u), "card"), (hm, "heatmap")):
         text, views = _page(w.to_html(tmp_path / f"{name}.html", include_plotly=False))
@@ -299,6 +303,14 @@ def test_splitting_tree_nodes_carry_labels(labelled_run):
     t.max_children = t.max_children + 1
     assert next(n for n in t.tree["nodes"] if n["key"] == nodes[0]["key"])["label"] == "a split child"
     labels.clear(nodes[0]["idx"])
+    # the node's card opens below the tree, and the features its nearest-features panel opens go below that card
+    t.select("A/1", nodes[0]["idx"])
+    col = t.cards.box.children[0]
+    card = col.children[1]
+    assert card.card["panels"]["header"]["label"]["text"] == labels.get(nodes[0]["idx"]).text
+    assert col.children[2] is card.cards.box
+    card.open_card("A/1", card.card["panels"]["nearest"]["rows"][0]["unit"])
+    assert len(card.cards.box.children) == 1 and card.cards.keys[0][1] == card.card["panels"]["nearest"]["rows"][0]["unit"]
     # A/0 has no interpretation: its nodes have empty labels, no error
     assert all(n["label"] == "" for n in t.tree["nodes"] if n["dict_id"] == "A/0")
 
