@@ -168,7 +168,8 @@ class Intervention:
         m = self._memo
         if (m is not None and m[0] == (self.offset, B, tuple(units)) and m[1].shape[1] <= T
                 and torch.allclose(x_BTD[:, :m[1].shape[1]], m[1], rtol=1e-5, atol=1e-6)):
-            f_BTE = torch.cat([m[2], enc(x_BTD[:, m[1].shape[1]:])], 1)
+            n0 = m[1].shape[1]
+            f_BTE = torch.cat([m[2], enc(x_BTD[:, n0:])], 1) if T > n0 else m[2]
         else:
             f_BTE = enc(x_BTD)
         if self.reuse_prefix:

@@ -114,6 +114,11 @@ def test_the_sampler_encodes_only_each_new_token_and_samples_the_same_text(steer
     for _ in range(6):                            # a fresh intervention on every window: the same text
         seq.append(_draw(steer.logits(torch.tensor([seq]), ["5=4"])[0, -1].float(), 1.0, None, g))
     assert seq[T0:] == got.token_ids
+    from monosemantic.interventions import Edit, Intervention
+
+    iv, tok = Intervention(steer.dictionary, [Edit(5, "clamp", 4.0)], reuse_prefix=True), steer.tokens(PROMPT)
+    twice = [steer.model.logits_spliced(tok, iv) for _ in range(2)]   # the same window again: nothing new
+    assert torch.equal(twice[0], twice[1]) and torch.equal(twice[0], steer.logits(tok, ["5=4"]))
     rows.clear()                                  # past the context the window slides: every row is new
     n = steer.model.n_ctx - T0 + 4               # the last three steps slide
     steer.sample(PROMPT, ["5=4"], n_tokens=n, seed=2)
