@@ -11,8 +11,8 @@ value — ``Steering.steer``, the chart and continuation laid out as the synced 
 as JSON (what goes to the front-end), the front-end's debounce (120 ms after the last move) not included.
 
 Prints the median and the fastest of ``--moves`` moves per step, and the total against the target (≤ 300 ms on 2
-cores for a 64-token prompt and a 20-token continuation: ``--threads 2``).  The prompt is cut to the context when the model's is
-shorter (the tiny preset's is 32).  The last stdout line is JSON.
+cores for a 64-token prompt and a 20-token continuation: ``--threads 2``).  The prompt is cut to the context when the
+model's is shorter (the tiny preset's is 32).  The last stdout line is JSON.
 """
 from __future__ import annotations
 

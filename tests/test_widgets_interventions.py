@@ -131,7 +131,8 @@ def test_chart_data_has_the_clean_and_steered_top_tokens_once_each(panel):
     peak = [max(b["p_clean"], b["p_edited"]) for b in r["bars"]]
     assert peak == sorted(peak, reverse=True) and all(0 <= p <= 1 for p in peak)
     assert len(r["raised"]) == len(r["lowered"]) == k
-    assert all(c["p_edited"] > c["p_clean"] for c in r["raised"]) and all(c["p_edited"] < c["p_clean"] for c in r["lowered"])
+    assert all(c["p_edited"] > c["p_clean"] for c in r["raised"])
+    assert all(c["p_edited"] < c["p_clean"] for c in r["lowered"])
     n_prompt = panel.steering.tokens(PROMPT).shape[1] - 1
     assert len(r["prompt"]) == n_prompt and any(t["dll"] != 0 for t in r["prompt"])
     assert "↵" in "".join(t["token"] for t in r["prompt"])             # the newline, made visible

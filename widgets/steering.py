@@ -261,7 +261,9 @@ def result_dict(r, token_strings: list[str], n_bars: int = 8) -> dict:
         return [{"id": c.token_id, "token": display_token(c.token), "p_clean": c.p_clean, "p_edited": c.p_edited}
                 for c in changes]
 
-    return {"bars": [{"id": i, "token": display_token(token_strings[i]), "p_clean": float(p_c[i]), "p_edited": float(p_e[i])} for i in ids],
+    bars = [{"id": i, "token": display_token(token_strings[i]), "p_clean": float(p_c[i]), "p_edited": float(p_e[i])}
+            for i in ids]
+    return {"bars": bars,
             "raised": rows(nx.raised), "lowered": rows(nx.lowered), "kl": float(nx.kl),
             "prompt": [{"token": display_token(t), "dll": float(d)} for t, d in zip(tok.tokens, tok.delta_loglik_T)],
             "clean": {"tokens": [display_token(t) for t in r.clean.tokens], "text": display_token(r.clean.text)},
