@@ -357,8 +357,8 @@ class CardExtras:
 
 def table_top_tokens(stats):
     """``top_tokens(u)`` of a ``FeatureStats`` (its table's top tokens)."""
-    col = stats.table["top_tokens"]
-    return lambda u: list(col.loc[int(u)]) if int(u) in col.index else []
+    col = dict(zip(stats.table.index.tolist(), stats.table["top_tokens"]))
+    return lambda u: list(col.get(int(u), []))
 
 
 def handle_label_message(run, source: str, content) -> bool:
