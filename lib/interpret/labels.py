@@ -31,7 +31,6 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -144,21 +143,9 @@ class Labels:
         d = self.interpretation_dir()
         key = self._stamp(d / f"{self.group}.parquet" if d is not None else None)
         if key != self._auto_key:
-            self._auto = self._read_automatic(d) if d is not None else {}
+            self._auto = _read_automatic(key, d, self.group, self.run) if d is not None else {}
             self._auto_key = key
         return self._auto
-
-    def _read_automatic(self, d: Path) -> dict[int, Label]:
-        from .results import Interpretation
-
-        it = Interpretation(d, self.run)
-        t = it.table(self.group)
-        out = {}
-        for u in t.index[t["named"].to_numpy() > 0]:
-            rec = it.unit(int(u), self.group)
-            if rec.label:
-                out[int(u)] = Label(rec.label, _finite(rec.spearman) if rec.scored else None, "offline")
-        return out
 
     def _edits_doc(self) -> dict:
         key = self._stamp(self.path)
@@ -308,6 +295,35 @@ class Labels:
         return self.record(u, text, res["spearman"], getattr(explainer, "name", "llm"), res.get("detection"))
 
 
-@lru_cache(maxsize=32)
+_OPEN: dict[tuple[Path, str], Labels] = {}
+_AUTO: dict[tuple, dict[int, Label]] = {}
+
+
 def _open_cached(root: Path, source: str, run) -> Labels:
-    return Labels(run, source)
+    """One ``Labels`` per run directory and source in a process (every card of a session opens the run anew)."""
+    key = (root, source)
+    if key not in _OPEN:
+        if len(_OPEN) > 64:
+            _OPEN.clear()
+        _OPEN[key] = Labels(run, source)
+    return _OPEN[key]
+
+
+def _read_automatic(stamp: tuple, d: Path, group: str, run) -> dict[int, Label]:
+    """The offline explainer's labels of a group (cached per table file and modification time: reading 4,096
+    explanations takes a second)."""
+    from .results import Interpretation
+
+    if stamp in _AUTO:
+        return _AUTO[stamp]
+    it = Interpretation(d, run)
+    t = it.table(group)
+    out = {}
+    for u in t.index[t["named"].to_numpy() > 0]:
+        rec = it.unit(int(u), group)
+        if rec.label:
+            out[int(u)] = Label(rec.label, _finite(rec.spearman) if rec.scored else None, "offline")
+    if len(_AUTO) > 16:
+        _AUTO.clear()
+    _AUTO[stamp] = out
+    return out
