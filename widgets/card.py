@@ -521,7 +521,8 @@ class FeatureCard(WithLinkedCards, MsWidget):
         self._extras = extras
         super().__init__(source=stats.source, **kwargs)
         run_dir = stats.run.root if stats.run is not None else None
-        self.cards = LinkedCards(default_card_factory(run_dir, compact=True), "click a nearest feature to open its card")
+        # below the card only once a nearest feature was clicked (no placeholder line under every card)
+        self.cards = LinkedCards(default_card_factory(run_dir, compact=True), "")
         self.unit = int(unit)
         self._redraw()
 
