@@ -94,7 +94,8 @@ def main() -> None:
         lambda m: s.steer(prompt, edit(m), n_tokens=args.tokens, seed=0), args.moves)
     from monosemantic.widgets.steering import SteeringPanel
 
-    panel = SteeringPanel(s, prompt=prompt, n_tokens=args.tokens, seed=0)      # the same Steering: its clean cache
+    # the same Steering (its clean cache), on the threads of the rows above (the panel's own default is 1)
+    panel = SteeringPanel(s, prompt=prompt, n_tokens=args.tokens, seed=0, threads=None)
     panel.add(unit, mode="set", value=float(values[0]))
 
     def panel_move(m):

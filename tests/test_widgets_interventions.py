@@ -154,6 +154,18 @@ def test_search_by_top_tokens_ranks_as_the_feature_browser(panel, run_stats):
     assert panel.matches == []
 
 
+def test_a_recomputation_runs_on_one_intra_op_thread_and_restores_torchs(panel, monkeypatch):
+    seen, steer, old = [], panel.steering.steer, torch.get_num_threads()
+    monkeypatch.setattr(panel.steering, "steer",
+                        lambda *a, **k: (seen.append(torch.get_num_threads()), steer(*a, **k))[1])
+    torch.set_num_threads(2)
+    try:
+        panel.seed = 5
+        assert seen == [1] and torch.get_num_threads() == 2 and panel.error == ""
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_bad_units_and_prompts_leave_the_librarys_error_in_the_state(panel):
     n = panel.n_units
     good = dict(panel.result)

@@ -12,7 +12,10 @@ panel.steer_edits(), …)``.
 Synced state is the truth: ``prompt``, ``edits`` ([{unit, mode, value}]), ``n_tokens``, ``temperature``,
 ``top_k`` (0: the whole vocabulary), ``seed`` and ``keep_error``; any change recomputes ``result`` in the kernel
 (the front-end debounces slider moves).  A bad edit, an empty prompt or one longer than the context leaves the
-library's error in ``error`` and an empty ``result``.  ``to_html`` saves a snapshot (the controls are shown,
+library's error in ``error`` and an empty ``result``.  A recomputation runs on ``threads`` intra-op threads (default
+1: one prompt's matrices are too small for a second thread to pay, and on a shared machine a two-thread region
+stalls whenever the other core is busy — ``benchmarks/steer.py`` on the base run under load: a move 153 ms on one
+thread, 1.7 s on two; None: torch's setting).  ``to_html`` saves a snapshot (the controls are shown,
 disabled: a page without a kernel cannot run the model).
 
     p = SteeringPanel.from_run(run, "A/1", prompt="def main(self):")
@@ -66,8 +69,9 @@ class SteeringPanel(MsWidget):
     revision = traitlets.Int(0).tag(sync=True)                      # +1 per recomputation (the front-end waits on it)
 
     def __init__(self, steering, stats=None, run=None, prompt: str = "In the beginning God created the heaven",
-                 **kw):
+                 threads: int | None = 1, **kw):
         self._st = steering
+        self._threads = threads
         self._stats = stats
         self._run = run
         self._ready = False
@@ -219,9 +223,12 @@ class SteeringPanel(MsWidget):
         """``result`` from ``Steering.steer`` on the current state, or ``error`` (the library's message)."""
         if not self._ready:
             return
+        from monosemantic.features.threads import intra_op_threads
+
         try:
-            r = self._st.steer(self.prompt, self.steer_edits(), k=self.n_bars, keep_error=self.keep_error,
-                               **self.sampling())
+            with intra_op_threads(self._threads or torch_threads()):
+                r = self._st.steer(self.prompt, self.steer_edits(), k=self.n_bars, keep_error=self.keep_error,
+                                   **self.sampling())
         except ConfigError as e:
             with self.hold_sync():
                 self.error, self.result = str(e), {}
@@ -238,6 +245,12 @@ class SteeringPanel(MsWidget):
     def to_html(self, path, include_plotly: bool | None = None) -> Path:
         """A snapshot page: the prompt, the sliders where they stand, the chart and both continuations."""
         return super().to_html(path, include_plotly=False if include_plotly is None else include_plotly)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def result_dict(r, token_strings: list[str], n_bars: int = 8) -> dict:
