@@ -114,6 +114,12 @@ def test_llm_explanation_wins_over_the_offline_one_and_bad_input_is_named(labell
                                             0))
     lab = labels.record(u, json.loads(res["explanation"])["text"] or "x", res["spearman"], "token-pattern")
     assert lab.origin == "llm" and lab.score == pytest.approx(res["spearman"])
+    # explain(): explained from the unit's feature page, scored on the saved held-out windows, recorded
+    strs = run.tokenizer.token_strings()
+    lab = labels.explain(u, TokenPatternExplainer(vocab=run.tokenizer.vocab_size, token_strings=strs))
+    rec = json.loads(labels_path(run, "A/1").read_text())["llm"][str(u)]
+    assert lab.origin == "llm" and lab.text == rec["text"] and rec["explainer"] == "token-pattern"
+    assert lab.text.startswith('"') and -1 <= lab.score <= 1          # the readable text, not the JSON
     with pytest.raises(IndexError, match=r"feature 512 out of range.*0 … 511"):
         labels.get(512)
     with pytest.raises(ConfigError, match="200"):
