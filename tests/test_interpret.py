@@ -18,8 +18,8 @@ from monosemantic.interpret import analysis, interpret
 from monosemantic.interpret.llm import (ENV_BASE_URL, ENV_MODEL, LLMEndpointError, OpenAIExplainer,
                                         TokenPatternExplainer, Window, score_explainer)
 from monosemantic.interpret.rules import RuleFitter, pair_codes, simulate
-from monosemantic.interpret.scoring import (balanced_accuracy, group_spearman, logit_auc, next_token_tables,
-                                            random_tokens)
+from monosemantic.interpret.scoring import (balanced_accuracy, group_spearman, logit_auc, logit_test,
+                                            next_token_tables, random_tokens)
 
 V, T = 40, 33   # vocabulary and context length of the synthetic streams (BOS = 0 at position 0)
 
@@ -105,6 +105,52 @@ def test_logit_test_on_a_planted_case():
     # an explanation that predicts the wrong continuation scores below chance
     wrong = logit_auc(rules, codes, next_token_tables(c, pair_ids, V, len(codes)), neg, top)
     assert wrong[0] == 0.0
+
+
+def test_logit_test_flags_untestable_units_and_has_a_shuffled_reference():
+    """Planted: unit u (0…7) fires on token 2+u, which half the time is followed by one of its two own tokens
+    (20+2u, 21+2u); its logit effect raises exactly those → AUC ≈ 1, testable.  Units 8…47 fire on the same
+    tokens but raise random tokens → ≈ 0.5.  Unit 48 never fires (no rule): 0.5 by construction, untestable.
+    Against another unit's tokens (shuffled) the planted units fall to chance."""
+    rng = np.random.default_rng(3)
+    c = _contexts(rng, 600)
+    body = c[:, 1:]
+    r, j = np.nonzero((body[:, :-1] >= 2) & (body[:, :-1] <= 9))
+    a_tok = body[r, j]
+    keep = rng.random(len(r)) < 0.5
+    body[r[keep], j[keep] + 1] = 20 + 2 * (a_tok[keep] - 2) + rng.integers(0, 2, keep.sum())
+    tok = c[:, 1:].reshape(-1)
+    a = np.zeros((len(tok), 49))
+    for u in range(48):
+        a[tok == 2 + u % 8, u] = 1.0
+    rules, codes, pair_ids = _fit(c, a, InterpretConfig())
+    top = np.zeros((49, 2), np.int64)
+    top[:8] = 20 + 2 * np.arange(8)[:, None] + np.arange(2)
+    top[8:] = rng.integers(2, V, (41, 2))
+    res = logit_test(rules, codes, next_token_tables(c, pair_ids, V, len(codes)), top, V, seed=0, exclude=(0,))
+    auc, ok, shuf = res["logit_auc"], res["logit_testable"], res["logit_auc_shuffled"]
+    assert (auc[:8] > 0.95).all() and ok[:48].all(), (auc, ok)
+    assert abs(np.mean(auc[8:48]) - 0.5) < 0.1, auc[8:48]
+    assert auc[48] == 0.5 and not ok[48] and np.isnan(shuf[48])
+    # against other units' tokens the test is at chance (tokens here are equally frequent): the planted AUC of 1
+    # is the link between each explanation and its own logit effect
+    assert abs(np.nanmean(shuf) - 0.5) < 0.1 and auc[:8].mean() - np.nanmean(shuf[:8]) > 0.25, shuf
+    # the same AUCs as logit_auc (every unit scored, as in the paper)
+    neg = random_tokens(top, V, seed=0, exclude=(0,))
+    assert np.array_equal(auc, logit_auc(rules, codes, next_token_tables(c, pair_ids, V, len(codes)), top, neg))
+
+
+def test_summary_reports_the_logit_median_over_testable_units_beside_the_all_unit_one():
+    n = 10
+    t = pd.DataFrame({"unit": np.arange(n), "scored": True, "density": 0.01, "named": 1, "single_token": False,
+                      "explained": 0.5, "spearman": 0.3, "detection": 0.6,
+                      "logit_auc": [0.5] * 6 + [0.9] * 4, "logit_testable": [False] * 6 + [True] * 4,
+                      "logit_auc_shuffled": [np.nan] * 6 + [0.55] * 4})
+    m = analysis.summarize({"features": t})["features"]["all"]
+    assert m["logit_auc"] == 0.5 and m["logit_auc_units"] == 10           # the paper's all-unit median
+    assert m["logit_auc_testable"] == pytest.approx(0.9) and m["logit_auc_testable_units"] == 4
+    assert m["logit_untestable"] == 6
+    assert m["logit_auc_shuffled"] == pytest.approx(0.55) and m["logit_auc_shuffled_units"] == 4
 
 
 def test_the_control_shuffle_keeps_each_matrix_multiset():
@@ -231,7 +277,9 @@ def test_stage_runs_and_summary_has_the_interpretability_block(tiny_interpret):
     for g in ("features", "neurons", "control", "control_neurons"):
         for part in ("all", "single_token", "rest"):
             m = block[g][part]
-            assert set(m) >= {"units", "spearman", "detection", "logit_auc"}
+            assert set(m) >= {"units", "spearman", "detection", "logit_auc", "logit_auc_testable",
+                              "logit_untestable", "logit_auc_shuffled"}
+            assert m["logit_untestable"] + m["logit_auc_testable_units"] == m["units"]
             assert m["spearman"] is None or -1 <= m["spearman"] <= 1
         assert block[g]["high_mode"]["all"]["units"] <= block[g]["all"]["units"]
         assert block[g]["dense"]["all"]["units"] + block[g]["dense"]["left_out"] == block[g]["all"]["units"]

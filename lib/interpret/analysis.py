@@ -30,9 +30,9 @@ from .passes import Subject, TokenSetRef, score_units
 
 __all__ = ["INTERPRET_VERSION", "GROUPS", "interpret", "interpret_dir", "summarize", "PAPER"]
 
-INTERPRET_VERSION = 1
+INTERPRET_VERSION = 2   # 2: the logit test's testable flag and shuffled reference
 GROUPS = ("features", "neurons", "control", "control_neurons")
-METRICS = ("spearman", "detection", "logit_auc")
+METRICS = ("spearman", "detection", "logit_auc", "logit_auc_shuffled")
 # the paper's medians (Towards Monosemanticity 2023): the logit test; the rubric (human, out of 14)
 PAPER = {"logit_auc": {"features": 0.74, "neurons": 0.53, "control": 0.50},
          "rubric_median": {"features": 12, "neurons": 0}}
@@ -150,19 +150,36 @@ def interpret(run, dict_id: str, cfg: InterpretConfig | dict | None = None, prog
     return Interpretation(out, run)
 
 
+def _median(v) -> tuple[float | None, int]:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return (float(np.median(v)) if len(v) else None), int(len(v))
+
+
 def _medians(t: pd.DataFrame) -> dict:
+    """Each metric's median over the units where it is defined (``<metric>_units`` of them); for the logit test
+    also over its testable units (``scoring``: where the explanation's prediction is not the same on every
+    compared token — elsewhere the AUC is 0.5 by construction), with the count of the untestable ones."""
     out = {"units": int(len(t))}
     for m in METRICS:
-        v = t[m].to_numpy(dtype=np.float64)
-        v = v[np.isfinite(v)]
-        out[m] = float(np.median(v)) if len(v) else None
-        out[f"{m}_units"] = int(len(v))
+        if m in t:
+            out[m], out[f"{m}_units"] = _median(t[m])
+    if "logit_testable" in t:
+        ok = t["logit_testable"].to_numpy(bool)
+        out["logit_auc_testable"], out["logit_auc_testable_units"] = _median(t["logit_auc"].to_numpy()[ok])
+        out["logit_untestable"] = int((~ok).sum())
     return out
 
 
 def summarize(tables: dict[str, pd.DataFrame]) -> dict:
     """Per group: medians of each score over the scored units (those firing ≥ min_count times on the
-    explanation set) — all of them, the single-token explanations, and the rest — with their counts; and the
+    explanation set) — all of them, the single-token explanations, and the rest — with their counts.  The logit
+    test (``scoring``) gives every unit an AUC, as the paper does: ``logit_auc`` is the all-unit median;
+    ``logit_auc_testable`` the median over the ``logit_auc_testable_units`` units whose explanation predicts
+    anything on the compared tokens (``logit_untestable`` units score 0.5 by construction and can pin the
+    all-unit median to exactly 0.5); ``logit_auc_shuffled`` the median against other units' most-raised tokens —
+    the level the test gives with no link between explanation and logit effect (token frequency alone), so a
+    group's unit-specific signal is ``logit_auc_testable`` − ``logit_auc_shuffled``.  And the
     same over two subsets that leave out rarely-firing units, as the paper left out its ultralow features:
 
     - ``high_mode``: the group's own high-density mode (``metrics.density_modes`` of its units' densities on

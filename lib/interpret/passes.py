@@ -32,7 +32,7 @@ from ..features.threads import intra_op_threads, pipelined, worker_count
 from ..features.units import top_logit_effects
 from ..sparse import SparseEncoder, positive_entries
 from .rules import RuleFitter, Rules, pair_codes, simulate
-from .scoring import balanced_accuracy, group_spearman, logit_auc, next_token_tables, random_tokens
+from .scoring import balanced_accuracy, group_spearman, logit_test, next_token_tables
 
 __all__ = ["Subject", "TokenSetRef", "score_units", "RANDOM_SECTION"]
 
@@ -164,15 +164,15 @@ def score_units(subject: Subject, explain: TokenSetRef, holdout: TokenSetRef, cf
     spearman = group_spearman(grp, true[valid], pred[valid], U)
     detection = balanced_accuracy(grp, true[valid] > 0, pred[valid] > 0, U)
     top = top_logit_effects(subject.model, subject.sae, U, cfg.logit_tokens, 1.0)["top_ids"].astype(np.int64)
-    neg = random_tokens(top, vocab, cfg.seed, exclude=(bos_id,))
-    auc = logit_auc(rules, codes, next_token_tables(contexts, pair_ids, vocab, len(codes)), top, neg)
+    logit = logit_test(rules, codes, next_token_tables(contexts, pair_ids, vocab, len(codes)), top, vocab, cfg.seed,
+                       exclude=(bos_id,))
     scored = rules.fired >= cfg.min_count
     table = pd.DataFrame({
         "unit": np.arange(U, dtype=np.int32), "scored": scored, "fired": rules.fired,
         "density": rules.fired / max(explain.n_tokens, 1),
         "fired_holdout": np.asarray(fired_holdout, np.int64), "named": rules.named.astype(np.int32),
         "single_token": rules.single_token, "n_rules": np.bincount(rules.unit, minlength=U).astype(np.int32),
-        "explained": rules.explained, "spearman": spearman, "detection": detection, "logit_auc": auc,
+        "explained": rules.explained, "spearman": spearman, "detection": detection, **logit,
         "rules": rules.as_json(),
     })
     windows = pd.DataFrame({"unit": win["unit"].astype(np.int32), "section": win["section"].astype(np.int16),

@@ -3,6 +3,7 @@
     it = Interpretation.load(run, "A/1")            # or monosemantic.interpret.interpret(run, "A/1")
     u = it.unit(2318)                               # group="features" | "neurons" | "control" | "control_neurons"
     u.explanation, u.spearman, u.detection, u.logit_auc, u.single_token
+    u.logit_testable, u.logit_auc_shuffled          # the logit test: 0.5 by construction? its no-link level
     it.rescore(2318, OpenAIExplainer())             # another explainer, scored on the same held-out examples
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ class UnitInterpretation:
     scored: bool
     fired: int
     fired_holdout: int
+    logit_testable: bool = True        # False: the logit test's AUC is 0.5 by construction (``scoring``)
+    logit_auc_shuffled: float = float("nan")   # the same test against another unit's most-raised tokens
     extra: dict = field(default_factory=dict)
 
     @property
@@ -107,7 +110,9 @@ class Interpretation:
                                   explained=float(r["explained"]), spearman=float(r["spearman"]),
                                   detection=float(r["detection"]), logit_auc=float(r["logit_auc"]),
                                   scored=bool(r["scored"]), fired=int(r["fired"]),
-                                  fired_holdout=int(r["fired_holdout"]))
+                                  fired_holdout=int(r["fired_holdout"]),
+                                  logit_testable=bool(r.get("logit_testable", True)),
+                                  logit_auc_shuffled=float(r.get("logit_auc_shuffled", np.nan)))
 
     def rules(self, group: str = "features") -> Rules:
         """The group's explanations as ``Rules`` (for ``rules.simulate``)."""

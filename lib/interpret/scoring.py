@@ -19,6 +19,15 @@ explanation stream, weighted by the rules' values:
 Score = AUC of S separating the unit's ``logit_tokens`` most-raised tokens (``features.logit_weights``, the one
 logit-effect definition) from as many random vocabulary tokens: 0.5 is chance, 1 perfect.  The paper's medians:
 features 0.74, neurons 0.53, a randomized transformer 0.50.
+
+Every unit gets an AUC, as in the paper; but where S is the same on all 2K compared tokens — the explanation names
+no token, or its patterns are never followed on the explanation stream by any compared token — every pair ties
+and the AUC is 0.5 *by construction*.  Such a unit is not ``testable`` (``logit_test``); the summary reports how
+many there are and the median over the testable ones beside the all-unit median.  A second reference,
+``shuffled``: the same AUC against *another* unit's most-raised tokens (a seeded permutation of the units).  It
+measures what the test rewards without any link between this explanation and this logit effect — e.g. a group
+whose logit effects favour tokens frequent on the stream (S is 0 on a token never seen there, and random
+vocabulary tokens often are never seen) scores above 0.5 when shuffled; the unit-specific signal is the gap.
 """
 from __future__ import annotations
 
@@ -27,7 +36,8 @@ import scipy.sparse as sp
 
 from .rules import Rules
 
-__all__ = ["group_spearman", "balanced_accuracy", "next_token_tables", "logit_auc", "random_tokens"]
+__all__ = ["group_spearman", "balanced_accuracy", "next_token_tables", "logit_predictions", "pair_auc", "logit_auc",
+           "logit_test", "random_tokens"]
 
 
 def _group_average_ranks(group_n: np.ndarray, x_n: np.ndarray) -> np.ndarray:
@@ -108,9 +118,9 @@ def random_tokens(top_ids_UK: np.ndarray, vocab: int, seed: int, exclude: tuple[
     return np.take_along_axis(draw, order, 1)[:, :K]
 
 
-def logit_auc(rules: Rules, pair_codes_: np.ndarray, tables, top_ids_UK: np.ndarray, neg_ids_UK: np.ndarray
-              ) -> np.ndarray:
-    """The logit test's AUC per unit (module docstring): S from the rules through the following-token tables."""
+def logit_predictions(rules: Rules, pair_codes_: np.ndarray, tables):
+    """The explanation's prediction S (module docstring) as a function ``S(ids_UK) -> (U, K)``: unit u's score of
+    each output token ``ids_UK[u]``, from the rules through the following-token tables."""
     after_tok, after_pair, base = tables
     U, V = rules.n_units, rules.vocab
     wild = rules.prev < 0
@@ -126,9 +136,45 @@ def logit_auc(rules: Rules, pair_codes_: np.ndarray, tables, top_ids_UK: np.ndar
     scale = 1.0 / (base + 1.0)
     rows = np.arange(U)[:, None]
 
-    def score(ids):
-        return np.asarray(S[np.broadcast_to(rows, ids.shape).ravel(), ids.ravel()]).reshape(ids.shape) * scale[ids]
+    def score(ids_UK: np.ndarray) -> np.ndarray:
+        return np.asarray(S[np.broadcast_to(rows, ids_UK.shape).ravel(), ids_UK.ravel()]).reshape(ids_UK.shape) \
+            * scale[ids_UK]
 
-    sp_, sn = score(top_ids_UK), score(neg_ids_UK)
-    cmp = (sp_[:, :, None] > sn[:, None, :]) + 0.5 * (sp_[:, :, None] == sn[:, None, :])
-    return cmp.mean(axis=(1, 2))
+    return score
+
+
+def pair_auc(pos_UK: np.ndarray, neg_UK: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUC, testable) per row: the share of (positive, negative) pairs the positive wins (ties ½); testable where
+    the scores are not all equal (otherwise the AUC is 0.5 by construction)."""
+    cmp = (pos_UK[:, :, None] > neg_UK[:, None, :]) + 0.5 * (pos_UK[:, :, None] == neg_UK[:, None, :])
+    both = np.concatenate([pos_UK, neg_UK], axis=1)
+    return cmp.mean(axis=(1, 2)), both.max(axis=1) > both.min(axis=1)
+
+
+def logit_auc(rules: Rules, pair_codes_: np.ndarray, tables, top_ids_UK: np.ndarray, neg_ids_UK: np.ndarray
+              ) -> np.ndarray:
+    """The logit test's AUC per unit (module docstring): S from the rules through the following-token tables."""
+    score = logit_predictions(rules, pair_codes_, tables)
+    return pair_auc(score(top_ids_UK), score(neg_ids_UK))[0]
+
+
+def logit_test(rules: Rules, pair_codes_: np.ndarray, tables, top_ids_UK: np.ndarray, vocab: int, seed: int,
+               exclude: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """The logit test of every unit (module docstring): ``logit_auc`` (every unit; 0.5 where untestable),
+    ``logit_testable`` (S not constant on the compared tokens) and ``logit_auc_shuffled`` (against a permuted
+    unit's most-raised tokens and their own random tokens; NaN where that comparison is untestable)."""
+    score = logit_predictions(rules, pair_codes_, tables)
+    neg = random_tokens(top_ids_UK, vocab, seed, exclude)
+    auc, testable = pair_auc(score(top_ids_UK), score(neg))
+    U = len(top_ids_UK)
+    perm = np.random.default_rng([seed, 1314]).permutation(U)
+    if U > 1:                                   # no unit keeps its own tokens (a derangement by rotation of fixed points)
+        fixed = np.flatnonzero(perm == np.arange(U))
+        if len(fixed) == 1:
+            j = (fixed[0] + 1) % U
+            perm[[fixed[0], j]] = perm[[j, fixed[0]]]
+        elif len(fixed) > 1:
+            perm[fixed] = perm[np.roll(fixed, 1)]
+    top_s = top_ids_UK[perm]
+    shuf, shuf_ok = pair_auc(score(top_s), score(random_tokens(top_s, vocab, seed + 1, exclude)))
+    return {"logit_auc": auc, "logit_testable": testable, "logit_auc_shuffled": np.where(shuf_ok, shuf, np.nan)}
