@@ -15,7 +15,10 @@ Here, without a large model (``rules``, ``scoring``):
 - **simulator**: the trie's lookup, predicting every token's activation;
 - **scores on the held-out set** (validation-split tokens): Spearman over the top, interval-sampled and random
   held-out examples (9-token windows, 60 per unit); detection = balanced accuracy of telling firing from
-  non-firing tokens in context; the logit test's AUC (top logit-effect tokens against random ones);
+  non-firing tokens in context; the logit test's AUC (top logit-effect tokens against random ones; every unit
+  scored, and apart the median over the units where the test can tell anything — an explanation that predicts
+  the same for every compared token scores 0.5 by construction — and the same test against shuffled units'
+  tokens, the level token frequency alone gives: ``scoring``);
 - **single-token**: explanations that name exactly one token, reported apart.
 
 ``analysis.interpret(run, "A/1")`` (the ``interpret:A/1`` stage, ``monosemantic interpret RUN A/1``) scores every
@@ -30,17 +33,24 @@ with the paper's prompt; ``Interpretation.rescore(unit, explainer)`` scores one 
 A unit's label in every view (``labels``): ``Labels.open(run, "A/1").get(u)`` — the user's edit, else the LLM's scored
 explanation (``Labels.explain(u, OpenAIExplainer())`` records one), else the offline explainer's, with its score.
 
+Blind rating with the paper's rubric (``ratings``): ``open_session(run, "A/1", n_features=10, n_neurons=10)`` draws
+(or resumes) a ``Session`` of features and neurons, shuffled, ids and kinds hidden; ``Session.rate`` saves each
+answer atomically in the run (several raters, resumable); ``Session.reveal()`` gives features vs neurons and the
+agreement between raters.
+
 The package, along its seams: ``rules`` (fit, simulate), ``scoring`` (the three scores), ``passes`` (the streams
 over the token sets for one set of units), ``control`` (the randomized transformer and its dictionary),
-``analysis`` (groups, fingerprints, checkpoints, summary), ``results`` (loading), ``llm`` (explainers).
+``analysis`` (groups, fingerprints, checkpoints, summary), ``results`` (loading), ``llm`` (explainers),
+``labels`` (a unit's label and its edits), ``ratings`` (blind rating).
 Tensor names carry shapes: U units, V vocabulary, n windows, W tokens per window, E active entries.
 """
 from __future__ import annotations
 
 from .analysis import GROUPS, interpret, interpret_dir, summarize
 from .labels import Label, Labels
+from .ratings import Session, open_session
 from .results import Interpretation, UnitInterpretation
 from .rules import Rules, RuleFitter, simulate
 
 __all__ = ["interpret", "interpret_dir", "summarize", "GROUPS", "Interpretation", "UnitInterpretation", "Rules",
-           "RuleFitter", "simulate", "Label", "Labels"]
+           "RuleFitter", "simulate", "Label", "Labels", "Session", "open_session"]
