@@ -1,6 +1,7 @@
 """Notebook 07 (interventions) in a real JupyterLab + headless Chromium: a steering panel's slider, dragged with the
 mouse and moved with the keyboard, goes to the kernel (debounced) and comes back as a new next-token chart and
-continuation; notebook 07 runs, its panels and automaton graph render, a chain highlights and a node opens its card.
+continuation; notebook 07 runs, its panels and automaton graph render, a chain highlights, a node opens its card,
+and every text keeps WCAG AA contrast in the light and dark themes.
 
 Run:  .venv/bin/python -m pytest tests/browser/test_notebook07_browser.py -x -q
 Screenshots: <pytest tmp dir>/screenshots07 and artifacts/screenshots/ (git-ignored).
