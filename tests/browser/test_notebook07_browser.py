@@ -3,7 +3,7 @@ mouse and moved with the keyboard, goes to the kernel (debounced) and comes back
 continuation; notebook 07 runs, its panels and automaton graph render, a chain highlights, a node opens its card,
 and every text keeps WCAG AA contrast in the light and dark themes.
 
-Run:  .venv/bin/python -m pytest tests/browser/test_notebook07_browser.py -x -q
+Run:  .venv/bin/python -m pytest tests/browser/test_notebook07_browser.py -x -q   (the static pages: -k static)
 Screenshots: <pytest tmp dir>/screenshots07 and artifacts/screenshots/ (git-ignored).
 """
 from __future__ import annotations
@@ -179,3 +179,55 @@ def test_notebook07_runs_and_its_graph_opens_cards(lab):
     assert (run_dir / "exports" / "automata_A-1.html").exists() and (run_dir / "exports" / "steering_A-1.html").exists()
     errors = [msg for msg in harness.console_messages(page) if msg.startswith("[pageerror]")]
     assert not errors, errors
+
+
+def test_static_pages_show_hostile_tokens_as_text_and_run_nothing(tiny_run, tmp_path):
+    """The two widgets' static snapshots, every token string page-breaking markup: they render in Chromium without
+    a kernel, the strings show as text, no injected script runs; the graph's highlight and selection work there."""
+    import numpy as np
+    import pandas as pd
+    from test_widgets_interventions import _HostileTokenizer
+    from widget_fixtures import PAGE_BREAKERS, SyntheticStats
+
+    from monosemantic.automata import Automata
+    from monosemantic.interventions import Steering
+    from monosemantic.widgets.automata import AutomatonGraph
+    from monosemantic.widgets.html import display_token
+    from monosemantic.widgets.steering import SteeringPanel
+
+    harness.ensure_browser_installed()
+    real = Steering.open(tiny_run, "A/1")
+    st = Steering(real.model, _HostileTokenizer(real.tokenizer), real.dictionary, "A/1")
+    panel = SteeringPanel(st, stats=SyntheticStats(PAGE_BREAKERS, n_units=real.n_units), prompt="def main(self):",
+                          n_tokens=5)
+    panel.add(3, value=2.0)
+    edges = pd.DataFrame({"src": [4, 5, 6, 4], "dst": [5, 6, 4, 4], "score": [6.0, 5.0, 4.0, 3.5],
+                          "gain": [0.3, -0.01, np.nan, 0.2], "base": [0.1, 0.2, np.nan, 0.0]})
+    tops = {u: PAGE_BREAKERS[k:k + 3] for k, u in enumerate((4, 5, 6))}
+    graph = AutomatonGraph(Automata("A/1", edges, [[4], [4, 5, 6]], [], tops, np.ones(8), 99))
+    pages = {"steer": panel.to_html(tmp_path / "steer.html"), "graph": graph.to_html(tmp_path / "graph.html")}
+    with harness.chromium_page(tmp_path / "shots") as page:
+        page.goto(pages["steer"].as_uri())
+        page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
+        rows = page.locator(".ms-steer-barrow")
+        assert rows.count() == len(panel.result["bars"])
+        shown = rows.locator(".ms-steer-bartok").all_text_contents()
+        assert shown == [b["token"] for b in panel.result["bars"]]
+        assert any(t.startswith("<!--<script>") for t in shown)
+        assert page.locator(".ms-steer-slider").is_disabled() and page.locator(".ms-steer-prompt").is_disabled()
+        assert "static snapshot" in page.locator(".ms-steer-status").inner_text()
+        page.goto(pages["graph"].as_uri())
+        page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
+        labels = page.locator(".ms-auto-node text").all_text_contents()
+        assert f"#4 ‹{display_token(PAGE_BREAKERS[0])}› ‹{PAGE_BREAKERS[1]}› ‹{PAGE_BREAKERS[2]}›" in labels
+        page.locator(".ms-auto-path").nth(1).click()                    # the 3-loop: its three nodes highlighted
+        assert page.locator(".ms-auto-node.ms-auto-hl").count() == 3
+        assert page.locator("path.ms-auto-edge.ms-auto-hl").count() == 3
+        page.locator('.ms-auto-node[data-unit="5"] circle').dispatch_event("click")
+        page.wait_for_function("() => document.querySelector('.ms-cardhead') && "
+                               "document.querySelector('.ms-cardhead').dataset.feature === 'A/1:5'", timeout=10_000)
+        assert "exported without the feature's card" in page.locator(".ms-cards.ms-static").inner_text()
+        assert page.evaluate("() => window.__pwned") is None
+        assert page.locator("img").count() == 0
+        errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
+        assert not errors, errors
