@@ -31,8 +31,8 @@ batch):
               x̂ = Σ_(b,j)∈S ReLU(pre_bj) W_dec[j] + b_dec       embedding_bag
     backward  df_bj = 1[pre_bj > 0] dx̂_b · W_dec[j]  on S         sampled_addmm, row-major
               dW_dec, dW_enc, db_enc, db_dec, dx                as above, over S
-    AuxK      on the dead latents' columns only: (x − b_dec) W_enc[:, dead] + b_enc[dead], its top-k_aux, and
-              ê = z W_dec[dead] — B × n_dead × D work, through autograd
+    AuxK      on the dead latents' columns only: (x − b_dec) W_enc[:, dead] + b_enc[dead] and its top-k_aux per
+              row (the same exact selection), ê = z W_dec[dead] and its backward over the k_aux selected entries
 
 The step's firing record goes to the kind (``_record_sparse``) as its dense ``loss`` would.  ``"bf16"`` says
 whether TopK's selection took the bf16 product (never for BatchTopK).
@@ -305,19 +305,23 @@ class _FastTopKDecode(torch.autograd.Function):
     """x̂ = Σ_(b,j) f_bj W_dec[j] + b_dec over a fixed selected pattern, f = ReLU(pre) there; returns the MSE.
 
     The selection (which k entries per row, or k·B per batch) carries no gradient, as in the dense path's
-    ``topk``/``scatter``; gradients flow through the selected pre-activations into W_enc, b_enc, b_dec and x."""
+    ``topk``/``scatter``; gradients flow through the selected pre-activations into W_enc, b_enc, b_dec and x.
+    ``decoder_bias=False`` (AuxK: ê = z W_dec) leaves b_dec out of x̂; it still gets the encoder path's gradient
+    (pre = (x − b_dec) W_enc + b_enc)."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, xbar, rows, cols, pre_sel):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, xbar, rows, cols, pre_sel, decoder_bias=True):
         B, D = x.shape
         F = W_enc.shape[1]
         crow = offsets(rows, B)
         act = pre_sel.clamp_min(0.0)
         x_hat = Fn.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=act)
-        x_hat += b_dec
+        if decoder_bias:
+            x_hat += b_dec
         r = x_hat.sub_(x)
         ctx.save_for_backward(W_enc, W_dec, xbar, r, rows, cols, crow, act, pre_sel)
         ctx.shape = (B, D, F)
+        ctx.decoder_bias = decoder_bias
         ctx.mark_non_differentiable(r)
         return r.pow(2).mean(), r
 
@@ -338,11 +342,13 @@ class _FastTopKDecode(torch.autograd.Function):
         dW_enc.copy_(Fn.embedding_bag(rowsT, xbar, off, mode="sum",
                                       per_sample_weights=df.index_select(0, perm)).t())
         db_enc = torch.zeros(F, dtype=torch.float32).index_add_(0, cols, df)
-        db_dec = dxh.sum(0) - torch.mv(W_enc, db_enc)
+        db_dec = -torch.mv(W_enc, db_enc)
+        if ctx.decoder_bias:
+            db_dec += dxh.sum(0)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = Fn.embedding_bag(cols, W_enc.t().contiguous(), crow[:-1], mode="sum", per_sample_weights=df) - dxh
-        return dx, dW_enc, db_enc, dW_dec, db_dec, None, None, None, None
+        return dx, dW_enc, db_enc, dW_dec, db_dec, None, None, None, None, None
 
 
 def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = False) -> dict:
@@ -385,18 +391,26 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
 
 
 def _sparse_aux(sae, x: torch.Tensor, xbar: torch.Tensor, e_BD: torch.Tensor) -> torch.Tensor:
-    """TopK's AuxK term (``TopKDictionary.aux_loss``) on the dead latents' columns only: B × n_dead × D work."""
+    """TopK's AuxK term (``TopKDictionary.aux_loss``) on the dead latents' columns only: their pre-activations'
+    top k_aux per row (``sparse.topk_entries`` in fp32: at k_aux 256 the bf16 candidates need a slack of ~k/2 and
+    save nothing, measured), then the k_aux-of-n_dead decoder and backward of ``_FastTopKDecode`` without the
+    decoder bias — the dense path's other B × n_dead products (the scattered z, ê = z W_dec, their backward)
+    become B × k_aux ones."""
     dead_F = sae.dead_latents()
     n_dead = int(dead_F.sum())
     k_aux = min(sae.opts["k_aux"], n_dead)
     if k_aux == 0 or sae.opts["aux_coefficient"] == 0:
         return x.new_zeros(())
     dead = dead_F.nonzero().view(-1)
-    pre_BN = (x - sae.b_dec_D) @ sae.W_enc_DF.index_select(1, dead) + sae.b_enc_F.index_select(0, dead)
-    vals, j = pre_BN.topk(k_aux, dim=-1, sorted=False)
-    z_BN = torch.zeros_like(pre_BN).scatter(-1, j, vals.relu())
-    e_hat_BD = z_BN @ sae.W_dec_FD.index_select(0, dead)
-    return (e_hat_BD - e_BD.detach()).pow(2).mean()
+    W_enc, b_enc = sae.W_enc_DF.index_select(1, dead), sae.b_enc_F.index_select(0, dead)
+    W_dec = sae.W_dec_FD.index_select(0, dead)
+    with torch.no_grad():
+        fl, pre_sel, _ = topk_entries(xbar, W_enc.detach(), b_enc.detach(), k_aux)
+        rows = torch.div(fl, n_dead, rounding_mode="floor")
+        cols = fl - rows * n_dead
+    aux, _ = _FastTopKDecode.apply(e_BD.detach(), W_enc, b_enc, W_dec, sae.b_dec_D, xbar, rows, cols, pre_sel,
+                                   False)
+    return aux
 
 
 def fast_loss(sae, x_BD: torch.Tensor, *, bf16: bool | None = None, step: int | None = None) -> dict:
