@@ -68,7 +68,8 @@ def lab(tiny_run, tmp_path_factory):
 
 
 _CHART_JS = """(sel) => { const c = document.querySelector(sel + ' .ms-steer-chart');
-  return { revision: c.dataset.revision || '', rows: [...c.querySelectorAll('.ms-steer-barrow')].map(r => [r.dataset.token,
+  return { revision: c.dataset.revision || '',
+    rows: [...c.querySelectorAll('.ms-steer-barrow')].map(r => [r.dataset.token,
     r.querySelector('.ms-steer-edited').style.width, r.querySelector('.ms-steer-clean').style.width]),
     kl: document.querySelector(sel + ' .ms-steer-kl').textContent,
     steered: document.querySelector(sel + ' .ms-steer-cont-steered .ms-steer-text').textContent,
@@ -140,7 +141,8 @@ def test_notebook07_runs_and_its_graph_opens_cards(lab):
     panels.first.wait_for(state="visible", timeout=60_000)
     assert panels.count() == 2                                          # features, then neurons for contrast
     assert page.locator(".ms-steer").nth(1).locator(".ms-title").inner_text().endswith("(neurons)")
-    page.wait_for_function("() => document.querySelectorAll('.ms-steer')[0].querySelectorAll('.ms-steer-barrow').length >= 8",
+    page.wait_for_function("() => document.querySelectorAll('.ms-steer')[0]"
+                           ".querySelectorAll('.ms-steer-barrow').length >= 8",
                            timeout=30_000)
     assert page.locator(".ms-steer").first.locator(".ms-steer-row").count() == 1
     assert "feature" in page.locator(".ms-steer").first.locator(".ms-steer-row .ms-unit-id").inner_text()
@@ -164,7 +166,8 @@ def test_notebook07_runs_and_its_graph_opens_cards(lab):
     paths = graph.locator(".ms-auto-path")
     paths.nth(1).click()
     page.wait_for_function("() => document.querySelector('.ms-auto-path-on') && "
-                           "document.querySelector('.ms-auto-path-on') === document.querySelectorAll('.ms-auto-path')[1]",
+                           "document.querySelector('.ms-auto-path-on') === "
+                           "document.querySelectorAll('.ms-auto-path')[1]",
                            timeout=20_000)
     assert graph.locator(".ms-auto-node.ms-auto-hl").count() >= 1
     units = graph.locator(".ms-auto-node").evaluate_all("els => els.map(e => Number(e.dataset.unit))")
@@ -181,7 +184,7 @@ def test_notebook07_runs_and_its_graph_opens_cards(lab):
     assert not errors, errors
 
 
-def test_static_pages_show_hostile_tokens_as_text_and_run_nothing(tiny_run, tmp_path):
+def test_static_pages_show_hostile_tokens_as_text_and_run_nothing(lab, tiny_run, tmp_path):
     """The two widgets' static snapshots, every token string page-breaking markup: they render in Chromium without
     a kernel, the strings show as text, no injected script runs; the graph's highlight and selection work there."""
     import numpy as np
@@ -195,7 +198,7 @@ def test_static_pages_show_hostile_tokens_as_text_and_run_nothing(tiny_run, tmp_
     from monosemantic.widgets.html import display_token
     from monosemantic.widgets.steering import SteeringPanel
 
-    harness.ensure_browser_installed()
+    page = lab[3]                        # the module's browser (a second Playwright in one process cannot start)
     real = Steering.open(tiny_run, "A/1")
     st = Steering(real.model, _HostileTokenizer(real.tokenizer), real.dictionary, "A/1")
     panel = SteeringPanel(st, stats=SyntheticStats(PAGE_BREAKERS, n_units=real.n_units), prompt="def main(self):",
@@ -206,28 +209,27 @@ def test_static_pages_show_hostile_tokens_as_text_and_run_nothing(tiny_run, tmp_
     tops = {u: PAGE_BREAKERS[k:k + 3] for k, u in enumerate((4, 5, 6))}
     graph = AutomatonGraph(Automata("A/1", edges, [[4], [4, 5, 6]], [], tops, np.ones(8), 99))
     pages = {"steer": panel.to_html(tmp_path / "steer.html"), "graph": graph.to_html(tmp_path / "graph.html")}
-    with harness.chromium_page(tmp_path / "shots") as page:
-        page.goto(pages["steer"].as_uri())
-        page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
-        rows = page.locator(".ms-steer-barrow")
-        assert rows.count() == len(panel.result["bars"])
-        shown = rows.locator(".ms-steer-bartok").all_text_contents()
-        assert shown == [b["token"] for b in panel.result["bars"]]
-        assert any(t.startswith("<!--<script>") for t in shown)
-        assert page.locator(".ms-steer-slider").is_disabled() and page.locator(".ms-steer-prompt").is_disabled()
-        assert "static snapshot" in page.locator(".ms-steer-status").inner_text()
-        page.goto(pages["graph"].as_uri())
-        page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
-        labels = page.locator(".ms-auto-node text").all_text_contents()
-        assert f"#4 ‹{display_token(PAGE_BREAKERS[0])}› ‹{PAGE_BREAKERS[1]}› ‹{PAGE_BREAKERS[2]}›" in labels
-        page.locator(".ms-auto-path").nth(1).click()                    # the 3-loop: its three nodes highlighted
-        assert page.locator(".ms-auto-node.ms-auto-hl").count() == 3
-        assert page.locator("path.ms-auto-edge.ms-auto-hl").count() == 3
-        page.locator('.ms-auto-node[data-unit="5"] circle').dispatch_event("click")
-        page.wait_for_function("() => document.querySelector('.ms-cardhead') && "
-                               "document.querySelector('.ms-cardhead').dataset.feature === 'A/1:5'", timeout=10_000)
-        assert "exported without the feature's card" in page.locator(".ms-cards.ms-static").inner_text()
-        assert page.evaluate("() => window.__pwned") is None
-        assert page.locator("img").count() == 0
-        errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
-        assert not errors, errors
+    page.goto(pages["steer"].as_uri())
+    page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
+    rows = page.locator(".ms-steer-barrow")
+    assert rows.count() == len(panel.result["bars"])
+    shown = rows.locator(".ms-steer-bartok").all_text_contents()
+    assert shown == [b["token"] for b in panel.result["bars"]]
+    assert any(t.startswith("<!--<script>") for t in shown)
+    assert page.locator(".ms-steer-slider").is_disabled() and page.locator(".ms-steer-prompt").is_disabled()
+    assert "static snapshot" in page.locator(".ms-steer-status").inner_text()
+    page.goto(pages["graph"].as_uri())
+    page.wait_for_function("() => document.body.dataset.rendered === '1'", timeout=30_000)
+    labels = page.locator(".ms-auto-node text").all_text_contents()
+    assert f"#4 ‹{display_token(PAGE_BREAKERS[0])}› ‹{PAGE_BREAKERS[1]}› ‹{PAGE_BREAKERS[2]}›" in labels
+    page.locator(".ms-auto-path").nth(1).click()                    # the 3-loop: its three nodes highlighted
+    assert page.locator(".ms-auto-node.ms-auto-hl").count() == 3
+    assert page.locator("path.ms-auto-edge.ms-auto-hl").count() == 3
+    page.locator('.ms-auto-node[data-unit="5"] circle').dispatch_event("click")
+    page.wait_for_function("() => document.querySelector('.ms-cardhead') && "
+                           "document.querySelector('.ms-cardhead').dataset.feature === 'A/1:5'", timeout=10_000)
+    assert "exported without the feature's card" in page.locator(".ms-cards.ms-static").inner_text()
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("img").count() == 0
+    errors = [m for m in harness.console_messages(page) if m.startswith("[pageerror]")]
+    assert not errors, errors
