@@ -205,18 +205,21 @@ def _interpret(args) -> int:
     print(f"interpretability of {args.dict_id}: {s['explain_tokens']:,} explanation tokens (train), "
           f"{s['holdout_tokens']:,} held-out tokens (val), written to {it.dir}")
     cut = s["features"]["dense"]["density_threshold"]
-    keys = ("spearman", "detection", "logit_auc")
+    keys = ("spearman", "detection", "logit_auc", "logit_auc_testable", "logit_auc_shuffled")
+    widths = (9, 8, 7, 9, 9)
     print(f"  medians: every scored unit | units denser than "
           + (f"the features' low-density mode ({cut:.2g})" if cut else "- (the features have no low-density mode)"))
-    print(f"  {'':28s}{'spearman':>9s}{'detect':>8s}{'logit':>7s}{'units':>6s} |{'spearman':>9s}{'detect':>8s}"
-          f"{'logit':>7s}{'units':>6s}")
+    head = "".join(f"{h:>{w}s}" for h, w in zip(("spearman", "detect", "logit", "testable", "shuffled"), widths))
+    print(f"  {'':28s}{head}{'units':>6s} |{head}{'units':>6s}")
     for g in ("features", "neurons", "control", "control_neurons"):
         for part in ("all", "single_token", "rest"):
             cells = []
             for m in (s[g][part], s[g]["dense"][part]):
-                cells.append("".join(f"{_fmt(round(m[k], 3)) if m[k] is not None else '-':>{w}s}"
-                                     for k, w in zip(keys, (9, 8, 7))) + f"{m['units']:6d}")
+                cells.append("".join(f"{_fmt(round(m[k], 3)) if m.get(k) is not None else '-':>{w}s}"
+                                     for k, w in zip(keys, widths)) + f"{m['units']:6d}")
             print(f"  {g + ' ' + part:28s}" + " |".join(cells))
+    print("  logit: every unit (0.5 where the explanation predicts no compared token); testable: the others; "
+          "shuffled: the test against another unit's tokens (token frequency alone)")
     print("  paper's logit-test medians: features 0.74, neurons 0.53, randomized control 0.50")
     return 0
 

@@ -319,6 +319,12 @@ def test_finished_result_is_reused_and_cli_reads_it(tiny_interpret, capsys):
     assert main(["interpret", str(run.root), "A/1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dictionary"] == "A/1" and "control" in out and (d / "features.parquet").stat().st_mtime_ns == mtime
+    assert main(["interpret", str(run.root), "A/1"]) == 0          # the table: every unit, testable, shuffled
+    text = capsys.readouterr().out
+    assert "testable" in text and "shuffled" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("features all"))
+    want = out["features"]["all"]["logit_auc_testable"]
+    assert (f"{round(want, 3):g}" if want is not None else "-") in row.split("|")[0]
 
 
 def test_bad_input_names_the_problem_and_the_fix(tiny_interpret, tmp_path):

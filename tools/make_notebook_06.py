@@ -78,7 +78,10 @@ and is scored by the Spearman correlation with the truth (over top, interval-sam
 as the paper) and by a detection score (balanced accuracy of telling firing from non-firing tokens). The logit test
 is the AUC of the unit's activating tokens against random ones among the tokens its logit effect raises. The
 **control** is a randomized transformer (every weight matrix's entries shuffled) with its own dictionary; it makes
-single-token features that score high, so single-token explanations are reported apart."""),
+single-token features that score high, so single-token explanations are reported apart. The logit test scores every
+unit, as the paper does; a unit whose explanation predicts the same for every compared token gets 0.5 by
+construction, so "testable" is the median over the others, and "shuffled" the same test against another unit's
+tokens — what token frequency alone gives. The explanation's own signal is testable minus shuffled."""),
     ("code", """from monosemantic.interpret import interpret
 it = interpret(run, DICT)        # the interpret:A/1 stage: reused when done (seconds on tiny, minutes on default)
 S = it.summary
@@ -89,7 +92,9 @@ for g, name in GROUP_NAMES.items():
     for split in ("all", "single_token", "rest"):
         m = S[g][split]
         rows.append({"group": name, "units": split, "n": m["units"], "spearman": m["spearman"],
-                     "detection": m["detection"], "logit AUC": m["logit_auc"]})
+                     "detection": m["detection"], "logit AUC": m["logit_auc"],
+                     "logit AUC (testable)": m.get("logit_auc_testable"),
+                     "logit AUC (shuffled)": m.get("logit_auc_shuffled")})
 medians = pd.DataFrame(rows).set_index(["group", "units"])
 medians["paper logit AUC"] = [S["paper"]["logit_auc"].get(g) if split == "all" else None
                               for g in GROUP_NAMES for split in ("all", "single_token", "rest")]
