@@ -35,7 +35,8 @@ function render({ model, el: root }) {
     legend.appendChild(it);
   }
 
-  let zoom = { k: 1, x: 0, y: 0 }, stage = null, svg = null, W = 800, H = H0;
+  let stage = null, svg = null, W = 800, H = H0;
+  const pz = msPanZoom(box, () => stage, (ev) => ev.target === svg, 0.3, 6);
 
   function highlighted() {
     const h = model.get("highlight") || "";
@@ -140,34 +141,15 @@ function render({ model, el: root }) {
       stage.appendChild(g);
     }
     box.replaceChildren(svg);
-    applyZoom();
+    pz.apply();
     sel.textContent = s.length === 2 ? `selected: ${s[0]} #${s[1]}` : "";
     sel.dataset.feature = s.length === 2 ? `${s[0]}:${s[1]}` : "";
     drawSide();
   }
 
-  function applyZoom() { if (stage) stage.setAttribute("transform", `translate(${zoom.x},${zoom.y}) scale(${zoom.k})`); }
-  function zoomAt(f, cx, cy) {
-    const k = Math.max(0.3, Math.min(6, zoom.k * f));
-    zoom.x = cx - (cx - zoom.x) * (k / zoom.k);
-    zoom.y = cy - (cy - zoom.y) * (k / zoom.k);
-    zoom.k = k;
-    applyZoom();
-  }
-  box.addEventListener("wheel", (ev) => {
-    ev.preventDefault();
-    const b = box.getBoundingClientRect();
-    zoomAt(ev.deltaY < 0 ? 1.15 : 1 / 1.15, ev.clientX - b.left, ev.clientY - b.top);
-  }, { passive: false });
-  let drag = null;
-  box.addEventListener("pointerdown", (ev) => { if (ev.button === 0 && ev.target === svg) drag = [ev.clientX - zoom.x, ev.clientY - zoom.y]; });
-  const onMove = (ev) => { if (drag) { zoom.x = ev.clientX - drag[0]; zoom.y = ev.clientY - drag[1]; applyZoom(); } };
-  const onUp = () => { drag = null; };
-  window.addEventListener("pointermove", onMove);
-  window.addEventListener("pointerup", onUp);
-  zin.addEventListener("click", () => zoomAt(1.25, W / 2, H / 2));
-  zout.addEventListener("click", () => zoomAt(0.8, W / 2, H / 2));
-  fit.addEventListener("click", () => { zoom = { k: 1, x: 0, y: 0 }; applyZoom(); });
+  zin.addEventListener("click", () => pz.at(1.25, W / 2, H / 2));
+  zout.addEventListener("click", () => pz.at(0.8, W / 2, H / 2));
+  fit.addEventListener("click", () => pz.reset());
   only.addEventListener("click", () => { model.set("only_paths", !model.get("only_paths")); model.save_changes(); });
   clear.addEventListener("click", () => { model.set("highlight", ""); model.save_changes(); });
 
@@ -206,8 +188,7 @@ function render({ model, el: root }) {
   return () => {
     for (const k of keys) model.off(`change:${k}`, draw);
     if (statik) model.off("change:selected_feature", staticCard);
-    window.removeEventListener("pointermove", onMove);
-    window.removeEventListener("pointerup", onUp);
+    pz.dispose();
     if (ro) ro.disconnect();
   };
 }

@@ -311,6 +311,42 @@ function msOnTheme(el, fn) {
   if (window.matchMedia) window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", fire);
 }
 
+// ---- pan and zoom of an SVG drawing ---------------------------------------------------------------------------
+// msPanZoom(box, stage, background, min, max): the wheel zooms around the pointer, a drag that starts on the
+// background (background(ev) true) pans; stage() is the <g> holding the drawing (redrawn freely: the transform is
+// reapplied by apply()).  Returns {zoom, apply, at(f, cx, cy), reset(k, x, y), dispose()} — dispose removes the
+// window listeners a drag needs.  Used by the splitting tree and the automaton graph.
+function msPanZoom(box, stage, background, min = 0.2, max = 4) {
+  const zoom = { k: 1, x: 0, y: 0 };
+  const apply = () => {
+    const g = stage();
+    if (g) g.setAttribute("transform", `translate(${zoom.x},${zoom.y}) scale(${zoom.k})`);
+  };
+  const at = (f, cx, cy) => {
+    const k = Math.max(min, Math.min(max, zoom.k * f));
+    zoom.x = cx - (cx - zoom.x) * (k / zoom.k);
+    zoom.y = cy - (cy - zoom.y) * (k / zoom.k);
+    zoom.k = k;
+    apply();
+  };
+  box.addEventListener("wheel", (ev) => {
+    ev.preventDefault();
+    const b = box.getBoundingClientRect();
+    at(ev.deltaY < 0 ? 1.15 : 1 / 1.15, ev.clientX - b.left, ev.clientY - b.top);
+  }, { passive: false });
+  let drag = null;
+  box.addEventListener("pointerdown", (ev) => {
+    if (ev.button === 0 && background(ev)) drag = [ev.clientX - zoom.x, ev.clientY - zoom.y];
+  });
+  const onMove = (ev) => { if (drag) { zoom.x = ev.clientX - drag[0]; zoom.y = ev.clientY - drag[1]; apply(); } };
+  const onUp = () => { drag = null; };
+  window.addEventListener("pointermove", onMove);
+  window.addEventListener("pointerup", onUp);
+  const reset = (k = 1, x = 0, y = 0) => { zoom.k = k; zoom.x = x; zoom.y = y; apply(); };
+  const dispose = () => { window.removeEventListener("pointermove", onMove); window.removeEventListener("pointerup", onUp); };
+  return { zoom, apply, at, reset, dispose };
+}
+
 // ---- present mode: the widget (with its linked cards) fills the screen in larger type -------------------------
 // msPresenter(el, toolbar, step): a "present" button in `toolbar`; ←/→ call step(±1), Esc leaves.  The part shown is
 // the notebook output holding the widget and its cards, or the static page.

@@ -41,10 +41,10 @@ function render({ model, el: root }) {
 
   let open = null;            // keys of the nodes whose children are shown (null: the default)
   let treeKey = "";
-  let zoom = { k: 1, x: 0, y: 0 };
   let contentH = 0, boxW = 0, boxH = 0;
   let visibleOrder = [];
   let svg = null, stage = null;
+  const pz = msPanZoom(box, () => stage, (ev) => ev.target === svg, 0.2, 4);
 
   function fillControls() {
     const levels = model.get("levels") || [], sizes = model.get("sizes") || [];
@@ -90,7 +90,7 @@ function render({ model, el: root }) {
       if (!kids.get(e.src).includes(e.dst)) kids.get(e.src).push(e.dst);
     }
     const key = JSON.stringify([tree.root, nodes.length, edges.length]);
-    if (key !== treeKey) { treeKey = key; open = defaultOpen(nodes, kids); zoom = { k: 1, x: 0, y: 0 }; }
+    if (key !== treeKey) { treeKey = key; open = defaultOpen(nodes, kids); pz.reset(); }
     // the selected node's ancestors stay open
     const s = model.get("selected_feature") || [];
     const selKey = s.length === 2 ? `${s[0]}:${s[1]}` : null;
@@ -225,35 +225,15 @@ function render({ model, el: root }) {
       }
       t.textContent = full.slice(0, lo) + "…";
     }
-    applyZoom();
+    pz.apply();
     const s = model.get("selected_feature") || [];
     sel.textContent = s.length === 2 ? `selected: ${s[0]} #${s[1]}` : "";
   }
 
-  function applyZoom() {
-    if (!stage) return;
-    stage.setAttribute("transform", `translate(${zoom.x},${zoom.y}) scale(${zoom.k})`);
-  }
-  function zoomAt(f, cx, cy) {
-    const k = Math.max(0.2, Math.min(4, zoom.k * f));
-    zoom.x = cx - (cx - zoom.x) * (k / zoom.k);
-    zoom.y = cy - (cy - zoom.y) * (k / zoom.k);
-    zoom.k = k;
-    applyZoom();
-  }
-  box.addEventListener("wheel", (ev) => {
-    ev.preventDefault();
-    const b = box.getBoundingClientRect();
-    zoomAt(ev.deltaY < 0 ? 1.15 : 1 / 1.15, ev.clientX - b.left, ev.clientY - b.top);
-  }, { passive: false });
-  let drag = null;
-  box.addEventListener("pointerdown", (ev) => { if (ev.button === 0 && ev.target === svg) drag = [ev.clientX - zoom.x, ev.clientY - zoom.y]; });
-  window.addEventListener("pointermove", (ev) => { if (drag) { zoom.x = ev.clientX - drag[0]; zoom.y = ev.clientY - drag[1]; applyZoom(); } });
-  window.addEventListener("pointerup", () => { drag = null; });
-  zin.addEventListener("click", () => zoomAt(1.25, boxW / 2, boxH / 2));
-  zout.addEventListener("click", () => zoomAt(0.8, boxW / 2, boxH / 2));
+  zin.addEventListener("click", () => pz.at(1.25, boxW / 2, boxH / 2));
+  zout.addEventListener("click", () => pz.at(0.8, boxW / 2, boxH / 2));
   // fit: the whole drawing in the box (scaled down when taller than it)
-  fit.addEventListener("click", () => { const k = Math.min(1, boxH / Math.max(1, contentH)); zoom = { k, x: (boxW - boxW * k) / 2, y: 0 }; applyZoom(); });
+  fit.addEventListener("click", () => { const k = Math.min(1, boxH / Math.max(1, contentH)); pz.reset(k, (boxW - boxW * k) / 2, 0); });
   openAll.addEventListener("click", () => {
     const t = model.get("tree") || {};
     open = new Set((t.nodes || []).map((n) => n.key));
@@ -301,7 +281,12 @@ function render({ model, el: root }) {
   if (ro) ro.observe(box);
   const keys = ["tree", "selected_feature", "error", "threshold", "root", "max_children", "hide_flagged"];
   for (const k of keys) model.on(`change:${k}`, draw);
-  return () => { for (const k of keys) model.off(`change:${k}`, draw); if (ro) ro.disconnect(); if (io) io.disconnect(); };
+  return () => {
+    for (const k of keys) model.off(`change:${k}`, draw);
+    pz.dispose();
+    if (ro) ro.disconnect();
+    if (io) io.disconnect();
+  };
 }
 
 export default { render };
