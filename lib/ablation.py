@@ -26,7 +26,6 @@ transformer and the statistics it read), so a card opens fast the second time; `
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 
 from .errors import ConfigError
 from .io import atomic_write_json, file_sha, json_safe, read_json, safe_name
+from .runs import as_run
 
 __all__ = ["TokenEffect", "AblationEffects", "ablation_effects", "cached", "ablation_path", "ABLATION_VERSION"]
 
@@ -79,37 +79,19 @@ def ablation_path(run, dict_id: str, unit: int) -> Path:
     return Path(run.root) / "analyses" / "ablation" / safe_name(dict_id) / f"{int(unit)}.json"
 
 
-@lru_cache(maxsize=64)
-def _sha(path: str, mtime_ns: int, size: int) -> str:
-    return file_sha(path)
-
-
-def _file_sha(p: Path) -> str:
-    st = p.stat()
-    return _sha(str(p), st.st_mtime_ns, st.st_size)
-
-
 def _fingerprint(run, dict_id: str, stats, n_contexts: int, k: int) -> dict:
     spec = run.cfg.dictionary(dict_id)
     return {"version": ABLATION_VERSION, "dictionary": dict_id,
-            "weights_sha": _file_sha(run.dict_dir(dict_id) / "sae.safetensors"),
-            "model_sha": _file_sha(run.model_dir(spec.transformer) / "model.safetensors"),
+            "weights_sha": file_sha(run.dict_dir(dict_id) / "sae.safetensors"),
+            "model_sha": file_sha(run.model_dir(spec.transformer) / "model.safetensors"),
             "stats": stats.meta.get("written_at"), "n_contexts": int(n_contexts), "k": int(k)}
-
-
-def _open(run):
-    if isinstance(run, (str, Path)):
-        from .runs import Run
-
-        return Run.open(run)
-    return run
 
 
 def cached(run, dict_id: str, unit: int, n_contexts: int = 16, k: int = 10) -> AblationEffects | None:
     """The cached result for exactly these inputs, or None (never computes: for static exports)."""
     from .features import FeatureStats
 
-    run = _open(run)
+    run = as_run(run)
     p = ablation_path(run, dict_id, unit)
     if not p.exists():
         return None
@@ -139,7 +121,7 @@ def ablation_effects(run, dict_id: str, unit: int, n_contexts: int = 16, k: int 
     from .features import FeatureStats
     from .interventions import Edit, Steering
 
-    run = _open(run)
+    run = as_run(run)
     if "/" not in str(dict_id):
         raise ConfigError(f"ablation is of a dictionary's features: pass a dictionary id such as 'A/1', not "
                           f"{dict_id!r}")

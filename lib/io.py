@@ -5,6 +5,7 @@ never leaves a half-written file where a finished one is expected.  Tensors go t
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -123,7 +124,15 @@ def read_json(path: str | Path, default: Any = None, stage: str | None = None) -
 
 
 def file_sha(path: str | Path) -> str:
-    """A short content hash of a file (the weights an analysis was computed from)."""
+    """A short content hash of a file (the weights an analysis was computed from).  Remembered per (path, mtime,
+    size, inode): a card or a fingerprint check asks for the same weights' hash many times, and every writer here
+    replaces a file atomically (a new inode and mtime), so a changed file is hashed again."""
+    st = os.stat(path)
+    return _file_sha(str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha(path: str, mtime_ns: int, size: int, ino: int) -> str:
     import hashlib
 
     h = hashlib.sha256()

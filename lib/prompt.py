@@ -92,10 +92,9 @@ def _loaded(root: str, source: str, mtime: float):
 
 def loaded(run, source: str):
     """(run, model, dictionary or None) for ``source``, cached per run directory and weights file."""
-    if isinstance(run, (str, Path)):
-        from .runs import Run
+    from .runs import as_run
 
-        run = Run.open(run)
+    run = as_run(run)
     if "/" in source:
         w = run.dict_dir(source) / "sae.safetensors"
     else:

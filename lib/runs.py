@@ -268,6 +268,11 @@ class Run:
         return out
 
 
+def as_run(run) -> Run:
+    """A ``Run`` from a run directory, or the ``Run`` itself: what every function taking ``run`` accepts."""
+    return Run.open(run) if isinstance(run, (str, Path)) else run
+
+
 def _recipe(cfg_dict: dict) -> dict:
     return {k: v for k, v in cfg_dict.items() if k not in Run.NOT_RECIPE}
 

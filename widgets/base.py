@@ -26,9 +26,9 @@ DOMAIN_COLORS = {"python": "#3b7dd8", "bible": "#b8860b", "base64": "#2e9e5b", "
 
 def open_run(run):
     """A ``Run`` from a run directory (or the ``Run`` itself)."""
-    from monosemantic.runs import Run
+    from monosemantic.runs import as_run
 
-    return Run.open(run) if isinstance(run, (str, Path)) else run
+    return as_run(run)
 
 
 class MsWidget(anywidget.AnyWidget):

@@ -111,10 +111,9 @@ class FeatureStats:
     @classmethod
     def load(cls, run, source: str) -> "FeatureStats":
         """``run`` is a ``Run`` or a run directory; ``source`` a dictionary id ("A/1") or transformer ("A")."""
-        if isinstance(run, (str, Path)):
-            from ..runs import Run
+        from ..runs import as_run
 
-            run = Run.open(run)
+        run = as_run(run)
         return _load_cached(run.root.resolve(), source, run)
 
     @classmethod

@@ -106,10 +106,9 @@ def interpret(run, dict_id: str, cfg: InterpretConfig | dict | None = None, prog
     from ..runs import update_analyses
     from .results import Interpretation
 
-    if isinstance(run, (str, Path)):
-        from ..runs import Run
+    from ..runs import as_run
 
-        run = Run.open(run)
+    run = as_run(run)
     cfg = _config(run, cfg)
     out = Path(out_dir) if out_dir is not None else interpret_dir(run, dict_id)
     _check_trained(run, dict_id)

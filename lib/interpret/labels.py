@@ -111,10 +111,9 @@ class Labels:
     @classmethod
     def open(cls, run, source: str) -> "Labels":
         """``run`` a ``Run`` or a run directory; ``source`` a dictionary id ("A/1") or a transformer name ("A")."""
-        from ..runs import Run
+        from ..runs import as_run
 
-        if isinstance(run, (str, Path)):
-            run = Run.open(run)
+        run = as_run(run)
         return _open_cached(Path(run.root).resolve(), str(source), run)
 
     # ---- where the automatic labels come from ------------------------------------------------------------------

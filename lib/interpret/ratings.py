@@ -418,10 +418,9 @@ def open_session(run, dict_id: str, n_features: int = 10, n_neurons: int = 10, s
     statistics of its transformer."""
     from ..features import FeatureStats
 
-    if isinstance(run, (str, Path)):
-        from ..runs import Run
+    from ..runs import as_run
 
-        run = Run.open(run)
+    run = as_run(run)
     d = ratings_dir(run, dict_id, name)
     for n, what in ((n_features, "n_features"), (n_neurons, "n_neurons")):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:

@@ -69,10 +69,9 @@ class Interpretation:
     def load(cls, run, dict_id: str) -> "Interpretation":
         from .analysis import interpret_dir
 
-        if isinstance(run, (str, Path)):
-            from ..runs import Run
+        from ..runs import as_run
 
-            run = Run.open(run)
+        run = as_run(run)
         return cls(interpret_dir(run, dict_id), run)
 
     @classmethod
