@@ -33,3 +33,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def state_items(o):
+    """Every key and leaf of a nested widget state / spec (dicts, lists, tuples), depth first: what the escaping
+    and blindness tests look through.  ``from conftest import state_items``."""
+    if isinstance(o, dict):
+        for k, v in o.items():
+            yield k
+            yield from state_items(v)
+    elif isinstance(o, (list, tuple)):
+        for v in o:
+            yield from state_items(v)
+    else:
+        yield o
+
+
+def state_strings(o):
+    """The strings among ``state_items(o)``."""
+    return (x for x in state_items(o) if isinstance(x, str))

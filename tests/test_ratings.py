@@ -21,6 +21,7 @@ from monosemantic.interpret.ratings import CRITERIA, MAX_TOTAL, RatingItem, Sess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 from widget_fixtures import HOSTILE, synthetic_unit  # noqa: E402
+from conftest import state_items, state_strings  # noqa: E402
 
 NAMES = [c.name for c in CRITERIA]
 
@@ -331,18 +332,6 @@ def test_open_session_draws_eligible_units_shuffled_and_resumes(stats_run):
     assert not {"unit", "kind", "source"} & set(vars(item))
 
 
-def _walk(o):
-    if isinstance(o, dict):
-        for k, v in o.items():
-            yield k
-            yield from _walk(v)
-    elif isinstance(o, (list, tuple)):
-        for v in o:
-            yield from _walk(v)
-    else:
-        yield o
-
-
 def test_widget_hides_the_unit_rates_through_messages_and_exports_the_reveal(stats_run, tmp_path):
     from monosemantic.widgets import RatingSession
 
@@ -351,7 +340,7 @@ def test_widget_hides_the_unit_rates_through_messages_and_exports_the_reveal(sta
     assert rs.position == 0 and rs.n_units == 6 and rs.criteria[0]["name"] == "confidence"
     # before the reveal no synced trait says what a unit is
     blind = {k: getattr(rs, k) for k in rs.keys if not k.startswith("_") and k not in ("layout", "tabbable", "tooltip")}
-    seen = list(_walk(blind))
+    seen = list(state_items(blind))
     assert "feature" not in seen and "neuron" not in seen and "unit" not in seen and blind["results"] == {}
     assert len(rs.item["panels"]["examples"]["groups"]) >= 1
     # the front-end's save message: saved in the run, next unit shown
@@ -389,7 +378,7 @@ def test_item_spec_makes_every_token_visible_and_the_page_keeps_it_text(tmp_path
     assert toks and set(toks) <= {display_token(t) for t in HOSTILE + ["pad"]}
     assert "⟨U+202E⟩evil⟨U+202C⟩" in toks and "nul␀byte" in toks and "↵" in toks
     assert set(logit_toks) == {display_token(t) for t in HOSTILE[:10]}
-    strings = [x for x in _walk(spec) if isinstance(x, str)]
+    strings = list(state_strings(spec))
     assert not any("\u202e" in x or "\x00" in x or "\n" in x for x in strings)
     page = write_static_page(tmp_path / "item.html", "rating", {"item": spec, "criteria": [], "revealed": False},
                              "item").read_text()

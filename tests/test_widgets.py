@@ -19,6 +19,7 @@ from monosemantic.widgets.html import display_token, escape_html, script_json, s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 from widget_fixtures import HOSTILE, PAGE_BREAKERS, SyntheticStats, hostile_exports, synthetic_unit  # noqa: E402
+from conftest import state_strings  # noqa: E402
 
 def test_display_token_makes_controls_visible():
     assert display_token("\n") == "↵" and display_token("\t") == "⇥" and display_token("\x00") == "␀"
@@ -202,18 +203,6 @@ def _scripts(page: str) -> list[tuple[dict, str]]:
     return p.out
 
 
-def _strings(o):
-    if isinstance(o, str):
-        yield o
-    elif isinstance(o, dict):
-        for k, v in o.items():
-            yield k
-            yield from _strings(v)
-    elif isinstance(o, (list, tuple)):
-        for v in o:
-            yield from _strings(v)
-
-
 def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     """Issue 11: ``<!--<script>`` in a token blanked the FeatureMap and SplittingTree pages.  On every widget's
     page the data blocks hold no ``<`` (so no ``<!--``, ``<script``, ``</script``) and no U+2028/9, the page has
@@ -233,7 +222,7 @@ def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
         module = scripts[2][1].lower()
         assert "<!--" not in module and "<script" not in module
         data = page_block(page, "ms-data")
-        strings = set(_strings(data))
+        strings = set(state_strings(data))
         assert shown & strings, f"{name}: no hostile string reached the page's data"
         modules = page_block(page, "ms-modules")
         esms = [v["esm"] for v in data["views"]]
@@ -252,7 +241,7 @@ def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     assert set(bstate["static_rows"]) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
     cards = {u: c for p in bstate["static_cards"]["A/1"]["packs"].values() for u, c in unpacked(p).items()}
     assert sorted(cards, key=int) == [str(r["unit"]) for r in sorted(rows, key=lambda r: r["unit"])]
-    assert shown & set(_strings(cards))
+    assert shown & set(state_strings(cards))
     assert rows and all(r["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]] for r in rows)
     card = page_state(pages["card"].read_text())["card"]
     assert card["panels"]["top"]["groups"][0]["seqs"][0]["tokens"][:2] == [display_token(t) for t in PAGE_BREAKERS[:2]]

@@ -19,6 +19,7 @@ from monosemantic.widgets.steering import SteeringPanel, result_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 from widget_fixtures import PAGE_BREAKERS, SyntheticStats  # noqa: E402
+from conftest import state_strings  # noqa: E402
 
 PROMPT = "def main(self):\n    return self.value"
 SAMPLING = dict(n_tokens=6, temperature=1.0, top_k=None, seed=3)
@@ -65,18 +66,6 @@ def _page_blocks(page: str) -> list[str]:
 
 def _state(page: str) -> dict:
     return json.loads(_page_blocks(page)[1])["views"][0]["state"]
-
-
-def _strings(o):
-    if isinstance(o, str):
-        yield o
-    elif isinstance(o, dict):
-        for k, v in o.items():
-            yield k
-            yield from _strings(v)
-    elif isinstance(o, (list, tuple)):
-        for v in o:
-            yield from _strings(v)
 
 
 # ---- SteeringPanel ------------------------------------------------------------------------------------------
@@ -235,7 +224,7 @@ def test_hostile_token_strings_stay_data_in_the_state_and_the_static_page(run_st
     bar_tokens = [b["token"] for b in p.result["bars"]]
     assert all(any(t.startswith(s) for s in shown) for t in bar_tokens)
     assert p.units[str(p.edits[0]["unit"])]["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]]
-    strs = "".join(_strings(p.result))                                 # line separators made visible
+    strs = "".join(state_strings(p.result))                                 # line separators made visible
     assert "\u2028" not in strs and "x⟨U+2028⟩y" in strs
     page = p.to_html(tmp_path / "steer.html").read_text(encoding="utf-8")
     blocks = _page_blocks(page)
@@ -246,7 +235,7 @@ def test_hostile_token_strings_stay_data_in_the_state_and_the_static_page(run_st
     assert "<!--" not in module and "<script" not in module
     state = _state(page)
     assert state["result"] == json.loads(json.dumps(p.result)) and state["edits"] == p.edits
-    assert any(s.startswith("<!--<script>") for s in _strings(state["result"]["bars"]))
+    assert any(s.startswith("<!--<script>") for s in state_strings(state["result"]["bars"]))
     assert "static_cards" not in state and "plotly" not in page[:5000].lower()
 
 
