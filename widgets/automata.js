@@ -177,12 +177,7 @@ function render({ model, el: root }) {
 
   draw();
   msOnTheme(root, draw);
-  let lastW = 0;
-  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
-    const w = Math.floor(box.clientWidth);
-    if (w && Math.abs(w - lastW) > 4) { lastW = w; draw(); }
-  }) : null;
-  if (ro) ro.observe(box);
+  const ro = msOnWidth(box, draw);
   const keys = ["nodes", "edges", "loops", "chains", "highlight", "only_paths", "selected_feature"];
   for (const k of keys) model.on(`change:${k}`, draw);
   return () => {

@@ -311,6 +311,20 @@ function msOnTheme(el, fn) {
   if (window.matchMedia) window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", fire);
 }
 
+// ---- redraw on a width change ----------------------------------------------------------------------------------
+// msOnWidth(el, fn): fn() whenever el's width changes by more than 4 px (a resized window, present mode); returns
+// the observer to disconnect (null where ResizeObserver is missing).
+function msOnWidth(el, fn) {
+  if (typeof ResizeObserver === "undefined") return null;
+  let lastW = 0;
+  const ro = new ResizeObserver(() => {
+    const w = Math.floor(el.clientWidth);
+    if (w && Math.abs(w - lastW) > 4) { lastW = w; fn(); }
+  });
+  ro.observe(el);
+  return ro;
+}
+
 // ---- pan and zoom of an SVG drawing ---------------------------------------------------------------------------
 // msPanZoom(box, stage, background, min, max): the wheel zooms around the pointer, a drag that starts on the
 // background (background(ev) true) pans; stage() is the <g> holding the drawing (redrawn freely: the transform is

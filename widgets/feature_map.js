@@ -279,12 +279,7 @@ function render({ model, el: root }) {
 
   load(); draw();
   msOnTheme(root, draw);
-  let lastW = 0;
-  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
-    const w = Math.floor(stage.clientWidth);
-    if (w && Math.abs(w - lastW) > 4) { lastW = w; view = null; draw(); }
-  }) : null;
-  if (ro) ro.observe(stage);
+  const ro = msOnWidth(stage, () => { view = null; draw(); });
   const reload = () => { load(); draw(); };
   for (const k of ["xs", "ys", "which", "idx", "cluster", "density"]) model.on(`change:${k}`, reload);
   model.on("change:color_by", draw);

@@ -273,12 +273,7 @@ function render({ model, el: root }) {
   }) : null;
   if (io) io.observe(box);
   // redraw when the box changes width (a resized window, present mode)
-  let lastW = 0;
-  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => {
-    const w = Math.floor(box.clientWidth);
-    if (w && Math.abs(w - lastW) > 4) { lastW = w; draw(); }
-  }) : null;
-  if (ro) ro.observe(box);
+  const ro = msOnWidth(box, draw);
   const keys = ["tree", "selected_feature", "error", "threshold", "root", "max_children", "hide_flagged"];
   for (const k of keys) model.on(`change:${k}`, draw);
   return () => {
