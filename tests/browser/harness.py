@@ -91,6 +91,8 @@ __all__ = [
     "console_messages",
     "ensure_browser_installed",
     "jupyter_lab",
+    "lab_over_run",
+    "page_over_exports",
     "run_notebook_in_lab",
     "save_screenshot",
     "shutdown_kernels",
@@ -446,6 +448,35 @@ def page_over_exports(tmp_path_factory, name: str, make_pages) -> Iterator[tuple
     try:
         with chromium_page(shots) as page:
             yield page, pages, shots
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy2(png, ARTIFACTS / png.name)
+
+
+RUN_COPY_IGNORE = ("analyses*", "scratch", "ckpt", "feature_stats", "neuron_stats", "exports")
+
+
+def lab_over_run(tiny_run, tmp_path_factory, name: str, notebooks=(), *, ignore=RUN_COPY_IGNORE,
+                 env: dict | None = None) -> Iterator[tuple[Path, Path, str, Any, Path]]:
+    """The body of a module-scoped ``lab`` fixture over notebooks: a folder with ``notebooks`` (names in
+    notebooks/, copied) and a copy of the session's finished tiny run without ``ignore`` (so the notebook computes
+    its statistics and analyses itself; its pipeline stages are all skipped), JupyterLab on the folder with the
+    tiny preset's environment (+ ``env``) and one Chromium page.  Yields ``(root, run_dir, base_url, page,
+    screenshot_dir)`` and copies the screenshots to ``ARTIFACTS`` at the end (whatever the tests did)."""
+    ensure_browser_installed()
+    root = tmp_path_factory.mktemp(f"lab{name}")
+    for nb in notebooks:
+        shutil.copy(REPO_ROOT / "notebooks" / nb, root / nb)
+    run_dir = tmp_path_factory.mktemp(f"run{name}") / "tiny"
+    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(*ignore))
+    full_env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
+                "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab", "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    shots = tmp_path_factory.mktemp(f"screenshots{name}")
+    try:
+        with jupyter_lab(root, env=full_env) as base_url, chromium_page(shots) as page:
+            yield root, run_dir, base_url, page, shots
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for png in shots.glob("*.png"):

@@ -8,7 +8,6 @@ Screenshots: <pytest tmp dir>/screenshots03 and artifacts/screenshots/ (git-igno
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,31 +18,15 @@ import harness  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = harness.REPO_ROOT
-ARTIFACTS = ROOT / "artifacts" / "screenshots"
 NB = "03_inspect_features.ipynb"
 
 
 @pytest.fixture(scope="module")
 def lab(tiny_run, tmp_path_factory):
-    harness.ensure_browser_installed()  # installs chromium/playwright when missing; fails if it can't
-    root = tmp_path_factory.mktemp("lab03")
-    shutil.copy(ROOT / "notebooks" / NB, root / NB)
-    # a copy of the session's tiny run: every pipeline stage is done, the notebook computes the statistics
-    # (the activation store travels too: run_pipeline verifies every finished stage's artifacts before it skips)
-    run_dir = root / "run"
-    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
-        "ckpt", "feature_stats", "neuron_stats", "exports", "scratch"))
-    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab"}
-    shots = tmp_path_factory.mktemp("screenshots03")
-    try:
-        with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
-            yield root, run_dir, base_url, page, shots
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    # a copy of the session's tiny run: every pipeline stage is done, the notebook computes the statistics (the
+    # activation store travels too: run_pipeline verifies every finished stage's artifacts before it skips)
+    yield from harness.lab_over_run(tiny_run, tmp_path_factory, "03", [NB],
+                                    ignore=("ckpt", "feature_stats", "neuron_stats", "exports", "scratch"))
 
 
 def _element_shot(page, locator, path: Path) -> None:

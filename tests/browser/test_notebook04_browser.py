@@ -7,7 +7,6 @@ Screenshots: <pytest tmp dir>/screenshots and artifacts/screenshots/ (git-ignore
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import harness  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ARTIFACTS = harness.REPO_ROOT / "artifacts" / "screenshots"
 NOTEBOOK = harness.REPO_ROOT / "notebooks" / "04_universality.ipynb"
 
 # fraction of the matrix canvas that is not white (it is blank until the kernel sends the image)
@@ -27,20 +25,10 @@ _INK_JS = f"() => ({harness.CANVAS_INK_JS})('.ms-matrix canvas.ms-canvas')"
 
 @pytest.fixture(scope="module")
 def lab(tiny_run, tmp_path_factory):
-    harness.ensure_browser_installed()
-    root = tmp_path_factory.mktemp("lab04")
-    run_dir = tmp_path_factory.mktemp("run04") / "tiny"
     # a finished tiny run, without analyses: the notebook computes them (its pipeline stages are all skipped)
-    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns("analyses*", "scratch"))
-    shutil.copy2(NOTEBOOK, root / NOTEBOOK.name)
-    shots = tmp_path_factory.mktemp("screenshots")
-    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
+    for root, run_dir, base_url, page, shots in harness.lab_over_run(tiny_run, tmp_path_factory, "04", [NOTEBOOK.name],
+                                                                     ignore=("analyses*", "scratch")):
         yield base_url, page, run_dir
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for png in shots.glob("*.png"):
-        shutil.copy2(png, ARTIFACTS / png.name)
 
 
 def _pair(page) -> tuple[int, int] | None:

@@ -9,7 +9,6 @@ Screenshots: <pytest tmp dir>/screenshots06 and artifacts/screenshots/ (git-igno
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from test_presenter_browser import CONTRAST_JS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = harness.REPO_ROOT
-ARTIFACTS = ROOT / "artifacts" / "screenshots"
 NB = "06_interpretability.ipynb"
 RATER = "lab-group"
 
@@ -33,24 +30,10 @@ _TEXT_JS = """(el) => { const c = el.cloneNode(true);
 
 @pytest.fixture(scope="module")
 def lab(tiny_run, tmp_path_factory):
-    harness.ensure_browser_installed()
-    root = tmp_path_factory.mktemp("lab06")
-    run_dir = tmp_path_factory.mktemp("run06") / "tiny"
     # a finished tiny run without statistics or analyses: the notebook computes them (its stages are all skipped)
-    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
-        "analyses*", "scratch", "ckpt", "feature_stats", "neuron_stats", "exports"))
-    shutil.copy(ROOT / "notebooks" / NB, root / NB)
-    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab", "MONOSEMANTIC_RATER": RATER,
-           "TOKENIZERS_PARALLELISM": "false"}
-    shots = tmp_path_factory.mktemp("screenshots06")
-    try:
-        with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
-            yield base_url, page, run_dir, shots
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    for root, run_dir, base_url, page, shots in harness.lab_over_run(tiny_run, tmp_path_factory, "06", [NB],
+                                                                     env={"MONOSEMANTIC_RATER": RATER}):
+        yield base_url, page, run_dir, shots
 
 
 def _wait_text(page, selector: str, text: str, timeout: int = 30_000) -> None:

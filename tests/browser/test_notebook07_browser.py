@@ -9,7 +9,6 @@ Screenshots: <pytest tmp dir>/screenshots07 and artifacts/screenshots/ (git-igno
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,8 +19,6 @@ import harness  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = harness.REPO_ROOT
-ARTIFACTS = ROOT / "artifacts" / "screenshots"
 NB = "07_interventions.ipynb"
 PANEL_NB = "steer_panel.ipynb"
 
@@ -47,24 +44,11 @@ panel.add(unit, mode="add", value=0.0)""",
 
 @pytest.fixture(scope="module")
 def lab(tiny_run, tmp_path_factory):
-    harness.ensure_browser_installed()
-    root = tmp_path_factory.mktemp("lab07")
-    shutil.copy(ROOT / "notebooks" / NB, root / NB)
-    harness.write_notebook(root / PANEL_NB, PANEL_CELLS)
     # a copy of the session's tiny run: every pipeline stage done, the notebooks compute statistics and automata
-    run_dir = root / "run"
-    shutil.copytree(tiny_run.root, run_dir, ignore=shutil.ignore_patterns(
-        "ckpt", "feature_stats", "neuron_stats", "exports", "scratch", "analyses*"))
-    env = {"MONOSEMANTIC_PRESET": "tiny", "MONOSEMANTIC_RUN": str(run_dir), "HF_HUB_OFFLINE": "1",
-           "TQDM_DISABLE": "1", "MONOSEMANTIC_PLOTLY_RENDERER": "jupyterlab", "OMP_NUM_THREADS": "1"}
-    shots = tmp_path_factory.mktemp("screenshots07")
-    try:
-        with harness.jupyter_lab(root, env=env) as base_url, harness.chromium_page(shots) as page:
-            yield root, run_dir, base_url, page, shots
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy2(png, ARTIFACTS / png.name)
+    for root, run_dir, base_url, page, shots in harness.lab_over_run(tiny_run, tmp_path_factory, "07", [NB],
+                                                                     env={"OMP_NUM_THREADS": "1"}):
+        harness.write_notebook(root / PANEL_NB, PANEL_CELLS)
+        yield root, run_dir, base_url, page, shots
 
 
 _CHART_JS = """(sel) => { const c = document.querySelector(sel + ' .ms-steer-chart');
