@@ -18,7 +18,8 @@ from monosemantic.widgets.heatmap import ActivationHeatmap
 from monosemantic.widgets.html import display_token, escape_html, script_json, static_page, unpacked
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
-from widget_fixtures import HOSTILE, PAGE_BREAKERS, SyntheticStats, hostile_exports, synthetic_unit  # noqa: E402
+from widget_fixtures import (HOSTILE, PAGE_BREAKERS, SyntheticStats, hostile_exports, page_block,  # noqa: E402
+                             page_scripts, page_state, synthetic_unit)
 from conftest import state_strings  # noqa: E402
 
 def test_display_token_makes_controls_visible():
@@ -48,16 +49,6 @@ class _Tags(html.parser.HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
-
-
-def page_block(page: str, block_id: str):
-    """The JSON data block ``block_id`` of a static page, decoded."""
-    return json.loads(page.split(f'id="{block_id}">', 1)[1].split("</script>", 1)[0])
-
-
-def page_state(page: str, view: int = 0) -> dict:
-    """The synced state of the page's ``view``-th widget (0: the exported widget, then its linked cards)."""
-    return page_block(page, "ms-data")["views"][view]["state"]
 
 
 def test_card_spec_is_data_with_escaped_tokens():
@@ -178,31 +169,6 @@ def test_static_page_cannot_be_broken_out_of(tmp_path):
         write_static_page(tmp_path / "card.png", "card", {"card": {}}, "t")
 
 
-def _scripts(page: str) -> list[tuple[dict, str]]:
-    """Every <script> element of a page as (attributes, raw text), split as an HTML parser does."""
-    class P(html.parser.HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.out, self._cur = [], None
-
-        def handle_starttag(self, tag, attrs):
-            if tag == "script":
-                self._cur = [dict(attrs), ""]
-
-        def handle_data(self, data):
-            if self._cur is not None:
-                self._cur[1] += data
-
-        def handle_endtag(self, tag):
-            if tag == "script" and self._cur is not None:
-                self.out.append(tuple(self._cur))
-                self._cur = None
-
-    p = P()
-    p.feed(page)
-    return p.out
-
-
 def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     """Issue 11: ``<!--<script>`` in a token blanked the FeatureMap and SplittingTree pages.  On every widget's
     page the data blocks hold no ``<`` (so no ``<!--``, ``<script``, ``</script``) and no U+2028/9, the page has
@@ -212,7 +178,7 @@ def test_every_static_export_keeps_page_breaking_strings_as_data(tmp_path):
     shown = {display_token(t) for t in PAGE_BREAKERS}
     for name, path in pages.items():
         page = path.read_text(encoding="utf-8")
-        scripts = _scripts(page)
+        scripts = page_scripts(page)
         assert [a for a, _ in scripts] == [{"type": "application/json", "id": "ms-modules"},
                                            {"type": "application/json", "id": "ms-data"}, {"type": "module"}], name
         for attrs, text in scripts[:2]:

@@ -1,6 +1,5 @@
 """SteeringPanel and AutomatonGraph: the synced state is what the library computes, errors reach the state,
 hostile token strings stay data, and the static pages carry no raw markup."""
-import html.parser
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from monosemantic.widgets.html import display_token
 from monosemantic.widgets.steering import SteeringPanel, result_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
-from widget_fixtures import PAGE_BREAKERS, SyntheticStats  # noqa: E402
+from widget_fixtures import PAGE_BREAKERS, SyntheticStats, page_scripts, page_state  # noqa: E402
 from conftest import state_strings  # noqa: E402
 
 PROMPT = "def main(self):\n    return self.value"
@@ -37,35 +36,6 @@ def run_stats(tiny_run):
 def panel(run_stats):
     run, stats, _ = run_stats
     return SteeringPanel(Steering.open(run, "A/1"), stats=stats, run=run, prompt=PROMPT, n_tokens=6, seed=3)
-
-
-def _page_blocks(page: str) -> list[str]:
-    """The raw text of every <script> of a page, split as an HTML parser does."""
-    class P(html.parser.HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.out, self._cur = [], None
-
-        def handle_starttag(self, tag, attrs):
-            if tag == "script":
-                self._cur = ""
-
-        def handle_data(self, data):
-            if self._cur is not None:
-                self._cur += data
-
-        def handle_endtag(self, tag):
-            if tag == "script" and self._cur is not None:
-                self.out.append(self._cur)
-                self._cur = None
-
-    p = P()
-    p.feed(page)
-    return p.out
-
-
-def _state(page: str) -> dict:
-    return json.loads(_page_blocks(page)[1])["views"][0]["state"]
 
 
 # ---- SteeringPanel ------------------------------------------------------------------------------------------
@@ -227,13 +197,13 @@ def test_hostile_token_strings_stay_data_in_the_state_and_the_static_page(run_st
     strs = "".join(state_strings(p.result))                                 # line separators made visible
     assert "\u2028" not in strs and "x⟨U+2028⟩y" in strs
     page = p.to_html(tmp_path / "steer.html").read_text(encoding="utf-8")
-    blocks = _page_blocks(page)
+    blocks = [text for _, text in page_scripts(page)]
     assert len(blocks) == 3
     for text in blocks[:2]:
         assert "<" not in text and ">" not in text and "\u2028" not in text
     module = blocks[2].lower()
     assert "<!--" not in module and "<script" not in module
-    state = _state(page)
+    state = page_state(page)
     assert state["result"] == json.loads(json.dumps(p.result)) and state["edits"] == p.edits
     assert any(s.startswith("<!--<script>") for s in state_strings(state["result"]["bars"]))
     assert "static_cards" not in state and "plotly" not in page[:5000].lower()
@@ -280,7 +250,7 @@ def test_the_graph_draws_find_automatas_edges_and_a_click_opens_the_card(run_sta
         g.highlight = f"loop:{len(g.loops)}"
     g.select("A/1", u)
     page = g.to_html(tmp_path / "auto.html").read_text(encoding="utf-8")
-    st = _state(page)
+    st = page_state(page)
     assert st["edges"] == json.loads(json.dumps(g.edges)) and st["selected_feature"] == ["A/1", u]
     from monosemantic.widgets.html import unpacked
 
@@ -304,8 +274,8 @@ def test_a_hostile_automaton_exports_as_data(tmp_path):
     assert g.feature_info("B/1", 4) is None
     g.highlight = "loop:1"
     page = g.to_html(tmp_path / "g.html").read_text(encoding="utf-8")
-    blocks = _page_blocks(page)
+    blocks = [text for _, text in page_scripts(page)]
     assert len(blocks) == 3 and all("<" not in b and "\u2028" not in b for b in blocks[:2])
-    st = _state(page)
+    st = page_state(page)
     assert st["highlight"] == "loop:1" and st["static_cards"] == {}
     assert st["nodes"][0]["top_tokens"] == [display_token(t) for t in PAGE_BREAKERS[:3]]

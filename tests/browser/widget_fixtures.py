@@ -5,6 +5,8 @@ Used by ``tests/test_widgets*.py`` (structure and round trip of the pages) and `
 """
 from __future__ import annotations
 
+import html.parser
+import json
 import sys
 from pathlib import Path
 
@@ -247,3 +249,40 @@ def presenter_exports(out: Path, n_units: int = 300) -> dict[str, Path]:
     fmap.select("A/1", 4)
     pages["map"] = fmap.to_html(out / "map.html")
     return pages
+
+
+# ---- reading a static page back -----------------------------------------------------------------------------
+
+def page_block(page: str, block_id: str):
+    """The JSON data block ``block_id`` of a static page, decoded."""
+    return json.loads(page.split(f'id="{block_id}">', 1)[1].split("</script>", 1)[0])
+
+
+def page_state(page: str, view: int = 0) -> dict:
+    """The synced state of the page's ``view``-th widget (0: the exported widget, then its linked cards)."""
+    return page_block(page, "ms-data")["views"][view]["state"]
+
+
+def page_scripts(page: str) -> list[tuple[dict, str]]:
+    """Every <script> element of a page as (attributes, raw text), split as an HTML parser does."""
+    class P(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.out, self._cur = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "script":
+                self._cur = [dict(attrs), ""]
+
+        def handle_data(self, data):
+            if self._cur is not None:
+                self._cur[1] += data
+
+        def handle_endtag(self, tag):
+            if tag == "script" and self._cur is not None:
+                self.out.append(tuple(self._cur))
+                self._cur = None
+
+    p = P()
+    p.feed(page)
+    return p.out
