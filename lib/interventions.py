@@ -283,6 +283,15 @@ class Steering:
         x_BTD = self.model.mlp_acts(tokens_BT)
         return x_BTD, Intervention(self.dictionary, self.check_edits(edits), keep_error)(x_BTD)
 
+    @torch.no_grad()
+    def unit_acts(self, prompt: str) -> np.ndarray:
+        """(T, U) activations of the steered units — the dictionary's features, or the neurons — on the prompt's
+        tokens (BOS dropped), float32: which units a prompt engages (the steering panel's picker)."""
+        x_TD = self.model.mlp_acts(self.tokens(prompt))[0, 1:]
+        if self.dictionary is not None:
+            x_TD = self.dictionary.encode(x_TD.to(self.dictionary.W_dec_FD.dtype))
+        return x_TD.float().numpy()
+
     # ---- measurements ---------------------------------------------------------------------------------------
     def effect(self, prompt: str, edits: Sequence[Edit | str] = (), k: int = 10, keep_error: bool = True) -> Effect:
         """Δ log-likelihood of each prompt token and the next-token change (top ``k`` raised / lowered)."""

@@ -84,6 +84,21 @@ def test_effect_reports_loglik_changes_and_next_token_shifts(steer):
     assert parse_edit("7=3").op == "clamp" and parse_edit("7=-3").op == "add" and parse_edit("7=ablate").op == "ablate"
 
 
+def test_unit_acts_are_the_prompts_activations_of_features_and_neurons(steer, tiny_run):
+    """What a prompt engages, from the Steering's own model and dictionary: the same numbers as the prompt query
+    (``prompt.prompt_activations``), for the features and for the neurons."""
+    from monosemantic.interventions import Steering
+    from monosemantic.prompt import prompt_activations
+
+    for st, source in ((steer, "A/1"), (Steering.open(tiny_run, "A"), "A")):
+        got = st.unit_acts(PROMPT)
+        want = prompt_activations(tiny_run, source, PROMPT).acts_TU
+        assert got.shape == want.shape and got.dtype == np.float32 and (got > 0).any()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="empty"):
+        steer.unit_acts("  ")
+
+
 def test_the_pinned_sampler_is_reproducible_for_a_seed(steer):
     pin = ["5=4"]
     a = steer.sample(PROMPT, pin, n_tokens=20, seed=3)

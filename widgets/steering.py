@@ -203,17 +203,11 @@ class SteeringPanel(MsWidget):
 
     def _active_units(self, k: int = 8) -> tuple[list[dict], dict[int, float]]:
         """The ``k`` units with the largest activation on the prompt, and each unit's largest there."""
-        import torch
-
         try:
-            tok = self._st.tokens(self.prompt)
+            a_TU = self._st.unit_acts(self.prompt)
         except ConfigError:
             return [], {}
-        with torch.no_grad():
-            a_TU = self._st.model.mlp_acts(tok)[0, 1:]
-            if self._st.dictionary is not None:
-                a_TU = self._st.dictionary.encode(a_TU.to(self._st.dictionary.W_dec_FD.dtype))
-        mx_U = a_TU.max(0).values.float().numpy()
+        mx_U = a_TU.max(0)
         self._prompt_max = {int(u): float(mx_U[u]) for u in np.nonzero(mx_U > 0)[0]}    # unit_info's fallback
         order = [int(u) for u in np.argsort(-mx_U, kind="stable")[:k] if mx_U[u] > 0]
         return [{"unit": u, "on_prompt": float(mx_U[u]), **self.unit_info(u)} for u in order], self._prompt_max
