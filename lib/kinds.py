@@ -134,9 +134,11 @@ class TopKDictionary(_OptionsMixin, Dictionary):
     The dead window is set in tokens.  Gao et al.'s 10M tokens is longer than a whole laptop-scale run (600 steps
     × 4096 = 2.5M tokens), so AuxK would never fire; by default the window is scaled to the run instead:
     ``dead_tokens = max(batch, dead_fraction × steps × batch)`` tokens, set by the trainer through
-    ``begin_training`` (5 % of the run: 123k tokens = 30 steps of the default preset; a latent silent that long
-    fires at < 1e-5).  Until a trainer has called ``begin_training`` (``loss`` called by hand) an unset window is
-    10M tokens.
+    ``begin_training`` (5 % of the run by default; the default preset sets 25 %, ``config.DEFAULT_TOPK``).  Too
+    short a window is harmful, not merely wasteful: a rare but live latent counted dead is trained by AuxK to fit
+    the residual, whose scale lies below the top-k threshold, so it never fires again (A/2 of the default run: 11,054
+    of 16,384 dead at 5 %, 741 at 25 %).  Until a trainer has called ``begin_training`` (``loss`` called by hand) an
+    unset window is 10M tokens.
 
     Options: ``k`` (required), ``k_aux`` (default d_in // 2; 256 for 512 neurons), ``aux_coefficient`` (1/32),
     ``dead_tokens`` (default: scaled to the run, see above; a number fixes it; 0 turns AuxK off),
