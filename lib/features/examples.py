@@ -8,7 +8,7 @@ import torch
 
 from ..io import atomic_path
 
-from ..sparse import linear_encoder, offsets, sampled_dots
+from ..sparse import SparseEncoder, linear_encoder, offsets, sampled_dots
 from .config import FeatureStatsConfig
 from .threads import pipelined
 
@@ -39,6 +39,8 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
     if linear:
         W_enc = sae.W_enc_DF.detach().float().contiguous()
         c_F = sae.b_enc_F.detach().float() - sae.b_dec_D.detach().float() @ W_enc
+    elif sae is not None:
+        encoder = SparseEncoder(sae, cfg.bf16)
     fwd = mlp_acts or model.mlp_acts
 
     def windows(i: int):  # in a worker thread: one batch of contexts
@@ -61,15 +63,15 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
             r_, c_ = torch.div(key, U, rounding_mode="floor"), key % U
             a = torch.relu(sampled_dots(offsets(r_, xf.shape[0]), c_, c_F.index_select(0, c_), xf, W_enc))[inv]
         elif sae is not None:
-            # a unit's activation depends on the whole token (TopK keeps k of F): encode each window token once
+            # a unit's activation depends on the whole token (TopK keeps k of F): encode each window token once,
+            # sparsely (the pass's own encoder: TopK's exact bf16 selection), then look each (token, unit) pair up
             rows, inv = torch.unique(flat_row, return_inverse=True)
-            a = torch.empty(len(flat_row), dtype=torch.float32)
-            step = max(1, (1 << 22) // U)
-            for c0 in range(0, len(rows), step):
-                with torch.no_grad():   # a worker thread: grad mode is per thread
-                    f = sae.encode(xf.index_select(0, rows[c0:c0 + step])).float()
-                m = (inv >= c0) & (inv < c0 + step)
-                a[m] = f[inv[m] - c0, u[m]]
+            r_, c_, v_ = encoder(xf.index_select(0, rows), inplace=True)   # sorted by row, then column
+            key, want = r_ * U + c_, inv * U + u
+            a = torch.zeros(len(want), dtype=torch.float32)
+            if len(key):
+                at = torch.searchsorted(key, want).clamp_(max=len(key) - 1)
+                a = torch.where(key.index_select(0, at) == want, v_.index_select(0, at).float(), a)
         else:
             a = xf[flat_row, u]
         a_out = np.where(valid, a.view(len(sel), W).numpy(), 0.0).astype(np.float32)
