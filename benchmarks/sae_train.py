@@ -99,9 +99,14 @@ def main() -> None:
                         "paper's ReLU + L1 (tm2023) against SAELens's standard SAE with matched λ")
     args = p.parse_args()
     if args.recipe == "default":
-        from monosemantic.config import preset
+        from monosemantic.config import fixed_dead_window, preset
 
-        ours_cfg = lambda D, F: replace(preset("default").dictionary("A/1").dictionary_config(D), d_sae=F)  # noqa: E731
+        # AuxK's dead window as long in tokens as the default run's A/1 has it (a share of this short benchmark
+        # would be a few steps, calling most latents dead, which the real run never does)
+        cfg = preset("default")
+        spec = cfg.dictionary("A/1")
+        spec = replace(spec, options=fixed_dead_window(spec, cfg.sae_train))
+        ours_cfg = lambda D, F: replace(spec.dictionary_config(D), d_sae=F)  # noqa: E731
     else:
         ours_cfg = lambda D, F: DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=args.l1)  # noqa: E731
 

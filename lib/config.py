@@ -429,12 +429,7 @@ def _tiny() -> RunConfig:
     )
 
 
-# The default preset's dictionaries (issue 10's recipe study).  dead_fraction 0.25, not the kind's 0.05: a window of
-# 5 % of a short run calls rare but live latents dead, and AuxK then trains them to fit the residual, whose scale is
-# far below the top-k threshold, so they never fire again.  Measured on the default stores, A/2 (16,384, 300 steps):
-# window 5 % → 11,054 dead of 16,384 at the end; 25 % → 741 (AuxK then never had a latent to revive: no latent was
-# silent for 75 steps), the same as AuxK off (761), at 1 % higher MSE and in 206 s instead of 362 s.
-DEFAULT_TOPK = {"k": 16, "lr_decay": 0.2, "dead_fraction": 0.25}
+DEFAULT_TOPK = {"k": 16, "lr_decay": 0.2}   # the default preset's dictionaries (issue 10's recipe study)
 
 
 def _kernels() -> RunConfig:
@@ -463,10 +458,15 @@ def _default() -> RunConfig:
         # 0.41); TopK (Gao et al. 2024: k active features per token, AuxK revival with a run-scaled dead window)
         # with the 2024 recipes' LR decay over the last 20 % has no low mode, L0 = k, and reconstructs better.
         # A/1 and B/1 get twice the tokens of the other sizes: universality is what grows with training.
+        # AuxK's dead window is about the same in tokens for A/1 (5 % of 1200 steps, 246k) and A/2 (a quarter of 300
+        # steps, 307k).  Shorter kills rare live latents: AuxK trains a latent it calls dead to fit the residual, whose
+        # scale lies below the top-k threshold, so it never fires again — A/2 at 5 % (61k tokens) ended with 11,054 of
+        # 16,384 dead, at 25 % with 741 (AuxK off: 761).  Longer revives too late: A/1 at 25 % (1.2M) ended with 284
+        # dead and an 824-feature low-density mode, against 30 and none at 5 % (benchmarks/dead_latents.py, README).
         dictionaries=[
             DictSpec("A/0", 512, 0.0, steps=500, kind="topk", options=dict(DEFAULT_TOPK)),
             DictSpec("A/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
-            DictSpec("A/2", 16384, 0.0, steps=300, kind="topk", options=dict(DEFAULT_TOPK)),
+            DictSpec("A/2", 16384, 0.0, steps=300, kind="topk", options=dict(DEFAULT_TOPK, dead_fraction=0.25)),
             DictSpec("B/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
         ],
         # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)
@@ -474,6 +474,18 @@ def _default() -> RunConfig:
         analyses=["compare:A/1~B/1", "features:A/1", "neurons:A", "splitting:A", "features:B/1", "features:A/0",
                   "features:A/2", "interpret:A/1"],
     )
+
+
+def fixed_dead_window(d: DictSpec, train: SAETrainConfig) -> dict:
+    """A TopK spec's options with its run-scaled AuxK window (``dead_fraction`` of its steps × batch, as
+    ``TopKDictionary.begin_training`` sets it) written out as ``dead_tokens``."""
+    from .kinds import TopKDictionary
+
+    opts = dict(d.options)
+    if d.kind in ("topk", "batchtopk") and opts.get("dead_tokens") is None:
+        frac = opts.pop("dead_fraction", TopKDictionary.OPTIONS["dead_fraction"].default)
+        opts["dead_tokens"] = TopKDictionary.scaled_dead_tokens(frac, d.steps or train.steps, train.batch_size)
+    return opts
 
 
 def _quality() -> RunConfig:
@@ -485,7 +497,10 @@ def _quality() -> RunConfig:
     cfg.preset = "quality"
     cfg.harvest = HarvestConfig(positions_per_context=64, rows=3_200_000)
     steps = {"A/0": 2000, "A/1": 4800, "A/2": 1200, "B/1": 4800}
-    cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], options=dict(d.options)) for d in cfg.dictionaries]
+    # AuxK's dead window stays the default's in tokens (what makes it right is how often a rare live latent fires,
+    # not the run's length; see _default): a share of 4× the steps would be 4× as long
+    cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], options=fixed_dead_window(d, cfg.sae_train))
+                        for d in cfg.dictionaries]
     return cfg
 
 

@@ -255,6 +255,29 @@ def test_topk_dead_window_is_a_share_of_the_run_unless_set():
         DictionaryConfig(d_in=16, d_sae=64, kind="topk", options={"k": 2, "dead_fraction": 0}).validate()
 
 
+def test_quality_preset_keeps_the_default_dead_windows_in_tokens():
+    """The quality preset trains 4× the steps; its AuxK windows are the default run's, in tokens (a share of the
+    longer run would be 4× as long, which revives too late), written out by ``config.fixed_dead_window``."""
+    from monosemantic.config import fixed_dead_window, preset
+
+    default, quality = preset("default"), preset("quality")
+    windows = {}
+    for d in default.dictionaries:
+        sae = make_dictionary(d.dictionary_config(default.model.d_mlp))
+        sae.begin_training(d.steps or default.sae_train.steps, default.sae_train.batch_size)
+        windows[d.id] = sae.dead_tokens
+    assert windows["A/1"] == round(0.05 * 1200 * 4096) and windows["A/2"] == round(0.25 * 300 * 4096)
+    for d in quality.dictionaries:
+        assert d.steps > default.dictionary(d.id).steps
+        sae = make_dictionary(d.dictionary_config(quality.model.d_mlp))
+        sae.begin_training(d.steps, quality.sae_train.batch_size)
+        assert sae.dead_tokens == windows[d.id], d.id
+    fixed = DictSpec("X/1", 64, 0.0, steps=10, kind="topk", options={"k": 2, "dead_tokens": 777})
+    assert fixed_dead_window(fixed, default.sae_train) == {"k": 2, "dead_tokens": 777}   # an explicit window stays
+    relu = DictSpec("X/1", 64, 1e-3)
+    assert fixed_dead_window(relu, default.sae_train) == {}                                # not a TopK kind
+
+
 def test_run_scaled_dead_window_fires_auxk_within_a_short_run():
     """A planted dead set (40 of 64 latents with tiny encoder columns never make the top k), 150 steps of 512
     tokens: Gao et al.'s 10M-token window is never reached in the run, so the set stays dead; the default window,

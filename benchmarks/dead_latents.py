@@ -1,0 +1,73 @@
+"""Dead latents of a TopK dictionary under variants of its AuxK setting (issue 10: why A/2 lost two thirds of them).
+
+    python benchmarks/dead_latents.py --run data/runs/default --dict A/2 window5 window25 noaux
+
+Each variant trains the run's dictionary ``--dict`` (its own config and schedule, on its transformer's store) with
+one option changed, then counts the latents that never fire on ``--rows`` store rows (the dead), the ones that fire
+once or twice there (ultralow), and prints the final training MSE, the training time and, every 30 steps, how many
+latents had been silent for the loop's window (the training log's ``dead_window``).  Dictionaries are written to
+``--out`` (default ``RUN/scratch/dead_latents``); a variant already trained there is reused.
+
+Variants: ``window5`` (AuxK's dead window 5 % of the run: the kind's default), ``window25`` (25 %: the default
+preset's, ``config.DEFAULT_TOPK``), ``noaux`` (AuxK off), ``aux1`` (AuxK weight 1 and k_aux 512, about Gao et al.'s
+normalised weight here).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monosemantic.runs import Run  # noqa: E402
+from monosemantic.sparse import SparseEncoder  # noqa: E402
+from monosemantic.train_sae import train_dictionary  # noqa: E402
+
+VARIANTS = {
+    "window5": {"dead_fraction": 0.05},
+    "window25": {"dead_fraction": 0.25},
+    "noaux": {"aux_coefficient": 0.0},
+    "aux1": {"aux_coefficient": 1.0, "k_aux": 512},
+}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    ap.add_argument("--run", default="data/runs/default")
+    ap.add_argument("--dict", default="A/2")
+    ap.add_argument("--rows", type=int, default=262_144, help="store rows the dead are counted on")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    run = Run.open(args.run)
+    spec = run.cfg.dictionary(args.dict)
+    if spec.kind not in ("topk", "batchtopk"):
+        raise SystemExit(f"{args.dict} is a {spec.kind!r} dictionary; this study varies AuxK, which TopK kinds have")
+    store = run.store(spec.transformer)
+    out = Path(args.out or Path(args.run) / "scratch" / "dead_latents")
+    train = replace(run.cfg.sae_train, steps=spec.steps or run.cfg.sae_train.steps)
+    x = store.sample(args.rows, seed=7)
+    for name in args.variants:
+        cfg = replace(spec.dictionary_config(run.cfg.model.d_mlp),
+                      options={**spec.options, **VARIANTS[name]}).validate()
+        t = time.time()
+        sae = train_dictionary(store, cfg, train, out_dir=out / args.dict.replace("/", "-") / name, seed=spec.seed,
+                               progress=False)
+        secs = time.time() - t
+        enc, fired = SparseEncoder(sae), torch.zeros(sae.d_sae, dtype=torch.long)
+        for i in range(0, x.shape[0], 8192):
+            fired += torch.bincount(enc(x[i:i + 8192])[1], minlength=sae.d_sae)
+        steps = [r for r in sae.train_log if "mse" in r]
+        print(json.dumps({"variant": name, "options": VARIANTS[name], "d_sae": sae.d_sae,
+                          "dead": int((fired == 0).sum()), "ultralow": int(((fired > 0) & (fired < 3)).sum()),
+                          "final_mse": round(steps[-1]["mse"], 5), "train_seconds": round(secs),
+                          "dead_window": [(r["step"], r.get("dead_window")) for r in steps][::30]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
