@@ -458,15 +458,15 @@ def _default() -> RunConfig:
         # 0.41); TopK (Gao et al. 2024: k active features per token, AuxK revival with a run-scaled dead window)
         # with the 2024 recipes' LR decay over the last 20 % has no low mode, L0 = k, and reconstructs better.
         # A/1 and B/1 get twice the tokens of the other sizes: universality is what grows with training.
-        # AuxK's dead window is about the same in tokens for A/1 (5 % of 1200 steps, 246k) and A/2 (a quarter of 300
-        # steps, 307k).  Shorter kills rare live latents: AuxK trains a latent it calls dead to fit the residual, whose
-        # scale lies below the top-k threshold, so it never fires again — A/2 at 5 % (61k tokens) ended with 11,054 of
-        # 16,384 dead, at 25 % with 741 (AuxK off: 761).  Longer revives too late: A/1 at 25 % (1.2M) ended with 284
-        # dead and an 824-feature low-density mode, against 30 and none at 5 % (benchmarks/dead_latents.py, README).
+        # AuxK's dead window stays the kind's 5 % of each run.  A/2 loses two thirds of its latents to it (a latent
+        # AuxK calls dead is trained to fit the residual, below the top-k threshold, and never fires again), but a
+        # quarter-run window only turns them into ~11k latents firing a handful of times on unrelated tokens, 1,681
+        # of them under one generic A/1 parent, with 4,808 instead of 4,443 features above 1e-4; and A/1 at 25 %
+        # ended with 284 dead and an 824-feature low mode against 30 and none (benchmarks/dead_latents.py, README).
         dictionaries=[
             DictSpec("A/0", 512, 0.0, steps=500, kind="topk", options=dict(DEFAULT_TOPK)),
             DictSpec("A/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
-            DictSpec("A/2", 16384, 0.0, steps=300, kind="topk", options=dict(DEFAULT_TOPK, dead_fraction=0.25)),
+            DictSpec("A/2", 16384, 0.0, steps=300, kind="topk", options=dict(DEFAULT_TOPK)),
             DictSpec("B/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
         ],
         # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)

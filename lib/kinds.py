@@ -134,11 +134,12 @@ class TopKDictionary(_OptionsMixin, Dictionary):
     The dead window is set in tokens.  Gao et al.'s 10M tokens is longer than a whole laptop-scale run (600 steps
     × 4096 = 2.5M tokens), so AuxK would never fire; by default the window is scaled to the run instead:
     ``dead_tokens = max(batch, dead_fraction × steps × batch)`` tokens, set by the trainer through
-    ``begin_training`` (5 % of the run: 246k tokens for the default preset's A/1).  Too short a window is harmful,
-    not merely wasteful: a rare but live latent counted dead is trained by AuxK to fit the residual, whose scale lies
-    below the top-k threshold, so it never fires again (the default's A/2, 300 steps: 11,054 of 16,384 dead at 5 %,
-    741 at 25 %); too long a window revives too late (A/1 at 25 %: 284 dead against 30).  Until a trainer has called
-    ``begin_training`` (``loss`` called by hand) an unset window is 10M tokens.
+    ``begin_training`` (5 % of the run: 246k tokens for the default preset's A/1).  A latent counted dead is
+    trained by AuxK to fit the residual, whose scale lies below the top-k threshold, so a short window keeps rare
+    latents silent for good (the default's A/2, 300 steps: 11,054 of 16,384 dead at 5 %, 741 at 25 % — but those
+    741 leave ~11k latents that fire a handful of times on unrelated tokens); a long one revives too late (A/1 at
+    25 %: 284 dead against 30).  Until a trainer has called ``begin_training`` (``loss`` called by hand) an unset
+    window is 10M tokens.
 
     Options: ``k`` (required), ``k_aux`` (default d_in // 2; 256 for 512 neurons), ``aux_coefficient`` (1/32),
     ``dead_tokens`` (default: scaled to the run, see above; a number fixes it; 0 turns AuxK off),

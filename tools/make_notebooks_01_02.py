@@ -85,10 +85,9 @@ $$f = \\mathrm{ReLU}(\\mathrm{TopK}_k(W_e \\bar x + b_e)),\\quad \\mathcal L = \
 + \\tfrac{1}{32}\\,\\mathrm{AuxK}$$
 
 — exactly $k = 16$ features per token (the paper's L0 target, by construction instead of by tuning λ), the encoder
-initialised to the decoder's transpose, features silent for about 250k tokens revived by AuxK (the $k_{aux}$ of
-them that best fit the residual get gradient; a much shorter window kills rare features: AuxK pulls them to the
-residual's small scale, below the top-k threshold), and the learning rate decayed to 0 over the last 20 % of steps.
-Below, the two side by side on the same activations."""),
+initialised to the decoder's transpose, features silent for 5 % of the run revived by AuxK (the $k_{aux}$ of them
+that best fit the residual get gradient), and the learning rate decayed to 0 over the last 20 % of steps. Below, the
+two side by side on the same activations."""),
     ("code", SETUP),
     ("md", """## Harvest activations
 
