@@ -56,13 +56,14 @@ def main(argv=None) -> None:
         cfg = replace(spec.dictionary_config(run.cfg.model.d_mlp),
                       options={**spec.options, **VARIANTS[name]}).validate()
         t = time.time()
-        sae = train_dictionary(store, cfg, train, out_dir=out / args.dict.replace("/", "-") / name, seed=spec.seed,
-                               progress=False)
+        where = out / args.dict.replace("/", "-") / name
+        sae = train_dictionary(store, cfg, train, out_dir=where, seed=spec.seed, progress=False)
         secs = time.time() - t
         enc, fired = SparseEncoder(sae), torch.zeros(sae.d_sae, dtype=torch.long)
         for i in range(0, x.shape[0], 8192):
             fired += torch.bincount(enc(x[i:i + 8192])[1], minlength=sae.d_sae)
-        steps = [r for r in sae.train_log if "mse" in r]
+        log = [json.loads(line) for line in (where / "train_log.jsonl").read_text().splitlines() if line.strip()]
+        steps = [r for r in log if "mse" in r]   # the whole log (sae.train_log holds only the last rows)
         print(json.dumps({"variant": name, "options": VARIANTS[name], "d_sae": sae.d_sae,
                           "dead": int((fired == 0).sum()), "ultralow": int(((fired > 0) & (fired < 3)).sum()),
                           "final_mse": round(steps[-1]["mse"], 5), "train_seconds": round(secs),
