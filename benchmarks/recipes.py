@@ -80,6 +80,9 @@ def study(run: Run, name: str, scale: float, args) -> dict:
     base_steps = spec.steps or cfg.sae_train.steps
     train = replace(cfg.sae_train, steps=max(1, int(round(base_steps * scale))))
     l1 = spec.l1_coefficient if args.l1 is None else args.l1
+    if l1 <= 0 and not name.startswith(("topk", "batchtopk")):
+        raise SystemExit(f"recipe {name} is an L1 recipe, but the run's A/1 has λ = {l1} (it is a {spec.kind} "
+                         f"dictionary); pass --l1, e.g. --l1 4e-3 (the tm2023 default before TopK)")
     dcfg = dictionary_config(name, cfg.model.d_mlp, args.d_sae, l1, args.k, spec.seed)
     row = {"recipe": name, "scale": scale, "steps": train.steps, "batch_size": train.batch_size,
            "d_sae": args.d_sae, "l1_coefficient": dcfg.l1_coefficient, "options": dcfg.options}
