@@ -480,11 +480,13 @@ def fixed_dead_window(d: DictSpec, train: SAETrainConfig) -> dict:
     """A TopK spec's options with its run-scaled AuxK window (``dead_fraction`` of its steps × batch, as
     ``TopKDictionary.begin_training`` sets it) written out as ``dead_tokens``."""
     from .kinds import TopKDictionary
+    from .registry import kind_class
 
     opts = dict(d.options)
-    if d.kind in ("topk", "batchtopk") and opts.get("dead_tokens") is None:
-        frac = opts.pop("dead_fraction", TopKDictionary.OPTIONS["dead_fraction"].default)
-        opts["dead_tokens"] = TopKDictionary.scaled_dead_tokens(frac, d.steps or train.steps, train.batch_size)
+    cls = kind_class(d.kind, d.recipe)
+    if issubclass(cls, TopKDictionary) and opts.get("dead_tokens") is None:   # any kind with TopK's AuxK window
+        frac = opts.pop("dead_fraction", cls.OPTIONS["dead_fraction"].default)
+        opts["dead_tokens"] = cls.scaled_dead_tokens(frac, d.steps or train.steps, train.batch_size)
     return opts
 
 
