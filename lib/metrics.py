@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .activations import as_float32
 from .config import EvalConfig
 from .sae import Dictionary
 from .sparse import SparseEncoder
@@ -136,7 +137,7 @@ def store_density(sae: Dictionary, store, rows: int, progress: bool = False) -> 
             take = min(chunk, len(acts) - j, rows - n)
             if take <= 0:
                 break
-            x = torch.from_numpy(np.asarray(acts[j:j + take], dtype=np.float32))
+            x = as_float32(acts[j:j + take])
             if enc is None:
                 fires += (sae.encode(x.to(dev)) > 0).sum(0)
             else:

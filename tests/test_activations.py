@@ -53,6 +53,18 @@ def test_reader_is_shuffled_without_replacement(tiny_run):
     assert len(np.unique(first)) > 100
 
 
+def test_reader_yields_the_stores_rows_exactly_as_float32(tiny_run):
+    store = tiny_run.store("A")
+    raw = np.concatenate([np.asarray(store.shard(i)[0]) for i in range(len(store.shards))])
+    assert raw.dtype == np.float16
+    rows = {r.tobytes() for r in raw.astype(np.float32)}     # the numpy cast: the reference
+    x = next(store.batches(1000, seed=3, buffer_shards=2))
+    assert x.dtype == torch.float32 and x.shape == (1000, store.d)
+    assert all(r.tobytes() in rows for r in x.numpy())       # torch's cast (as_float32) gives the same bits
+    s = store.sample(500, seed=1)
+    assert s.dtype == torch.float32 and all(r.tobytes() in rows for r in s.numpy())
+
+
 def test_reader_resume_skips_deterministically(tiny_run):
     store = tiny_run.store("A")
     it = store.batches(512, seed=1, buffer_shards=2)
