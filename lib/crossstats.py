@@ -94,8 +94,9 @@ def _col_sums(x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cols, vals = x.indices, x.data.astype(np.float64)
         return (np.bincount(cols, weights=vals, minlength=P), np.bincount(cols, weights=vals * vals, minlength=P),
                 np.bincount(cols[vals != 0], minlength=P).astype(np.int64))
-    xd = x.astype(np.float64)
-    return xd.sum(0), (xd * xd).sum(0), (x != 0).sum(0).astype(np.int64)
+    xd = torch.from_numpy(x).double()   # torch: numpy's float32 → float64 cast and column sums were 35 of compare's
+    return (xd.sum(0).numpy(), xd.square_().sum(0).numpy(),   # 150 s on the default run (its neurons' rows)
+            torch.from_numpy(x).ne(0).sum(0).numpy().astype(np.int64))
 
 
 def _nnz(x) -> np.ndarray:

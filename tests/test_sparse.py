@@ -95,3 +95,25 @@ def test_token_mass_top_tokens_match_brute_force_whatever_the_chunking_and_check
         np.testing.assert_array_equal(m.count, cnt)
     with pytest.raises(ValueError, match="expected"):
         TokenMass(U, V + 1).load_state_dict(one.state_dict())
+
+
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_encode_sparse_auto_takes_topk_fast_path_and_matches_dense(monkeypatch, bf16):
+    """A TopK dictionary as wide as the default's A/1 goes through ``topk_entries`` (not its dense ``encode``):
+    the default run's compare and splitting stages encode through this."""
+    import monosemantic.sparse as S
+    from monosemantic.sparse import FAST_MIN_FEATURES
+
+    monkeypatch.setenv("MONOSEMANTIC_FAST_BF16", bf16)
+    torch.manual_seed(0)
+    sae = make_dictionary(DictionaryConfig(d_in=32, d_sae=FAST_MIN_FEATURES, kind="topk", seed=3,
+                                           l1_coefficient=0.0, options={"k": 8}))
+    x = torch.relu(torch.randn(300, 32))
+    calls = []
+    orig = S.topk_entries
+    monkeypatch.setattr(S, "topk_entries", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    f = encode_sparse(sae, x)
+    assert calls, "auto did not pick the TopK fast path"
+    dense = sae.encode(x).detach().numpy()
+    assert f.shape == dense.shape and f.nnz == int((dense > 0).sum()) and 0 < f.nnz <= 8 * 300
+    np.testing.assert_allclose(f.toarray(), dense, rtol=1e-5, atol=1e-6)
