@@ -32,7 +32,8 @@ batch):
     backward  df_bj = 1[pre_bj > 0] dx̂_b · W_dec[j]  on S         sampled_addmm, row-major
               dW_dec, dW_enc, db_enc, db_dec, dx                as above, over S
     AuxK      on the dead latents' columns only: (x − b_dec) W_enc[:, dead] + b_enc[dead] and its top-k_aux per
-              row (the same exact selection), ê = z W_dec[dead] and its backward over the k_aux selected entries
+              row (the same exact selection; in bf16 from the main product's columns, ``topk_entries``' subset),
+              ê = z W_dec[dead] and its backward over the k_aux selected entries
 
 The step's firing record goes to the kind (``_record_sparse``) as its dense ``loss`` would.  ``"bf16"`` says
 whether TopK's selection took the bf16 product (never for BatchTopK).
@@ -130,7 +131,7 @@ from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
 from .sparse import (active_fp32, bf16_default, bf16_operand, bf16_operand_rows, candidates_bf16, csr_tensor,
-                     linear_encoder, offsets, sampled_dots, scratch, topk_entries)
+                     linear_encoder, offsets, sampled_dots, scratch, topk_entries, TOPK_SLACK)
 
 __all__ = ["fast_supported", "fast_loss", "make_adam", "bf16_default", "plan_step"]
 
@@ -356,6 +357,8 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
     and the same selection as the dense path, then a k-of-F decoder and backward; AuxK on the dead latents' columns
     only.  Records the step's firing statistics in the kind, as its ``loss`` does."""
     B, F = x.shape[0], sae.d_sae
+    k = min(int(sae.k), F)
+    aux_sel = None
     with torch.no_grad():
         xbar = x - sae.b_dec_D
         if per_batch:
@@ -370,12 +373,17 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
             if use_bf16:
                 Wa_KF = scratch("Wa16", (bf16_operand_rows(x.shape[1]), F), torch.bfloat16)
                 Wa, _ = bf16_operand(sae.W_enc_DF.detach(), sae.b_enc_F.detach(), out=Wa_KF)
-            fl, pre_sel, _ = topk_entries(xbar, sae.W_enc_DF.detach(), sae.b_enc_F.detach(), sae.k, Wa)
+            dead, k_aux = _aux_latents(sae)
+            if Wa is not None and k_aux and k + TOPK_SLACK < F:   # AuxK's selection from the same bf16 product
+                (fl, pre_sel, _), aux_sel = topk_entries(xbar, sae.W_enc_DF.detach(), sae.b_enc_F.detach(), sae.k,
+                                                         Wa, subset=(dead, k_aux))
+            else:
+                fl, pre_sel, _ = topk_entries(xbar, sae.W_enc_DF.detach(), sae.b_enc_F.detach(), sae.k, Wa)
         rows = torch.div(fl, F, rounding_mode="floor")
         cols = fl - rows * F
     mse, r = _FastTopKDecode.apply(x, sae.W_enc_DF, sae.b_enc_F, sae.W_dec_FD, sae.b_dec_D, xbar, rows, cols,
                                    pre_sel)
-    aux = _sparse_aux(sae, x, xbar, -r)
+    aux = _sparse_aux(sae, x, xbar, -r, aux_sel)
     with torch.no_grad():
         vals = pre_sel.detach().clamp_min(0.0)
         on = vals > 0
@@ -390,22 +398,28 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
             "f_BF": f, "l0": l0, "fired_F": fired, "bf16": use_bf16}
 
 
-def _sparse_aux(sae, x: torch.Tensor, xbar: torch.Tensor, e_BD: torch.Tensor) -> torch.Tensor:
+def _aux_latents(sae) -> tuple[torch.Tensor, int]:
+    """(ascending indices of the latents AuxK trains, k_aux); k_aux 0 when AuxK is off or nothing is dead."""
+    dead = sae.dead_latents().nonzero().view(-1)
+    k_aux = min(int(sae.opts["k_aux"]), dead.numel()) if sae.opts["aux_coefficient"] else 0
+    return dead, k_aux
+
+
+def _sparse_aux(sae, x: torch.Tensor, xbar: torch.Tensor, e_BD: torch.Tensor, sel=None) -> torch.Tensor:
     """TopK's AuxK term (``TopKDictionary.aux_loss``) on the dead latents' columns only: their pre-activations'
-    top k_aux per row (``sparse.topk_entries`` in fp32: at k_aux 256 the bf16 candidates need a slack of ~k/2 and
-    save nothing, measured), then the k_aux-of-n_dead decoder and backward of ``_FastTopKDecode`` without the
-    decoder bias — the dense path's other B × n_dead products (the scattered z, ê = z W_dec, their backward)
-    become B × k_aux ones."""
-    dead_F = sae.dead_latents()
-    n_dead = int(dead_F.sum())
-    k_aux = min(sae.opts["k_aux"], n_dead)
-    if k_aux == 0 or sae.opts["aux_coefficient"] == 0:
+    top k_aux per row, then the k_aux-of-n_dead decoder and backward of ``_FastTopKDecode`` without the decoder
+    bias — the dense path's other B × n_dead products (the scattered z, ê = z W_dec, their backward) become
+    B × k_aux ones.  The selection is ``sel`` when the main bf16 product gave it (``topk_entries``' ``subset``:
+    on the default run's A/2, with ~11k dead latents, an fp32 product over their columns cost 0.44 s a step),
+    else ``sparse.topk_entries`` in fp32."""
+    dead, k_aux = _aux_latents(sae)
+    if k_aux == 0:
         return x.new_zeros(())
-    dead = dead_F.nonzero().view(-1)
+    n_dead = dead.numel()
     W_enc, b_enc = sae.W_enc_DF.index_select(1, dead), sae.b_enc_F.index_select(0, dead)
     W_dec = sae.W_dec_FD.index_select(0, dead)
     with torch.no_grad():
-        fl, pre_sel, _ = topk_entries(xbar, W_enc.detach(), b_enc.detach(), k_aux)
+        fl, pre_sel, _ = sel if sel is not None else topk_entries(xbar, W_enc.detach(), b_enc.detach(), k_aux)
         rows = torch.div(fl, n_dead, rounding_mode="floor")
         cols = fl - rows * n_dead
     aux, _ = _FastTopKDecode.apply(e_BD.detach(), W_enc, b_enc, W_dec, sae.b_dec_D, xbar, rows, cols, pre_sel,

@@ -277,8 +277,8 @@ TOPK_SLACK = 16  # bf16 candidates per row beyond k (recomputed in fp32): rows w
 
 
 def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k: int,
-                 Wa_KF: torch.Tensor | None = None, slack: int = TOPK_SLACK
-                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                 Wa_KF: torch.Tensor | None = None, slack: int = TOPK_SLACK,
+                 subset: tuple[torch.Tensor, int] | None = None):
     """The k largest entries of each row of pre = x̄ W + b: (ascending flat indices into (N, F), their fp32
     values — pre-activations, before any ReLU — and the number of rows the bf16 check sent to the dense path).
 
@@ -289,12 +289,19 @@ def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k
     (``sampled_dots``); their top k is the row's true top k whenever its k-th value exceeds t_b + 2u|t_b|, t_b the
     smallest candidate bound — every other entry is ≤ its bound ≤ that.  Rows where it does not (near-ties across
     the margin; rare) are recomputed in fp32 and selected densely.  Same entries as fp32 up to exact ties.
-    """
+
+    ``subset = (cols_S, k_S)`` (bf16 only; ``cols_S`` ascending) also returns, as a second triple, the k_S largest entries of each row of
+    pre restricted to the columns ``cols_S`` (flat indices into (N, len(cols_S))), from the same bf16 product with
+    its own slack of max(``slack``, k_S / 2): TopK's AuxK over the dead latents, whose fp32 product over 11k
+    columns cost as much as the main one on the default run's A/2.  Dead latents' pre-activations bunch together,
+    so their bounds need the larger slack (measured: k_S/2 leaves ~4 % of rows to the dense check)."""
     N, F = xbar_ND.shape[0], W_DF.shape[1]
     k = min(int(k), F)
     m = k + int(slack)
     dense = Wa_KF is None or m >= F
     R = chunk_rows(N, F)
+    if subset is not None and dense:
+        raise ValueError("topk_entries: a subset selection shares the bf16 product; pass Wa_KF (and F > k + slack)")
     buf = scratch("pre32" if dense else "pre16", (R, F), torch.float32 if dense else torch.bfloat16)
     if dense:
         idx, vals = [], []
@@ -307,24 +314,63 @@ def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0
         fl, order = torch.cat(idx).sort()
         return fl, torch.cat(vals).index_select(0, order), 0
+    perm = None
+    if subset is not None:
+        cols_S, k_S = subset
+        S = int(cols_S.numel())
+        k_S = min(int(k_S), S)
+        m_S = min(S, k_S + max(int(slack), k_S // 2))
+        # the subset's columns last in the product, so its selection reads a column block in place (a gather of
+        # 11k strided columns per chunk cost 0.18 s a step at A/2)
+        rest = torch.ones(F, dtype=torch.bool)
+        rest[cols_S] = False
+        perm = torch.cat([rest.nonzero().view(-1), cols_S])
+        Wa_KF = Wa_KF.index_select(1, perm)
     xa = _bf16_lhs(xbar_ND, Wa_KF.shape[0])
-    cand_l, t_l = [], []
+    cand_l, t_l, cand_s, t_s = [], [], [], []
     for i in range(0, N, R):
         n = min(R, N - i)
-        ub, j = torch.mm(xa[i:i + n], Wa_KF, out=buf[:n]).topk(m, dim=-1, sorted=False)
-        t = ub.float().amin(-1)
-        t_l.append(t.add_(t.abs().mul_(2 * U_BF16)))
-        cand_l.append(j.sort(dim=-1).values)
-    j, t = torch.cat(cand_l), torch.cat(t_l)
-    # one sampled product over all rows, the encoder column-major (a row-major one is copied on every call)
+        pre16 = torch.mm(xa[i:i + n], Wa_KF, out=buf[:n])
+        ub, j = pre16.topk(m, dim=-1, sorted=False)
+        cand_l.append((j if perm is None else perm[j]).sort(dim=-1).values)
+        t_l.append(ub.float().amin(-1))
+        if perm is not None and k_S > 0:
+            ub, j = pre16[:, F - S:].topk(m_S, dim=-1, sorted=False)
+            cand_s.append(cols_S[j.sort(dim=-1).values])
+            t_s.append(ub.float().amin(-1))
     Wc = W_DF if W_DF.stride(0) == 1 else W_DF.t().contiguous().t()
+    main = _topk_of_candidates(xbar_ND, Wc, b_F, k, torch.cat(cand_l), torch.cat(t_l), R, F)
+    if subset is None:
+        return main
+    if k_S == 0 or N == 0:
+        return main, (torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0)
+    local = torch.full((F,), -1, dtype=torch.int64)
+    local[cols_S] = torch.arange(S)
+    fl, v, bad = _topk_of_candidates(xbar_ND, Wc, b_F, k_S, torch.cat(cand_s), torch.cat(t_s), R, F, cols_S)
+    rows = torch.div(fl, F, rounding_mode="floor")
+    fl_S = rows * S + local.index_select(0, fl - rows * F)    # global columns → positions in cols_S (order kept)
+    return main, (fl_S, v, bad)
+
+
+def _topk_of_candidates(xbar_ND, Wc, b_F, k: int, j: torch.Tensor, t: torch.Tensor, R: int, F: int,
+                        cols_S: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``topk_entries``' second half: the candidates ``j`` (N, m; columns, ascending per row) recomputed in fp32
+    by one sampled product (``Wc`` column-major), their top k, and the exact check against ``t`` (the smallest
+    candidate bound per row, before its 2u|t| widening); failing rows are selected densely over ``cols_S`` (all
+    columns when None)."""
+    N, m = j.shape
+    t = t.add_(t.abs().mul_(2 * U_BF16))
     cand = sampled_dots(torch.arange(0, N * m + 1, m), j.view(-1), b_F.index_select(0, j.view(-1)), xbar_ND,
                         Wc).view(N, m)
     v, p = cand.topk(k, dim=-1, sorted=False)
     j = j.gather(1, p)
     bad = (v.amin(-1) <= t).nonzero().view(-1)
-    for c in bad.split(R):  # the check failed: these rows' exact top k may hold a non-candidate
-        v[c], j[c] = torch.addmm(b_F, xbar_ND.index_select(0, c), W_DF).topk(k, dim=-1, sorted=False)
+    if len(bad):  # the check failed: these rows' exact top k may hold a non-candidate
+        W_S = Wc if cols_S is None else Wc.index_select(1, cols_S)
+        b_S = b_F if cols_S is None else b_F.index_select(0, cols_S)
+        for c in bad.split(R):
+            v[c], jj = torch.addmm(b_S, xbar_ND.index_select(0, c), W_S).topk(k, dim=-1, sorted=False)
+            j[c] = jj if cols_S is None else cols_S[jj]
     fl, order = j.add_((torch.arange(N) * F).unsqueeze(-1)).view(-1).sort()
     return fl, v.view(-1).index_select(0, order), int(bad.numel())
 

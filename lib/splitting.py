@@ -367,6 +367,35 @@ def _links_fingerprint(run, T: str, splitting: Splitting | None):
     return read_json(splitting_dir(run, T) / "links.fingerprint.json")
 
 
+def exact_knn(X: np.ndarray, k: int, metric: str = "cosine", chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances), each (N, k): every row's k nearest rows of ``X``, itself first at distance 0, under
+    UMAP's ``cosine`` (1 − cos) or ``euclidean`` metric — the ``precomputed_knn`` UMAP takes."""
+    import torch
+
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    if metric == "cosine":
+        Xt = torch.nn.functional.normalize(Xt, dim=1)
+    elif metric != "euclidean":
+        raise ConfigError(f"exact_knn supports the cosine and euclidean metrics, not {metric!r}")
+    sq = Xt.square().sum(1)
+    idx, dist = [], []
+    for i in range(0, len(Xt), chunk):
+        s = Xt[i:i + chunk] @ Xt.T        # similarity; euclidean: −‖a − b‖² up to the row's own constant
+        if metric == "euclidean":
+            s.mul_(2).sub_(sq)
+        rows = torch.arange(i, i + len(s))
+        s[torch.arange(len(s)), rows] = float("inf")     # itself first, whatever ties or rounding say
+        v, j = s.topk(k, dim=1)
+        if metric == "cosine":
+            d = (1 - v).clamp_min_(0)
+        else:
+            d = (sq[i:i + len(s), None] - v).clamp_min_(0).sqrt_()
+        d[:, 0] = 0
+        idx.append(j)
+        dist.append(d)
+    return torch.cat(idx).numpy().astype(np.int64), torch.cat(dist).numpy().astype(np.float32)
+
+
 def embed_and_cluster(X: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.05, metric: str = "cosine",
                       min_cluster_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(N, 2) UMAP embedding of the rows of ``X`` and HDBSCAN labels of the embedding (−1: noise)."""
@@ -379,8 +408,12 @@ def embed_and_cluster(X: np.ndarray, *, n_neighbors: int = 15, min_dist: float =
         import umap
 
         n = len(X)
-        reducer = umap.UMAP(n_neighbors=min(n_neighbors, max(2, n - 1)), min_dist=min_dist, metric=metric,
-                            random_state=seed, n_components=2)
+        k = min(n_neighbors, max(2, n - 1))
+        # the exact neighbours, from one chunked product: UMAP's own search (pynndescent) spent ~55 s of the
+        # default run's splitting stage compiling numba kernels, for an approximate answer
+        knn = exact_knn(X, k, metric) if metric in ("cosine", "euclidean") and n > k else None
+        reducer = umap.UMAP(n_neighbors=k, min_dist=min_dist, metric=metric, random_state=seed, n_components=2,
+                            **({"precomputed_knn": (*knn, None)} if knn is not None else {}))
         xy = reducer.fit_transform(X)
         mcs = min_cluster_size or max(5, n // 100)
         labels = HDBSCAN(min_cluster_size=mcs, copy=True).fit_predict(xy)

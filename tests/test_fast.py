@@ -375,6 +375,25 @@ def test_topk_entries_in_bf16_are_the_fp32_top_k(case):
         assert torch.equal(fl, fl.sort().values)
     assert (redone > 0) == (case == "near_ties") and redone <= N
     assert TOPK_SLACK > 0
+    # a second selection over a column subset (AuxK's dead latents) from the same bf16 product: the top k_S of
+    # each row among those columns, as flat indices into (N, S); with near-ties inside the subset, via the check
+    # (the near-tied columns differ by ~1e-6 relative, where fp32 rounding orders them: compare values there)
+    cols_S = torch.cat([torch.arange(0, 3 * k), torch.arange(100, 200)])
+    k_S = 4
+    (fl_m, v_m, _), (fl_s, v_s, redone_s) = topk_entries(x, W, b, k, bf16_operand(W, b)[0], subset=(cols_S, k_S))
+    assert torch.equal(fl_m, fl16) and torch.equal(v_m, v16)
+    pre_S = pre[:, cols_S]
+    assert fl_s.shape == (N * k_S,) and torch.equal(fl_s, fl_s.sort().values)
+    assert torch.equal((fl_s // len(cols_S)).view(N, k_S), torch.arange(N)[:, None].expand(N, k_S))
+    torch.testing.assert_close(v_s, pre_S.reshape(-1)[fl_s], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v_s.view(N, k_S).sort(-1, descending=True).values, pre_S.topk(k_S, dim=-1).values,
+                               rtol=1e-5, atol=1e-5)
+    if case == "random":
+        want_S = pre_S.topk(k_S, dim=-1).indices.sort(-1).values
+        assert torch.equal((fl_s % len(cols_S)).view(N, k_S), want_S)
+    assert (redone_s > 0) == (case == "near_ties")
+    with pytest.raises(ValueError, match="shares the bf16 product"):
+        topk_entries(x, W, b, k, subset=(cols_S, k_S))
 
 
 def test_sparse_encoder_of_a_topk_dictionary_equals_its_dense_encode():

@@ -254,6 +254,25 @@ def test_umap_clusters_and_feature_map(tiny_run):
     assert len(back) == len(df) and list(back["idx"]) == list(df["idx"])
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_knn_matches_brute_force(metric):
+    from scipy.spatial.distance import cdist
+
+    from monosemantic.splitting import exact_knn
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 24)).astype(np.float32)
+    idx, dist = exact_knn(X, 7, metric, chunk=64)          # several chunks
+    full = cdist(X.astype(np.float64), X.astype(np.float64), metric)
+    assert idx.shape == dist.shape == (300, 7)
+    assert (idx[:, 0] == np.arange(300)).all() and (dist[:, 0] == 0).all()
+    ref = np.sort(full, axis=1)[:, :7]
+    np.testing.assert_allclose(dist[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(full, idx, 1)[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="cosine and euclidean"):
+        exact_knn(X, 3, "manhattan")
+
+
 def test_edge_selection_in_row_blocks_equals_the_whole_matrix():
     from monosemantic.splitting import _select_edges
 
