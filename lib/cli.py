@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", nargs="*", default=None, help="only these stages (e.g. dictionary:A/1)")
     r.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default: the preset's, auto)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--jobs", default="auto", help="stages run at once, each in its own process on its share of the "
+                   "cores (default auto: 2 on a CPU with ≥ 2 cores, 1 on a GPU; 1: one after another, with "
+                   "progress bars)")
     t = sub.add_parser("train-dictionary", help="train + evaluate one dictionary of a run (works under torchrun)")
     t.add_argument("dir")
     t.add_argument("dict_id", help="e.g. A/1")
@@ -124,7 +127,7 @@ def _dispatch(args) -> int:
         if args.device:
             cfg.device = args.device
         cfg.validate()
-        run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet)
+        run = run_pipeline(args.out, cfg, stages=args.stages, progress=not args.quiet, jobs=args.jobs)
         print(json.dumps(run.summary(), indent=2))
         return 0
     if args.cmd == "train-dictionary":

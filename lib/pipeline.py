@@ -3,10 +3,17 @@
 ``run_pipeline`` runs every stage not yet done, in order; a stage killed half-way is re-entered and resumes
 from its own checkpoints (transformer and dictionary training, activation shards).  Each stage writes its
 outputs atomically and is marked done only after they exist.
+
+``jobs=2`` runs two stages at once, each in its own process with half the cores, as soon as the stages it reads
+(``stage_deps``) are done: transformers A and B together, then their harvests, A's dictionaries beside B's, the
+analyses beside each other.  A stage's step on one core runs at ~0.64 of its speed on two (measured: the
+transformer's 0.32 against 0.20 s, A/1's 0.25 against 0.16 s), so two at once finish ~25 % sooner.
 """
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -271,11 +278,124 @@ def train_dictionary_stage(root: str | Path, dict_id: str, device: str | None = 
     return run
 
 
+def stage_deps(run: Run, stage: str) -> list[str]:
+    """The stages whose outputs ``stage`` reads: what a parallel run waits for before it starts ``stage``.  An
+    analysis kind this table does not know waits for every stage before it (the safe answer)."""
+    kind, _, arg = stage.partition(":")
+    dicts = {d.id: d for d in run.cfg.dictionaries}
+
+    def side(x: str) -> str:   # a dictionary id, or a transformer (its neurons: "A", "A/neurons")
+        return f"dictionary:{x}" if x in dicts else f"transformer:{x.split('/')[0]}"
+
+    if stage == "corpus":
+        return []
+    if stage == "tokenize":
+        return ["corpus"]
+    if kind == "transformer":
+        return ["tokenize"]
+    if kind == "harvest":
+        return [f"transformer:{arg}"]
+    if kind == "dictionary" and arg in dicts:
+        return [f"harvest:{dicts[arg].transformer}"]
+    if kind in ("features", "interpret") and arg in dicts:
+        return [f"dictionary:{arg}"]
+    if kind == "neurons":
+        return [f"transformer:{arg}"]
+    if kind == "compare" and "~" in arg:
+        return [side(x) for x in arg.split("~")]
+    if kind == "splitting":
+        return [f"dictionary:{i}" for i, d in dicts.items() if d.transformer == arg]
+    stages = run.stages()
+    return stages[:stages.index(stage)] if stage in stages else stages
+
+
+def resolve_jobs(jobs: int | str, device: str = "cpu") -> int:
+    """``jobs`` as a number: ``"auto"`` is 2 on a CPU with at least two cores (each stage then computes on half of
+    them; see the module docstring), 1 on a GPU (one device: its stages take turns)."""
+    if jobs == "auto":
+        return 2 if resolve_device(device).type == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    try:
+        n = int(jobs)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"jobs must be a positive number or 'auto', got {jobs!r}")
+    return n
+
+
+def _stage_in_worker(root: str, stage: str, threads: int, cfg: dict) -> float:
+    """One stage of a parallel run, in a worker process: ``threads`` intra-op threads, the parent's config (its
+    device included), no progress bars (the parent reports), the stage's status marked as in ``_run_stage``.
+    Returns its seconds."""
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    try:
+        _run_stage(Run(Path(root), RunConfig.from_dict(cfg)), stage, False, lambda _: None)
+    except BaseException as e:
+        try:
+            pickle.loads(pickle.dumps(e))   # what the parent will receive
+        except Exception:
+            raise RuntimeError(f"{stage}: {type(e).__name__}: {e}") from None
+        raise
+    return time.time() - t0
+
+
+def _run_parallel(run: Run, todo: list[str], jobs: int, log: Callable[[str], None], heartbeat: float = 60.0,
+                  executor=None) -> None:
+    """Run ``todo`` (in stage order) ``jobs`` at a time, each stage once its ``stage_deps`` are done, the earliest
+    ready stage first.  A failed stage stops new starts; the running ones finish (their work is kept), then its
+    error is raised — its status stays "running", so the next invocation resumes it, as in a sequential run."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing as mp
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    cfg = run.cfg.to_dict()
+    ex = executor or ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+    pending, running, error = list(todo), {}, None
+    total = len(run.stages())
+    try:
+        while pending or running:
+            if error is None:
+                for s in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if all(run.is_done(d) for d in stage_deps(run, s)):
+                        pending.remove(s)
+                        prev = run.status()[s].get("status")
+                        log(f"[monosemantic] {s}: {'resuming' if prev == 'running' else 'starting'}")
+                        running[ex.submit(_stage_in_worker, str(run.root), s, threads, cfg)] = (s, time.time())
+            if not running:
+                if error is None and pending:
+                    raise ConfigError(f"stages {pending} need stages that are not done and not asked for: "
+                                      f"{sorted({d for s in pending for d in stage_deps(run, s) if not run.is_done(d)})}")
+                break
+            done, _ = wait(list(running), timeout=heartbeat, return_when=FIRST_COMPLETED)
+            if not done:
+                n_done = sum(r.get("status") == "done" for r in run.status().values())
+                log(f"[monosemantic] running {', '.join(f'{s} ({time.time() - t0:.0f}s)' for s, t0 in running.values())}"
+                    f"; {n_done} of {total} stages done")
+            for f in done:
+                s, t0 = running.pop(f)
+                try:
+                    f.result()
+                    log(f"[monosemantic] {s}: done in {time.time() - t0:.1f}s")
+                except BaseException as e:
+                    log(f"[monosemantic] {s}: failed ({type(e).__name__})")
+                    error = error or e
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+    if error is not None:
+        raise error
+
+
 def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Run:
+                 log: Callable[[str], None] = print, jobs: int | str = 1) -> Run:
     """Run (or resume) every stage of ``cfg`` in ``root``.  ``stages`` restricts to those names (with their
     prerequisites already done).  One process at a time per run directory (``Run.lock``); finished stages whose
-    artifacts turn out corrupt are rebuilt."""
+    artifacts turn out corrupt are rebuilt.  ``jobs`` > 1 (or ``"auto"``, see ``resolve_jobs``) runs that many
+    stages at once, in worker processes (module docstring); their progress comes as a line a minute."""
     resolve_device(cfg.device)  # a device this machine lacks is refused before anything is written
     run = Run.create(root, cfg)
     all_stages = run.stages()
@@ -283,16 +403,23 @@ def run_pipeline(root: str | Path, cfg: RunConfig, stages: list[str] | None = No
         bad = [s for s in stages if s not in all_stages]
         if bad:
             raise ConfigError(f"unknown stages {bad}; this run has {all_stages}")
+    jobs = resolve_jobs(jobs, cfg.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with run.lock():
         rebuilt = _rebuild_corrupt(run, log)
         if stages:  # a prerequisite found corrupt is rebuilt before the stages asked for
             stages = rebuilt + list(stages)
+        todo = []
         for s in all_stages:
             if stages and s not in stages:
                 continue
             if run.is_done(s):
                 log(f"[monosemantic] {s}: done, skipped")
                 continue
-            _run_stage(run, s, progress, log)
+            todo.append(s)
+        if jobs > 1 and len(todo) > 1:
+            _run_parallel(run, todo, jobs, log)
+        else:
+            for s in todo:
+                _run_stage(run, s, progress, log)
     return run

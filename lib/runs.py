@@ -180,12 +180,19 @@ class Run:
         return self.status().get(stage, {}).get("status") == "done"
 
     def mark(self, stage: str, status: str, **extra) -> None:
-        st = self._status_file()
-        rec = {**st.get(stage, {}), "status": status, **extra}
-        if status == "done":
-            rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        st[stage] = rec
-        atomic_write_json(self.root / "status.json", st)
+        """Set ``stage``'s record; a locked read-modify-write (``io.update_json``), so the stage processes of a
+        parallel run (``run_pipeline(jobs=2)``) never lose each other's marks."""
+        from .io import update_json
+
+        def edit(_):
+            st = self._status_file()   # read under the lock, with its own errors for a corrupt file
+            rec = {**st.get(stage, {}), "status": status, **extra}
+            if status == "done":
+                rec["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            st[stage] = rec
+            return st
+
+        update_json(self.root / "status.json", edit, {})
 
     # ---- artifacts --------------------------------------------------------------------------------------
     @cached_property

@@ -106,7 +106,7 @@ def test_killed_run_resumes(tmp_path):
     """SIGKILL the CLI in the middle of a stage, then run the same command again: it finishes, skipping what
     was done and resuming the killed stage from its checkpoint."""
     out = tmp_path / "run"
-    cmd = CLI + ["run", "--preset", "tiny", "--out", str(out), "--quiet"]
+    cmd = CLI + ["run", "--preset", "tiny", "--out", str(out), "--quiet", "--jobs", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             start_new_session=True)
     ckpt = out / "transformers/B/ckpt/progress.json"
@@ -129,6 +129,130 @@ def test_killed_run_resumes(tmp_path):
     assert all(v["status"] == "done" for v in s["stages"].values())
     log = Run.open(out).train_log("B")
     assert [r["step"] for r in log] == list(range(1, 61))  # every step logged exactly once across the kill
+
+
+def test_stage_deps_of_the_default_preset():
+    from monosemantic.pipeline import stage_deps
+
+    run = Run(Path("/nonexistent"), preset("default"))
+    deps = {s: stage_deps(run, s) for s in run.stages()}
+    assert deps["corpus"] == [] and deps["transformer:B"] == ["tokenize"] and deps["harvest:B"] == ["transformer:B"]
+    assert deps["dictionary:A/2"] == ["harvest:A"] and deps["dictionary:B/1"] == ["harvest:B"]
+    assert deps["compare:A/1~B/1"] == ["dictionary:A/1", "dictionary:B/1"]
+    assert deps["splitting:A"] == ["dictionary:A/0", "dictionary:A/1", "dictionary:A/2"]
+    assert deps["neurons:A"] == ["transformer:A"] and deps["interpret:A/1"] == ["dictionary:A/1"]
+    order = run.stages()
+    assert all(order.index(d) < order.index(s) for s in order for d in deps[s])   # never after the stage
+    assert stage_deps(run, "unknownkind:x") == order                          # unknown: wait for everything
+
+
+def _fake_parallel(tmp_path, monkeypatch, fail=None, jobs=2):
+    """The scheduler over the default preset's stages, with a stage that sleeps and marks itself done, in threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monosemantic import pipeline
+
+    run = Run.create(tmp_path / "run", preset("default"))
+    events, lock = [], threading.Lock()
+
+    def fake(root, s, threads, cfg):
+        with lock:
+            events.append(("start", s, time.time()))
+        time.sleep(0.05 if s.startswith("dictionary") else 0.01)
+        if s == fail:
+            raise ValueError(f"{s} broke")
+        with lock:   # before the mark: the scheduler may start a dependent stage as soon as it sees "done"
+            events.append(("end", s, time.time()))
+        Run.open(root).mark(s, "done")
+        return 0.0
+
+    monkeypatch.setattr(pipeline, "_stage_in_worker", fake)
+    lines = []
+    todo = run.stages()
+    err = None
+    try:
+        pipeline._run_parallel(run, todo, jobs, lines.append, executor=ThreadPoolExecutor(jobs))
+    except ValueError as e:
+        err = e
+    return run, events, lines, err
+
+
+def test_parallel_scheduler_waits_for_deps_and_runs_at_most_jobs(tmp_path, monkeypatch):
+    from monosemantic.pipeline import stage_deps
+
+    run, events, lines, err = _fake_parallel(tmp_path, monkeypatch)
+    assert err is None
+    assert all(r["status"] == "done" for r in run.status().values())
+    ends = {s: t for e, s, t in events if e == "end"}
+    starts = {s: t for e, s, t in events if e == "start"}
+    assert set(starts) == set(run.stages())
+    for s in run.stages():
+        assert all(ends[d] <= starts[s] for d in stage_deps(run, s)), s
+    live, peak = 0, 0
+    for e, _, _ in sorted(events, key=lambda x: x[2]):
+        live += 1 if e == "start" else -1
+        peak = max(peak, live)
+    assert peak == 2                                                        # two at once, never three
+    assert abs(starts["transformer:A"] - starts["transformer:B"]) < 0.05     # A and B together
+    assert sum("starting" in ln for ln in lines) == len(run.stages())
+
+
+def test_parallel_failure_lets_the_running_stage_finish_and_starts_nothing_new(tmp_path, monkeypatch):
+    run, events, lines, err = _fake_parallel(tmp_path, monkeypatch, fail="dictionary:A/0")
+    assert isinstance(err, ValueError) and "dictionary:A/0 broke" in str(err)
+    st = run.status()
+    started = [s for e, s, _ in events if e == "start"]
+    assert st["dictionary:A/0"]["status"] == "pending"       # the fake never marked it; a real stage says "running"
+    # the stage running beside it finished; nothing started after the failure was seen
+    assert all(st[s]["status"] == "done" for s in started if s != "dictionary:A/0")
+    assert "compare:A/1~B/1" not in started and any("failed (ValueError)" in ln for ln in lines)
+
+
+def test_parallel_cli_run_is_killed_and_resumes(tmp_path):
+    """Two transformers train at once in worker processes; SIGKILL the CLI's process group while one is mid-training
+    (the other has started too), then the same command resumes it from its checkpoint, every step logged once."""
+    out = tmp_path / "run"
+    stages = ["corpus", "tokenize", "transformer:A", "transformer:B", "harvest:A", "harvest:B"]
+    cmd = CLI + ["run", "--preset", "tiny", "--out", str(out), "--quiet", "--jobs", "2", "--stages"] + stages
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    ckpts = [out / f"transformers/{t}/ckpt/progress.json" for t in "AB"]
+
+    def mid_training(c):   # a checkpoint short of the last step (60): that transformer is still training
+        try:
+            return 0 < json.loads(c.read_text())["step"] < 60
+        except (OSError, ValueError, KeyError):
+            return False
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any(mid_training(c) for c in ckpts):
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = json.loads((out / "status.json").read_text())
+    killed = [t for t in "AB" if status[f"transformer:{t}"]["status"] == "running"]
+    assert killed and all(status[f"transformer:{t}"]["status"] in ("running", "done") for t in "AB")
+    assert "started_at" in status["transformer:A"] and "started_at" in status["transformer:B"]   # both had started
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(f"transformer:{t}: resuming" in res.stdout for t in killed)
+    run = Run.open(out)
+    assert all(run.is_done(s) for s in stages)
+    for t in "AB":
+        assert [r["step"] for r in run.train_log(t)] == list(range(1, 61))
+    assert len(run.store("A")) > 0 and len(run.store("B")) > 0
+
+
+def test_jobs_must_be_a_positive_number_or_auto():
+    from monosemantic.pipeline import resolve_jobs
+
+    assert resolve_jobs("auto", "cpu") == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert resolve_jobs(3) == 3
+    for bad in (0, "two", -1):
+        with pytest.raises(ConfigError, match="jobs must be a positive number or 'auto'"):
+            resolve_jobs(bad)
 
 
 def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
