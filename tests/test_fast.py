@@ -303,10 +303,19 @@ def test_training_after_an_analysis_under_inference_mode(monkeypatch):
                                           ("batchtopk", {"k": 2.5, "k_aux": 4, "dead_tokens": 10})])
 @pytest.mark.parametrize("B,D,F", [(64, 24, 80), (5, 3, 7)])
 @pytest.mark.parametrize("bf16", MODES)
-def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F, bf16):
+@pytest.mark.parametrize("shared_aux", [False, True])
+def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F, bf16, shared_aux, monkeypatch):
     """Same loss, mse, aux (on a dead set, so AuxK is on), activations, firing record and gradients — TopK's
-    selection in bf16 too (exact: ``sparse.topk_entries``); BatchTopK's stays fp32."""
+    selection in bf16 too (exact: ``sparse.topk_entries``); BatchTopK's stays fp32.  ``shared_aux``: AuxK's
+    selection from the main bf16 product (the path of many dead latents, ``AUX_SHARED_MIN_DEAD``) or its own."""
+    import monosemantic.fast as fast_mod
     from monosemantic.fast import fast_form
+
+    monkeypatch.setattr(fast_mod, "AUX_SHARED_MIN_DEAD", 1 if shared_aux else 10 ** 9)
+    subsets = []
+    orig = fast_mod.topk_entries
+    monkeypatch.setattr(fast_mod, "topk_entries",
+                        lambda *a, **kw: subsets.append(kw.get("subset") is not None) or orig(*a, **kw))
 
     sae = make_dictionary(DictionaryConfig(d_in=D, d_sae=F, kind=kind, options=options))
     g = torch.Generator().manual_seed(3)
@@ -322,6 +331,8 @@ def test_topk_fast_step_equals_the_dense_step(kind, options, B, D, F, bf16):
     sf = sae._step_stats
     assert of["bf16"] is (bf16 and kind == "topk")
     assert options.get("dead_tokens") is None or float(od["aux"]) > 0
+    took_shared = bf16 and kind == "topk" and shared_aux and "dead_tokens" in options and options["k"] + 16 < F
+    assert any(subsets) is took_shared
     for k in ("loss", "mse", "sparsity", "aux"):
         assert float(of[k]) == pytest.approx(float(od[k]), rel=1e-5, abs=1e-7), k
     f_dense = od["f_BF"].detach()

@@ -146,6 +146,22 @@ def test_stage_deps_of_the_default_preset():
     assert stage_deps(run, "unknownkind:x") == order                          # unknown: wait for everything
 
 
+def test_critical_path_starts_the_longest_chains_first():
+    from monosemantic.pipeline import critical_path, stage_cost, stage_deps
+
+    run = Run(Path("/nonexistent"), preset("default"))
+    todo = run.stages()
+    path = critical_path(run, todo)
+    # a chain's length is its stages' costs: A/2 then its statistics is the longest after the harvests
+    assert path["features:A/2"] == stage_cost(run, "features:A/2")
+    assert path["dictionary:A/2"] == pytest.approx(stage_cost(run, "dictionary:A/2") + path["features:A/2"])
+    assert path["dictionary:A/2"] > path["dictionary:A/1"] > path["dictionary:B/1"] > path["dictionary:A/0"]
+    assert path["features:A/2"] > path["splitting:A"] > path["features:A/1"]
+    assert stage_cost(run, "dictionary:A/2") == pytest.approx(300 * 4096 * 16384 / 1e9)      # steps × batch × F
+    assert stage_cost(run, "features:A/1") == pytest.approx(1_000_000 * 4096 / 1e9)           # tokens × F
+    assert all(path[d] > path[s] for s in todo for d in stage_deps(run, s))   # what a stage reads comes first
+
+
 def _fake_parallel(tmp_path, monkeypatch, fail=None, jobs=2):
     """The scheduler over the default preset's stages, with a stage that sleeps and marks itself done, in threads."""
     import threading
@@ -195,6 +211,7 @@ def test_parallel_scheduler_waits_for_deps_and_runs_at_most_jobs(tmp_path, monke
         peak = max(peak, live)
     assert peak == 2                                                        # two at once, never three
     assert abs(starts["transformer:A"] - starts["transformer:B"]) < 0.05     # A and B together
+    assert starts["dictionary:A/2"] <= starts["dictionary:A/1"] <= starts["dictionary:A/0"]   # longest chain first
     assert sum("starting" in ln for ln in lines) == len(run.stages())
 
 
