@@ -52,7 +52,7 @@ def test_sigkill_inside_every_stage_then_resume(seed, tiny_run, tmp_path):
     seeded random delay.  Then one last resume finishes the run."""
     rng = random.Random(seed)
     root = tmp_path / "run"
-    cmd = CLI + ["run", "--preset", "tiny", "--out", str(root), "--quiet"]
+    cmd = CLI + ["run", "--preset", "tiny", "--out", str(root), "--quiet", "--jobs", "1"]   # stage by stage
     killed_in = []
     for stage in Run(root, preset("tiny")).stages():
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
