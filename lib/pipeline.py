@@ -385,8 +385,9 @@ def _stage_in_worker(root: str, stage: str, threads: int, cfg: dict) -> float:
 def _run_parallel(run: Run, todo: list[str], jobs: int, log: Callable[[str], None], heartbeat: float = 60.0,
                   executor=None) -> None:
     """Run ``todo`` (in stage order) ``jobs`` at a time, each stage once its ``stage_deps`` are done, the ready
-    stage with the longest chain ahead of it first (``critical_path``; ties in stage order).  A failed stage stops new starts; the running ones finish (their work is kept), then its
-    error is raised — its status stays "running", so the next invocation resumes it, as in a sequential run."""
+    stage with the longest chain ahead of it first (``critical_path``; ties in stage order).  A failed stage stops
+    new starts; the running ones finish (their work is kept), then its error is raised — its status stays
+    "running", so the next invocation resumes it, as in a sequential run."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing as mp
 
@@ -409,14 +410,14 @@ def _run_parallel(run: Run, todo: list[str], jobs: int, log: Callable[[str], Non
                         running[ex.submit(_stage_in_worker, str(run.root), s, threads, cfg)] = (s, time.time())
             if not running:
                 if error is None and pending:
-                    raise ConfigError(f"stages {pending} need stages that are not done and not asked for: "
-                                      f"{sorted({d for s in pending for d in stage_deps(run, s) if not run.is_done(d)})}")
+                    missing = sorted({d for s in pending for d in stage_deps(run, s) if not run.is_done(d)})
+                    raise ConfigError(f"stages {pending} need stages that are not done and not asked for: {missing}")
                 break
             done, _ = wait(list(running), timeout=heartbeat, return_when=FIRST_COMPLETED)
             if not done:
                 n_done = sum(r.get("status") == "done" for r in run.status().values())
-                log(f"[monosemantic] running {', '.join(f'{s} ({time.time() - t0:.0f}s)' for s, t0 in running.values())}"
-                    f"; {n_done} of {total} stages done")
+                now = ", ".join(f"{s} ({time.time() - t0:.0f}s)" for s, t0 in running.values())
+                log(f"[monosemantic] running {now}; {n_done} of {total} stages done")
             for f in done:
                 s, t0 = running.pop(f)
                 try:

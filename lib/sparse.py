@@ -290,11 +290,12 @@ def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k
     smallest candidate bound — every other entry is ≤ its bound ≤ that.  Rows where it does not (near-ties across
     the margin; rare) are recomputed in fp32 and selected densely.  Same entries as fp32 up to exact ties.
 
-    ``subset = (cols_S, k_S)`` (bf16 only; ``cols_S`` ascending) also returns, as a second triple, the k_S largest entries of each row of
-    pre restricted to the columns ``cols_S`` (flat indices into (N, len(cols_S))), from the same bf16 product with
-    its own slack of max(``slack``, k_S / 2): TopK's AuxK over the dead latents, whose fp32 product over 11k
-    columns cost as much as the main one on the default run's A/2.  Dead latents' pre-activations bunch together,
-    so their bounds need the larger slack (measured: k_S/2 leaves ~4 % of rows to the dense check)."""
+    ``subset = (cols_S, k_S)`` (bf16 only; ``cols_S`` ascending) also returns, as a second triple, the k_S largest
+    entries of each row of pre restricted to the columns ``cols_S`` (flat indices into (N, len(cols_S))), from the
+    same bf16 product with its own slack of max(``slack``, k_S / 2): TopK's AuxK over the dead latents, whose fp32
+    product over 11k columns cost as much as the main one on the default run's A/2.  Dead latents'
+    pre-activations bunch together, so their bounds need the larger slack (measured: k_S/2 leaves ~4 % of rows to
+    the dense check)."""
     N, F = xbar_ND.shape[0], W_DF.shape[1]
     k = min(int(k), F)
     m = k + int(slack)

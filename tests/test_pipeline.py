@@ -299,3 +299,16 @@ def test_analysis_stages_write_stats_and_universality(tiny_run, tmp_path):
         bad = preset("tiny")
         bad.analyses = ["compare:A/1"]
         bad.validate()
+
+
+def test_parallel_run_of_stages_whose_inputs_are_missing_is_a_clear_error(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monosemantic import pipeline
+
+    run = Run.create(tmp_path / "run", preset("default"))
+    with pytest.raises(ConfigError, match=r"need stages that are not done and not asked for: \['harvest:A', "
+                                          r"'harvest:B'\]"):
+        pipeline._run_parallel(run, ["dictionary:A/1", "dictionary:B/1"], 2, lambda _: None,
+                               executor=ThreadPoolExecutor(2))
+    assert run.status()["dictionary:A/1"]["status"] == "pending"        # nothing was started
