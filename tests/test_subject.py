@@ -28,6 +28,45 @@ def test_splice_identity_and_zero_ablation():
     assert not torch.allclose(m.loss_mlp_zero_ablated(toks), clean)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_loss_matches_transformer_lens_and_its_gradient_autograd(autocast):
+    """``SubjectModel.loss`` (``next_token_loss``'s hand-written backward) against TransformerLens's own loss: the
+    same value, per token too, and the same parameter gradients as autograd through the plain formula — in fp32 and
+    under the bf16 autocast the transformer trains with."""
+    from monosemantic.subject import next_token_loss
+
+    m = SubjectModel.build(ModelConfig(d_model=32, d_mlp=64, n_heads=2, d_head=16, n_ctx=16), 100, seed=0)
+    toks = torch.randint(0, 100, (5, 16), generator=torch.Generator().manual_seed(0))
+
+    def grads(loss_fn):
+        for p in m.parameters():
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn()
+        loss.float().backward()
+        return float(loss), [p.grad.clone() for p in m.parameters()]
+
+    def plain():   # log-probs in fp32, gathered at the next token: the formula, through autograd
+        lp = m.model(toks, return_type="logits")[:, :-1].float().log_softmax(-1)
+        return -lp.gather(2, toks[:, 1:, None]).mean()
+
+    v, g = grads(lambda: m.loss(toks))
+    v_ref, g_ref = grads(plain)
+    assert v == pytest.approx(v_ref, rel=1e-6)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 if not autocast else 1e-4)
+    with torch.no_grad():
+        tl = m.model(toks, return_type="loss", loss_per_token=True)
+        ours = m.loss(toks, per_token=True)
+        assert ours.shape == tl.shape == (5, 15)
+        assert torch.allclose(ours, tl, atol=1e-5)
+        assert float(m.loss(toks)) == pytest.approx(float(m.model(toks, return_type="loss")), rel=1e-6)
+        lg = torch.randn(2, 4, 7, dtype=torch.bfloat16)   # any float dtype; the grad comes back in it
+    lg.requires_grad_(True)
+    next_token_loss(lg, torch.randint(0, 7, (2, 4))).backward()
+    assert lg.grad.dtype == torch.bfloat16 and (lg.grad[:, -1] == 0).all()
+
+
 def test_pretrained_code_path_offline(monkeypatch):
     """`from_pretrained` wraps whatever TransformerLens returns; offline we hand it a locally built gelu-1l-shaped
     model and check the adapter finds the hook, the width and the tokenizer, and that a dictionary trains on it."""
