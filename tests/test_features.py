@@ -413,11 +413,14 @@ def test_correlated_neurons_against_numpy(tiny_run):
         np.testing.assert_allclose(sub["corr"], np.sort(c)[::-1][:3], atol=1e-4)
 
 
-def test_example_windows_of_a_topk_dictionary_are_its_own_activations(tiny_run):
+@pytest.mark.parametrize("kept_codes", [False, True])
+def test_example_windows_of_a_topk_dictionary_are_its_own_activations(tiny_run, kept_codes):
     """TopK keeps k of F per token, so a window's activations are ``sae.encode`` of each window token (not the
-    unit's ReLU pre-activation, which is what the sampled-dot path of a ReLU dictionary computes)."""
+    unit's ReLU pre-activation, which is what the sampled-dot path of a ReLU dictionary computes) — encoded again,
+    or read from the codes the statistics pass kept (``PassCodes``, handed its chunks out of order here)."""
     from monosemantic import DictionaryConfig, make_dictionary
-    from monosemantic.features.examples import example_windows
+    from monosemantic.features.examples import PassCodes, example_windows
+    from monosemantic.sparse import SparseEncoder
 
     cfg = FeatureStatsConfig(n_tokens=N_TOK, batch_contexts=16)
     split = tiny_run.split(cfg.split)
@@ -431,7 +434,21 @@ def test_example_windows_of_a_topk_dictionary_are_its_own_activations(tiny_run):
     g = np.sort(rng.choice(len(f), 300, replace=False))
     u = rng.integers(0, 256, 300)
     u[:150] = f[g[:150]].argmax(1)    # half the examples at a unit that fires there (the lookup's hits)
-    t_out, a_out, centre = example_windows(cfg, g, u, ctx, split, model, sae, progress=False)
+    codes = None
+    if kept_codes:
+        codes, enc = PassCodes(256), SparseEncoder(sae)
+        with torch.no_grad():
+            x = model.mlp_acts(toks)[:, 1:].reshape(-1, model.d_mlp)
+        chunks = list(range(0, len(x), 500))
+        for c0 in chunks[::-1]:
+            r, c, v = enc(x[c0:c0 + 500].clone())
+            codes.add(c0, r, c, v)
+        codes = codes.finish()
+        assert codes.key.numel() == int((f > 0).sum())
+        small = PassCodes(256, max_bytes=12 * 100)     # past its budget the cache gives up: the windows encode
+        small.add(0, *enc(x[:500].clone()))
+        assert small.finish() is None
+    t_out, a_out, centre = example_windows(cfg, g, u, ctx, split, model, sae, progress=False, codes=codes)
     assert (a_out[np.arange(150), centre[:150].astype(int)] > 0).all()
     body = split.body
     for i in range(300):

@@ -12,13 +12,61 @@ from ..sparse import SparseEncoder, linear_encoder, offsets, sampled_dots
 from .config import FeatureStatsConfig
 from .threads import pipelined
 
-__all__ = ["example_entries", "example_windows", "write_examples"]
+__all__ = ["PassCodes", "example_entries", "example_windows", "write_examples"]
+
+
+class PassCodes:
+    """Every (token, unit, activation) a statistics pass encoded, kept for its example windows.
+
+    A TopK feature's activation depends on the whole token (k of F win), so without these the windows encode every
+    window token again: most of the pass's tokens, 154 of features:A/2's 339 s (1 thread) on the default run.  The
+    pass hands each chunk here in token order (``add``); ``lookup`` answers (token, unit) pairs by a binary search
+    in the ascending keys token · U + unit.  Entries past ``max_bytes`` (12 bytes each: the paper preset's 10M
+    tokens × 131k features would not fit) make the pass drop the cache, and the windows encode as before."""
+
+    def __init__(self, n_units: int, max_bytes: int = 1 << 30):
+        self.U, self.max_entries = int(n_units), max_bytes // 12
+        self.n, self._chunks = 0, []
+        self.full = False
+
+    def add(self, g0: int, rows_E: torch.Tensor, cols_E: torch.Tensor, vals_E: torch.Tensor) -> None:
+        """One chunk's entries, sorted by row then column; its rows are tokens g0, g0 + 1, … of the set."""
+        if self.full:
+            return
+        self.n += int(cols_E.numel())
+        if self.n > self.max_entries:
+            self.full, self._chunks = True, []
+            return
+        key = (rows_E.to(torch.int64) + int(g0)) * self.U + cols_E.to(torch.int64)
+        self._chunks.append((int(g0), key, vals_E.to(torch.float32).clone()))
+
+    def finish(self) -> "PassCodes | None":
+        """The cache, ready for ``lookup``; None when it overflowed."""
+        if self.full:
+            return None
+        self._chunks.sort(key=lambda c: c[0])
+        self.key = torch.cat([c[1] for c in self._chunks]) if self._chunks else torch.zeros(0, dtype=torch.int64)
+        self.val = torch.cat([c[2] for c in self._chunks]) if self._chunks else torch.zeros(0)
+        self._chunks = []
+        if self.key.numel() > 1 and not bool((self.key[1:] > self.key[:-1]).all()):
+            raise ValueError("PassCodes: chunks overlap or are not sorted by token, then unit")
+        return self
+
+    def lookup(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The activation of unit ``u`` on token ``g`` of the set, for each pair (0 where it did not fire)."""
+        want = g.to(torch.int64) * self.U + u.to(torch.int64)
+        a = torch.zeros(want.numel(), dtype=torch.float32)
+        if self.key.numel():
+            at = torch.searchsorted(self.key, want).clamp_(max=self.key.numel() - 1)
+            a = torch.where(self.key.index_select(0, at) == want, self.val.index_select(0, at), a)
+        return a
+
 
 def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray, split, model, sae, progress,
-                     mlp_acts=None, workers: int = 1):
+                     mlp_acts=None, workers: int = 1, codes: PassCodes | None = None):
     """Token ids and unit activations in a window around each example token (re-running the model only on
-    the contexts that hold an example).  Returns (tokens (n, W) int32 with −1 padding, acts (n, W) float32,
-    centre index (n,))."""
+    the contexts that hold an example; ``codes``, the pass's own encodings of the token set, when it kept them).
+    Returns (tokens (n, W) int32 with −1 padding, acts (n, W) float32, centre index (n,))."""
     from tqdm.auto import tqdm
 
     body, n_ctx = split.body, split.n_ctx
@@ -36,7 +84,9 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
     offs = np.arange(-Wb, Wa + 1)
     U = sae.d_sae if sae is not None else model.d_mlp
     linear = sae is not None and linear_encoder(sae)   # f = ReLU(x W + c) per unit: sampled dots suffice
-    if linear:
+    if codes is not None:
+        linear = False
+    elif linear:
         W_enc = sae.W_enc_DF.detach().float().contiguous()
         c_F = sae.b_enc_F.detach().float() - sae.b_dec_D.detach().float() @ W_enc
     elif sae is not None:
@@ -48,14 +98,18 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
         lo, hi = np.searchsorted(ks, kb[0], "left"), np.searchsorted(ks, kb[-1], "right")
         sel = order[lo:hi]
         toks = split.contexts(ctx_idx[kb])
-        x = fwd(torch.from_numpy(toks).to(model.device)).float().cpu()              # (b, n_ctx, D)
         local = np.searchsorted(kb, k[sel])
         p = pos[sel][:, None] + offs[None, :]                                        # (m, W)
         valid = (p >= 1) & (p < n_ctx)
         pc = np.clip(p, 1, n_ctx - 1)
         t_out = np.where(valid, toks[local[:, None], pc], -1).astype(np.int32)
-        flat_row = torch.from_numpy((local[:, None] * n_ctx + pc).reshape(-1))       # token rows of x
         u = torch.from_numpy(np.repeat(ex_u[sel].astype(np.int64), W))
+        if codes is not None:   # the pass's own activations: token pc of context kb[local] is set token kb·body + pc − 1
+            g = torch.from_numpy((kb[local][:, None] * body + pc - 1).reshape(-1))
+            a_out = np.where(valid, codes.lookup(g, u).view(len(sel), W).numpy(), 0.0).astype(np.float32)
+            return sel, t_out, a_out
+        x = fwd(torch.from_numpy(toks).to(model.device)).float().cpu()              # (b, n_ctx, D)
+        flat_row = torch.from_numpy((local[:, None] * n_ctx + pc).reshape(-1))       # token rows of x
         xf = x.reshape(-1, x.shape[-1])
         if linear:
             # only the (token, unit) pairs the windows need: a sampled matmul over their unique pairs
@@ -108,8 +162,8 @@ def example_entries(res: dict, cfg: FeatureStatsConfig) -> dict[str, np.ndarray]
 
 
 def write_examples(out: Path, cfg: FeatureStatsConfig, n_units: int, ex: dict[str, np.ndarray],
-                   ctx_idx: np.ndarray, split, model, sae, progress: bool, mlp_acts=None, workers: int = 1
-                   ) -> None:
+                   ctx_idx: np.ndarray, split, model, sae, progress: bool, mlp_acts=None, workers: int = 1,
+                   codes: PassCodes | None = None) -> None:
     """Write ``examples.parquet`` (one row per example with its window, row groups of ``row_group_units``
     units)."""
     import pyarrow as pa
@@ -117,7 +171,7 @@ def write_examples(out: Path, cfg: FeatureStatsConfig, n_units: int, ex: dict[st
 
     body = split.body
     win_tok, win_act, centre = example_windows(cfg, ex["g"], ex["unit"], ctx_idx, split, model, sae, progress,
-                                               mlp_acts, workers)
+                                               mlp_acts, workers, codes)
     win_act[np.arange(len(ex["g"])), centre.astype(np.int64)] = ex["act"]  # the pass's own value at the centre
     ex_ctx = ctx_idx[ex["g"] // body]
     ex_pos = (ex["g"] % body + 1).astype(np.int16)

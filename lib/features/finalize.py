@@ -16,11 +16,12 @@ __all__ = ["finalize"]
 
 
 def finalize(run, out: Path, source: str, cfg: FeatureStatsConfig, res: dict, ctx_idx: np.ndarray, split, model,
-             sae, fingerprint: dict, progress: bool, mlp_acts=None, workers: int = 1) -> dict:
-    """Write examples.parquet and units.parquet; return the meta record (the caller writes meta.json)."""
+             sae, fingerprint: dict, progress: bool, mlp_acts=None, workers: int = 1, codes=None) -> dict:
+    """Write examples.parquet and units.parquet; return the meta record (the caller writes meta.json).  ``codes``:
+    the pass's kept encodings (``examples.PassCodes``), which the example windows then read."""
     U = len(res["count"])
     ex = example_entries(res, cfg)
-    write_examples(out, cfg, U, ex, ctx_idx, split, model, sae, progress, mlp_acts, workers)
+    write_examples(out, cfg, U, ex, ctx_idx, split, model, sae, progress, mlp_acts, workers, codes)
 
     ultralow_threshold = run.cfg.eval.ultralow_density
     cols = {**activation_columns(res, ultralow_threshold), **domain_columns(res)}

@@ -17,9 +17,10 @@ import torch
 from ..corpus import DOMAINS
 from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_json, file_sha, read_json
-from ..sparse import SparseEncoder, positive_entries
+from ..sparse import SparseEncoder, linear_encoder, positive_entries
 from .accumulator import StatsAccumulator
 from .config import STATS_VERSION, FeatureStatsConfig, stats_config
+from .examples import PassCodes
 from .finalize import finalize
 from .loading import FeatureStats, stats_dir
 from .threads import intra_op_threads, pipelined, worker_count
@@ -107,15 +108,17 @@ def compute_stats(run, source: str, cfg: FeatureStatsConfig | None = None, progr
     mlp_acts = model.mlp_acts_function(torch.from_numpy(split.contexts(ctx_idx[:8])).to(model.device))
     workers = worker_count(cfg.workers, mlp_acts)
     t_start = time.time()
+    # a TopK-like encoder's windows need whole tokens encoded: keep the pass's codes, when it covers every token
+    codes = PassCodes(sae.d_sae) if sae is not None and not linear_encoder(sae) and done_ctx == 0 else None
     done_ctx = _accumulate(acc, cfg, source, split, ctx_idx, done_ctx, model, mlp_acts, sae, workers,
-                           lambda done: _save_state(state_path, acc, done, fingerprint), progress)
+                           lambda done: _save_state(state_path, acc, done, fingerprint), progress, codes)
     pass_seconds = time.time() - t_start
     if pass_seconds > cfg.checkpoint_seconds:  # a kill during the windows/tables step resumes there
         _save_state(state_path, acc, done_ctx, fingerprint)
     t1 = time.time()
     with intra_op_threads(1):
         meta = finalize(run, out, source, cfg, acc.results(), ctx_idx, split, model, sae, fingerprint, progress,
-                        mlp_acts, workers)
+                        mlp_acts, workers, codes.finish() if codes is not None else None)
     meta["timing"] = {"pass_seconds": round(pass_seconds, 3), "finalize_seconds": round(time.time() - t1, 3)}
     atomic_write_json(out / "meta.json", meta)  # last: its presence means the statistics are complete
     state_path.unlink(missing_ok=True)
@@ -134,9 +137,11 @@ def _resume(state_path: Path, acc: StatsAccumulator, fingerprint: dict) -> int:
 
 
 def _accumulate(acc: StatsAccumulator, cfg: FeatureStatsConfig, source: str, split, ctx_idx: np.ndarray,
-                done_ctx: int, model, mlp_acts, sae, workers: int, checkpoint, progress: bool) -> int:
-    """Stream the contexts from ``done_ctx`` on through ``acc`` (chunks produced ahead by worker threads);
-    ``checkpoint(done_ctx)`` every ``cfg.checkpoint_seconds``.  Returns the contexts done."""
+                done_ctx: int, model, mlp_acts, sae, workers: int, checkpoint, progress: bool,
+                codes: PassCodes | None = None) -> int:
+    """Stream the contexts from ``done_ctx`` on through ``acc`` (chunks produced ahead by worker threads), and
+    each chunk's encodings into ``codes`` when given; ``checkpoint(done_ctx)`` every ``cfg.checkpoint_seconds``.
+    Returns the contexts done."""
     from tqdm.auto import tqdm
 
     body, B, K = split.body, cfg.batch_contexts, len(DOMAINS)
@@ -158,6 +163,8 @@ def _accumulate(acc: StatsAccumulator, cfg: FeatureStatsConfig, source: str, spl
         with intra_op_threads(1):
             for c0, n, dom, tok, rows, cols, vals in pipelined(produce, range(done_ctx, len(ctx_idx), B), workers):
                 acc.update(torch.arange(c0 * body, (c0 + n) * body, dtype=torch.int64), dom, rows, cols, vals, tok)
+                if codes is not None:
+                    codes.add(c0 * body, rows, cols, vals)
                 done_ctx = c0 + n
                 n_chunks += 1
                 bar.update(n * body)
