@@ -336,12 +336,15 @@ def iter_activation_batches(run, sides: Sequence[Side], tokens: TokenSet, batch_
             m = run.model(s.transformer, device=device)
             m.eval()
             models[s.transformer] = m
+    fwd = {}  # each model's fastest exact forward (SubjectModel.mlp_acts_function), checked on the first batch
     bar = tqdm(total=tokens.tokens, desc="activations", unit="tok", unit_scale=True, disable=not progress)
     for toks, doms in tokens.batches(run, batch_tokens, with_domains=True):
         t = torch.from_numpy(toks).to(device)
         acts = {}
         for name, m in models.items():
-            a = m.mlp_acts(t)[:, 1:]
+            if name not in fwd:
+                fwd[name] = m.mlp_acts_function(t[:8])
+            a = fwd[name](t)[:, 1:]
             acts[name] = a.reshape(-1, a.shape[-1]).float().cpu()
         bar.update(toks.shape[0] * (toks.shape[1] - 1))
         yield acts, toks[:, 1:].reshape(-1), doms[:, 1:].reshape(-1)
