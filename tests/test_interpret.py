@@ -15,6 +15,7 @@ import torch
 from monosemantic import ConfigError, preset
 from monosemantic.config import InterpretConfig, ModelConfig
 from monosemantic.interpret import analysis, interpret
+from monosemantic.interpret import passes as interpret_passes
 from monosemantic.interpret.llm import (ENV_BASE_URL, ENV_MODEL, LLMEndpointError, OpenAIExplainer,
                                         TokenPatternExplainer, Window, score_explainer)
 from monosemantic.interpret.rules import RuleFitter, pair_codes, simulate
@@ -360,6 +361,8 @@ def test_killed_and_resumed_gives_the_same_result(tiny_interpret, tmp_path, monk
     with pytest.raises(analysis.Interrupted):
         interpret(run, "A/1", progress=False, out_dir=d)
     monkeypatch.setattr(analysis, "_STOP_AFTER_GROUPS", None)
+    # and the explanation's second pass streams again instead of replaying the first's chunks: the same result
+    monkeypatch.setattr(interpret_passes, "REPLAY_BYTES", 0)
     assert (d / "neurons.done.json").exists() and not (d / "fingerprint.json").exists()
     done = (d / "features.parquet").stat().st_mtime_ns
     it = interpret(run, "A/1", progress=False, out_dir=d)

@@ -27,15 +27,16 @@ import torch
 from ..config import FeatureStatsConfig, InterpretConfig
 from ..corpus import DOMAINS
 from ..features.accumulator import StatsAccumulator
-from ..features.examples import example_entries, example_windows
+from ..features.examples import PassCodes, example_entries, example_windows
 from ..features.threads import intra_op_threads, pipelined, worker_count
 from ..features.units import top_logit_effects
-from ..sparse import SparseEncoder, positive_entries
+from ..sparse import SparseEncoder, linear_encoder, positive_entries
 from .rules import RuleFitter, Rules, pair_codes, simulate
 from .scoring import balanced_accuracy, group_spearman, logit_test, next_token_tables
 
 __all__ = ["Subject", "TokenSetRef", "score_units", "RANDOM_SECTION"]
 
+REPLAY_BYTES = 1 << 29  # the explanation pass's chunks kept for its second pass, up to this size (fit_rules)
 RANDOM_SECTION = -2   # section of a random held-out example (−1: top activations, i ≥ 0: interval i)
 
 
@@ -103,10 +104,17 @@ def fit_rules(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: Interpre
     contexts = ref.split.contexts(ref.ctx_idx)
     pair_ids, codes = pair_codes(contexts, vocab)
     fitter = RuleFitter(subject.n_units, vocab, codes, cfg)
-    for _, toks, _, r, c, v in runner(ref, f"explain {subject.name} (1/2)", progress):
+    # pass 2 replays pass 1's chunks when they fit in memory (a dictionary's: k per token) instead of running the
+    # transformer and the encoder again; a dense subject (neurons: ~half of 512 per token) streams twice
+    kept, budget = [], REPLAY_BYTES
+    for chunk in runner(ref, f"explain {subject.name} (1/2)", progress):
+        _, toks, _, r, c, v = chunk
         fitter.update_tokens(toks[:, 1:].reshape(-1), r, c, v)
+        budget -= r.nbytes + c.nbytes + v.nbytes + toks.nbytes
+        if kept is not None:
+            kept = kept + [chunk] if budget >= 0 else None
     fitter.choose_candidates()
-    for c0, toks, _, r, c, v in runner(ref, f"explain {subject.name} (2/2)", progress):
+    for c0, toks, _, r, c, v in kept if kept is not None else runner(ref, f"explain {subject.name} (2/2)", progress):
         fitter.update_pairs(toks[:, 1:].reshape(-1), pair_ids[c0:c0 + len(toks)].reshape(-1), r, c, v)
     return fitter.rules(), codes, contexts, pair_ids
 
@@ -124,10 +132,14 @@ def heldout_windows(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: In
     fcfg = _stats_config(cfg)
     U, body = subject.n_units, ref.split.body
     acc = StatsAccumulator(U, len(DOMAINS), fcfg)
+    # a TopK-like encoder's windows read the pass's own codes (as the feature statistics' do)
+    kept = PassCodes(U) if subject.sae is not None and not linear_encoder(subject.sae) else None
     for c0, toks, dom, r, c, v in runner(ref, f"held-out {subject.name}", progress):
         n = len(toks)
-        acc.update(torch.arange(c0 * body, (c0 + n) * body), torch.from_numpy(dom.reshape(-1)),
-                   torch.from_numpy(r), torch.from_numpy(c), torch.from_numpy(v))
+        r, c, v = torch.from_numpy(r), torch.from_numpy(c), torch.from_numpy(v)
+        acc.update(torch.arange(c0 * body, (c0 + n) * body), torch.from_numpy(dom.reshape(-1)), r, c, v)
+        if kept is not None:
+            kept.add(c0 * body, r, c, v)
     res = acc.results()
     ex = example_entries(res, fcfg)
     if cfg.per_interval == 0:
@@ -140,7 +152,7 @@ def heldout_windows(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: In
     order = np.argsort(unit, kind="stable")
     unit, g, section = unit[order], g[order], section[order]
     toks, acts, _ = example_windows(fcfg, g, unit, ref.ctx_idx, ref.split, subject.model, subject.sae, progress,
-                                    runner.mlp_acts, runner.workers)
+                                    runner.mlp_acts, runner.workers, kept.finish() if kept is not None else None)
     return {"unit": unit, "g": g, "section": section, "tokens": toks, "acts": acts}, res["count"]
 
 
