@@ -61,6 +61,35 @@ def test_identity_dictionary_on_real_model_is_perfect(tiny_run):
     assert m["dead"] == int((nd == 0).sum())
 
 
+@pytest.mark.parametrize("kind", ["relu", "topk"])
+def test_evaluation_equals_the_dense_forward(tiny_run, kind):
+    """On a CPU the evaluation encodes sparsely (``SparseEncoder``) and decodes k of F, once per batch, and
+    splices that reconstruction: MSE, L0, density and the spliced loss equal the dense ``sae(x)`` computation."""
+    from monosemantic.tokensets import eval_contexts
+
+    model, split = tiny_run.model("A"), tiny_run.split("val")
+    opts = {"options": {"k": 8}} if kind == "topk" else {}
+    sae = make_dictionary(DictionaryConfig(d_in=model.d_mlp, d_sae=300, kind=kind, seed=4, **opts))
+    with torch.no_grad():
+        sae.b_enc_F.copy_(torch.linspace(-0.5, 0.2, 300))
+    cfg = EvalConfig(contexts=8, batch_contexts=4)
+    m = evaluate_dictionary(sae, model, split, cfg, progress=False)
+    toks = torch.from_numpy(split.contexts(eval_contexts(split, cfg.contexts)))
+    with torch.no_grad():
+        x = model.mlp_acts(toks)[:, 1:].reshape(-1, model.d_mlp)
+        x_hat, f = sae(x)
+
+        def splice(a):
+            out = a.clone()
+            out[:, 1:] = sae(a[:, 1:].reshape(-1, a.shape[-1]))[0].reshape(a.shape[0], -1, a.shape[-1])
+            return out
+        spliced = float(model.loss_spliced(toks, splice))
+    assert m["mse"] == pytest.approx(float((x - x_hat).pow(2).mean()), rel=1e-5)
+    assert m["l0"] == pytest.approx(float((f > 0).sum(-1).float().mean()), rel=1e-6)
+    assert m["dead"] == int(((f > 0).sum(0) == 0).sum()) and 0 < m["l0"] < 300
+    assert m["loss_spliced"] == pytest.approx(spliced, rel=1e-5)
+
+
 def test_zero_dictionary_recovers_nothing(tiny_run):
     model = tiny_run.model("A")
     sae = _identity_dictionary(model.d_mlp)
