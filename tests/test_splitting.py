@@ -205,7 +205,8 @@ def test_link_dictionaries_on_the_tiny_run_matches_a_dense_recomputation(tiny_ru
     assert res.dict_ids == ["A/0", "A/1"] and res.tokens == token_set(run, 3000).tokens
     ts = token_set(run, 3000)
     m = run.model("A")
-    acts = torch.cat([m.mlp_acts(torch.from_numpy(t))[:, 1:].reshape(-1, m.d_mlp) for t in ts.batches(run, 2048)])
+    fwd = m.mlp_acts_function(torch.from_numpy(next(iter(ts.batches(run, 2048)))[:8]))  # the library's forward
+    acts = torch.cat([fwd(torch.from_numpy(t))[:, 1:].reshape(-1, m.d_mlp) for t in ts.batches(run, 2048)])
     F0 = run.dictionary("A/0").encode(acts).detach().numpy()
     F1 = run.dictionary("A/1").encode(acts).detach().numpy()
     e = res.edges
