@@ -60,7 +60,7 @@ class _NextTokenCE(torch.autograd.Function):
         grad_BTV[:, -1].zero_()
         pos = torch.arange(T - 1, device=logits_BTV.device)
         for b in range(B):
-            p_SV = logits_BTV[b, :-1].float().sub_(lse_BS[b].unsqueeze(-1)).exp_()   # softmax
+            p_SV = logits_BTV[b, :-1].to(torch.float32, copy=True).sub_(lse_BS[b].unsqueeze(-1)).exp_()  # softmax
             p_SV[pos, tgt_BS[b]] -= 1.0
             grad_BTV[b, :-1].copy_(p_SV.mul_(scale))
         return grad_BTV, None
