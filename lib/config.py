@@ -491,16 +491,18 @@ def fixed_dead_window(d: DictSpec, train: SAETrainConfig) -> dict:
 
 
 def _quality() -> RunConfig:
-    """The default preset's transformers and recipe, with the dictionaries trained on 4× the default's tokens
-    (A/1 and B/1: 4,800 steps × 4096 = 19.7M tokens, 8× the old tm2023 default) from a store twice as large: the
-    trend of the recipe study (universality grows with training tokens) spent where it pays.  About 1–2 h on 2
-    cores (README)."""
+    """The default preset's transformers and recipe, with A/1 and B/1 trained on 8× the default's tokens (9,600
+    steps × 4096 = 39.3M tokens) and A/0, A/2 on 4×, from a store twice as large: where the recipe study's trend
+    (README; ``benchmarks/recipes.py --recipes topk_decay --scales 2 4`` on the default stores) points.  All-feature
+    universality A/1~B/1 went 0.422 → 0.505 → 0.572 at 1×, 2×, 4× (the neurons 0.411): about +0.075 a doubling, so
+    ~0.64 at 8×, the most that fits in about 1.5 h of 2 cores (estimated from the step rates; not yet run end to
+    end)."""
     cfg = _default()
     cfg.preset = "quality"
     cfg.harvest = HarvestConfig(positions_per_context=64, rows=3_200_000)
-    steps = {"A/0": 2000, "A/1": 4800, "A/2": 1200, "B/1": 4800}
+    steps = {"A/0": 2000, "A/1": 9600, "A/2": 1200, "B/1": 9600}
     # AuxK's dead window stays the default's in tokens (what makes it right is how often a rare live latent fires,
-    # not the run's length; see _default): a share of 4× the steps would be 4× as long
+    # not the run's length; see _default): a share of 8× the steps would be 8× as long
     cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], options=fixed_dead_window(d, cfg.sae_train))
                         for d in cfg.dictionaries]
     return cfg

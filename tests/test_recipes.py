@@ -256,8 +256,8 @@ def test_topk_dead_window_is_a_share_of_the_run_unless_set():
 
 
 def test_quality_preset_keeps_the_default_dead_windows_in_tokens():
-    """The quality preset trains 4× the steps; its AuxK windows are the default run's, in tokens (a share of the
-    longer run would be 4× as long, which revives too late), written out by ``config.fixed_dead_window``."""
+    """The quality preset trains 4–8× the steps; its AuxK windows are the default run's, in tokens (a share of the
+    longer run would be 4–8× as long, which revives too late), written out by ``config.fixed_dead_window``."""
     from monosemantic.config import fixed_dead_window, preset
 
     default, quality = preset("default"), preset("quality")
@@ -267,8 +267,9 @@ def test_quality_preset_keeps_the_default_dead_windows_in_tokens():
         sae.begin_training(d.steps or default.sae_train.steps, default.sae_train.batch_size)
         windows[d.id] = sae.dead_tokens
     assert windows["A/1"] == round(0.05 * 1200 * 4096) and windows["A/2"] == round(0.05 * 300 * 4096)
+    assert {d.id: d.steps // default.dictionary(d.id).steps for d in quality.dictionaries} == {
+        "A/0": 4, "A/1": 8, "A/2": 4, "B/1": 8}     # the trend's 8x where universality is measured
     for d in quality.dictionaries:
-        assert d.steps > default.dictionary(d.id).steps
         sae = make_dictionary(d.dictionary_config(quality.model.d_mlp))
         sae.begin_training(d.steps, quality.sae_train.batch_size)
         assert sae.dead_tokens == windows[d.id], d.id
