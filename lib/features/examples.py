@@ -29,6 +29,12 @@ class PassCodes:
         self.n, self._chunks = 0, []
         self.full = False
 
+    @classmethod
+    def for_pass(cls, sae) -> "PassCodes | None":
+        """An empty cache for a pass of ``sae`` when its windows need whole tokens encoded (a TopK-like encoder);
+        None for neurons and for ReLU-linear encoders, whose windows take sampled dots."""
+        return cls(sae.d_sae) if sae is not None and not linear_encoder(sae) else None
+
     def add(self, g0: int, rows_E: torch.Tensor, cols_E: torch.Tensor, vals_E: torch.Tensor) -> None:
         """One chunk's entries, sorted by row then column; its rows are tokens g0, g0 + 1, … of the set."""
         if self.full:

@@ -17,7 +17,7 @@ import torch
 from ..corpus import DOMAINS
 from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_json, file_sha, read_json
-from ..sparse import SparseEncoder, linear_encoder, positive_entries
+from ..sparse import SparseEncoder, positive_entries
 from .accumulator import StatsAccumulator
 from .config import STATS_VERSION, FeatureStatsConfig, stats_config
 from .examples import PassCodes
@@ -109,7 +109,7 @@ def compute_stats(run, source: str, cfg: FeatureStatsConfig | None = None, progr
     workers = worker_count(cfg.workers, mlp_acts)
     t_start = time.time()
     # a TopK-like encoder's windows need whole tokens encoded: keep the pass's codes, when it covers every token
-    codes = PassCodes(sae.d_sae) if sae is not None and not linear_encoder(sae) and done_ctx == 0 else None
+    codes = PassCodes.for_pass(sae) if done_ctx == 0 else None
     done_ctx = _accumulate(acc, cfg, source, split, ctx_idx, done_ctx, model, mlp_acts, sae, workers,
                            lambda done: _save_state(state_path, acc, done, fingerprint), progress, codes)
     pass_seconds = time.time() - t_start

@@ -30,7 +30,7 @@ from ..features.accumulator import StatsAccumulator
 from ..features.examples import PassCodes, example_entries, example_windows
 from ..features.threads import intra_op_threads, pipelined, worker_count
 from ..features.units import top_logit_effects
-from ..sparse import SparseEncoder, linear_encoder, positive_entries
+from ..sparse import SparseEncoder, positive_entries
 from .rules import RuleFitter, Rules, pair_codes, simulate
 from .scoring import balanced_accuracy, group_spearman, logit_test, next_token_tables
 
@@ -112,7 +112,10 @@ def fit_rules(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: Interpre
         fitter.update_tokens(toks[:, 1:].reshape(-1), r, c, v)
         budget -= r.nbytes + c.nbytes + v.nbytes + toks.nbytes
         if kept is not None:
-            kept = kept + [chunk] if budget >= 0 else None
+            if budget >= 0:
+                kept.append(chunk)
+            else:
+                kept = None
     fitter.choose_candidates()
     for c0, toks, _, r, c, v in kept if kept is not None else runner(ref, f"explain {subject.name} (2/2)", progress):
         fitter.update_pairs(toks[:, 1:].reshape(-1), pair_ids[c0:c0 + len(toks)].reshape(-1), r, c, v)
@@ -133,7 +136,7 @@ def heldout_windows(runner: _Runner, subject: Subject, ref: TokenSetRef, cfg: In
     U, body = subject.n_units, ref.split.body
     acc = StatsAccumulator(U, len(DOMAINS), fcfg)
     # a TopK-like encoder's windows read the pass's own codes (as the feature statistics' do)
-    kept = PassCodes(U) if subject.sae is not None and not linear_encoder(subject.sae) else None
+    kept = PassCodes.for_pass(subject.sae)
     for c0, toks, dom, r, c, v in runner(ref, f"held-out {subject.name}", progress):
         n = len(toks)
         r, c, v = torch.from_numpy(r), torch.from_numpy(c), torch.from_numpy(v)
