@@ -130,8 +130,9 @@ import torch.nn.functional as Fn
 from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
-from .sparse import (active_fp32, bf16_default, bf16_operand, bf16_operand_rows, candidates_bf16, csr_tensor,
-                     linear_encoder, offsets, sampled_dots, scratch, topk_entries, TOPK_SLACK)
+from .sparse import (active_fp32, batch_topk_indices, bf16_default, bf16_operand, bf16_operand_rows,
+                     candidates_bf16, csr_tensor, linear_encoder, offsets, sampled_dots, scratch, topk_entries,
+                     TOPK_SLACK)
 
 __all__ = ["fast_supported", "fast_loss", "make_adam", "bf16_default", "plan_step"]
 
@@ -363,8 +364,7 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
         xbar = x - sae.b_dec_D
         if per_batch:
             pre = xbar @ sae.W_enc_DF + sae.b_enc_F  # the dense path's ops, so its top-k picks the same entries
-            n = min(int(sae.k * B), pre.numel())
-            _, fl = pre.relu().flatten().topk(n, sorted=False)
+            fl = batch_topk_indices(pre.relu(), int(sae.k * B))
             fl, _ = fl.sort()
             pre_sel = pre.flatten().index_select(0, fl)
             del pre

@@ -31,6 +31,7 @@ from . import distributed as D
 from .errors import ConfigError
 from .registry import register_kind
 from .sae import Dictionary, DictionaryConfig
+from .sparse import batch_topk_indices
 
 # ---- option handling -------------------------------------------------------------------------------------------
 
@@ -272,9 +273,8 @@ def batch_topk_activation(pre_BF: torch.Tensor, k: float) -> torch.Tensor:
     """Keep the k·B largest ReLU'd pre-activations of the whole batch, zero the rest."""
     acts = pre_BF.relu()
     flat = acts.flatten()
-    n = min(int(k * pre_BF.shape[0]), flat.numel())
-    vals, idx = flat.topk(n, sorted=False)
-    return torch.zeros_like(flat).scatter(-1, idx, vals).reshape(acts.shape)
+    idx = batch_topk_indices(acts, int(k * pre_BF.shape[0]))
+    return torch.zeros_like(flat).scatter(-1, idx, flat.index_select(0, idx)).reshape(acts.shape)
 
 
 @register_kind("batchtopk")

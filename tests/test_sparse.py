@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from monosemantic import DictionaryConfig, make_dictionary
-from monosemantic.sparse import SparseEncoder, bf16_default, encode_sparse, positive_entries
+from monosemantic.sparse import SparseEncoder, batch_topk_indices, bf16_default, encode_sparse, positive_entries
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -43,6 +43,36 @@ def test_encode_sparse_kernels_agree_on_empty_and_full_inputs(kernel):
     assert f.shape == (37, 64) and f.nnz == int((dense > 0).sum())
     np.testing.assert_allclose(f.toarray(), dense, rtol=1e-5, atol=1e-6)
     assert encode_sparse(sae, x[:0], kernel=kernel).shape == (0, 64)
+
+
+@pytest.mark.parametrize("case", ["default_size", "one_row_holds_the_batch", "few_positives", "n_past_the_end"])
+def test_batch_topk_indices_is_the_full_sort_s_set(case):
+    """BatchTopK's selection (candidates per row, then a threshold) keeps exactly the n largest of the whole batch,
+    including when one row holds more of them than its candidates and when the tail is zeros."""
+    g = torch.Generator().manual_seed(0)
+    B, F, n = 4096, 4096, 16 * 4096
+    acts = (torch.randn(B, F, generator=g) * 0.5 - 1.0).relu()
+    if case == "one_row_holds_the_batch":
+        B, F, n = 64, 512, 64 * 8
+        acts = torch.rand(B, F, generator=g) * 0.1
+        acts[3] += 1.0  # row 3's 512 entries are the batch's largest: its 16 candidates are far too few
+    elif case == "few_positives":
+        B, F, n = 64, 512, 64 * 8
+        acts = torch.zeros(B, F)
+        acts[torch.arange(64), torch.arange(64)] = torch.rand(64, generator=g) + 0.1   # 64 positive of n 512
+    elif case == "n_past_the_end":
+        B, F, n = 8, 16, 1000
+        acts = torch.rand(B, F, generator=g)
+    idx = batch_topk_indices(acts, n)
+    n_eff = min(n, acts.numel())
+    assert idx.shape == (n_eff,) and idx.unique().numel() == n_eff
+    expect = acts.flatten().topk(n_eff).values
+    got = acts.flatten()[idx].sort(descending=True).values
+    assert torch.equal(got, expect)                       # the same multiset of values: the n largest
+    if case == "one_row_holds_the_batch":
+        assert (idx // F == 3).sum() == F                 # all of row 3, not only its candidates
+    if case == "few_positives":
+        assert int((acts.flatten()[idx] > 0).sum()) == 64
 
 
 def test_positive_entries_of_a_dense_matrix():
