@@ -22,8 +22,9 @@ and the penalty λ Σ_j f_bj n_j with n_j = ‖W_dec[j]‖, so df_bj gets λ n_j
 dW_dec[j] gains (λ/B) (Σ_b f_bj) W_dec[j] / n_j.  λ is the recipe's ``sparsity_coefficient(step)``.
 
 TopK and BatchTopK (``kinds.py``): the selection needs every pre-activation, so the encoder matmul and the top-k
-over it stay dense — for TopK in bf16 where the hardware has it, with an exact fp32 check and recompute
-(``sparse.topk_entries``: the same entries as the fp32 top-k); BatchTopK in fp32, with the dense path's ops.  The
+over it stay dense — in bf16 where the hardware has it, with an exact fp32 check and recompute
+(``sparse.topk_entries``: the same entries as the fp32 top-k; BatchTopK takes each row's top 2k that way, then
+the batch's threshold, ``sparse.batch_topk_entries``), else in fp32 with the dense path's ops.  The
 decoder, the MSE's backward and the encoder's gradient then touch only the k selected entries per row (k·B per
 batch):
 
@@ -36,7 +37,7 @@ batch):
               ê = z W_dec[dead] and its backward over the k_aux selected entries
 
 The step's firing record goes to the kind (``_record_sparse``) as its dense ``loss`` would.  ``"bf16"`` says
-whether TopK's selection took the bf16 product (never for BatchTopK).
+whether the selection took the bf16 product.
 
 API
 ---
@@ -130,7 +131,7 @@ import torch.nn.functional as Fn
 from torch.autograd.function import once_differentiable
 
 from .errors import ConfigError
-from .sparse import (active_fp32, batch_topk_indices, bf16_default, bf16_operand, bf16_operand_rows,
+from .sparse import (active_fp32, batch_topk_entries, bf16_default, bf16_operand, bf16_operand_rows,
                      candidates_bf16, csr_tensor, linear_encoder, offsets, sampled_dots, scratch, topk_entries,
                      TOPK_SLACK)
 
@@ -362,17 +363,13 @@ def _fast_topk_loss(sae, x: torch.Tensor, per_batch: bool, use_bf16: bool = Fals
     aux_sel = None
     with torch.no_grad():
         xbar = x - sae.b_dec_D
-        if per_batch:
-            pre = xbar @ sae.W_enc_DF + sae.b_enc_F  # the dense path's ops, so its top-k picks the same entries
-            fl = batch_topk_indices(pre.relu(), int(sae.k * B))
-            fl, _ = fl.sort()
-            pre_sel = pre.flatten().index_select(0, fl)
-            del pre
+        Wa = None
+        if use_bf16:
+            Wa_KF = scratch("Wa16", (bf16_operand_rows(x.shape[1]), F), torch.bfloat16)
+            Wa, _ = bf16_operand(sae.W_enc_DF.detach(), sae.b_enc_F.detach(), out=Wa_KF)
+        if per_batch:  # the batch's top k·B (sparse.batch_topk_entries): per-row bf16 candidates, then a threshold
+            fl, pre_sel = batch_topk_entries(xbar, sae.W_enc_DF.detach(), sae.b_enc_F.detach(), int(sae.k * B), Wa)
         else:  # the per-row top k, exact in both modes (sparse.topk_entries): bf16 finds it ~4x faster at F 16384
-            Wa = None
-            if use_bf16:
-                Wa_KF = scratch("Wa16", (bf16_operand_rows(x.shape[1]), F), torch.bfloat16)
-                Wa, _ = bf16_operand(sae.W_enc_DF.detach(), sae.b_enc_F.detach(), out=Wa_KF)
             dead, k_aux = _aux_latents(sae)
             if Wa is not None and k_aux and dead.numel() >= AUX_SHARED_MIN_DEAD and k + TOPK_SLACK < F:
                 # AuxK's selection from the same bf16 product
@@ -446,7 +443,7 @@ def fast_loss(sae, x_BD: torch.Tensor, *, bf16: bool | None = None, step: int | 
         x = x_BD.float().contiguous()
         sae.check_input(x)
         per_batch = form["activation"] == "batchtopk"
-        use_bf16 = not per_batch and (bf16_default(sae.d_sae) if bf16 is None else bool(bf16))
+        use_bf16 = bf16_default(sae.d_sae) if bf16 is None else bool(bf16)
         return _fast_topk_loss(sae, x, per_batch=per_batch, use_bf16=use_bf16)
     lam = sae.sparsity_coefficient(step) if hasattr(sae, "sparsity_coefficient") else sae.cfg.l1_coefficient
     use_bf16 = bf16_default(sae.W_enc_DF.shape[1]) if bf16 is None else bool(bf16)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -298,25 +298,45 @@ class BatchTopKDictionary(TopKDictionary):
     uses the minimum over all ranks.  ``threshold`` (θ, a scalar) and ``threshold_updates`` are buffers, saved
     with the dictionary; before any training step θ = 0 and ``encode`` is a plain ReLU.  ``encode_batch`` gives
     the training-time activation.
-    Options: ``k`` (required; may be fractional), ``threshold_lr`` (0.01, as Bussmann et al. and SAELens), and
-    TopK's ``k_aux``, ``aux_coefficient``, ``dead_tokens``.  θ forgets its early (untrained) minima at (1 − lr) per
-    step: 0.01 suits runs of ≳ 500 steps; for shorter runs raise it (measured on the tiny run's activations,
-    150 steps, k = 16: inference L0 9.6 at 0.01, 15.1 at 0.05).
+    Options: ``k`` (required; may be fractional), ``threshold_lr``, and TopK's ``k_aux``, ``aux_coefficient``,
+    ``dead_tokens``, ``dead_fraction``, ``lr_decay``.  θ forgets earlier batches' minima at (1 − lr) per step, so
+    it lags the weights by ~1/lr steps: Bussmann et al.'s and SAELens's 0.01 suits runs of ≳ 1,000 steps, but in a
+    short run θ still remembers weights that activated more strongly — the default run's A/2 (300 steps, LR
+    decayed over the last 60) ended with θ 0.875 against its last batches' 0.76, inference L0 11.2 for k 16 (on
+    the tiny run's activations, 150 steps: L0 9.6 at 0.01, 15.1 at 0.05).  By default (``threshold_lr`` unset)
+    the rate is scaled to the run, set by the trainer through ``begin_training``: max(0.01, 10 / steps), a
+    running average over about the last tenth of the run and never shorter-lived than 0.01's.  Until then 0.01.
     """
 
     OPTIONS = {
         **TopKDictionary.OPTIONS,
         "k": _Option(None, lambda v, c: None if _is_real(v) and 0 < v <= c.d_sae else
                      f"must be a number in (0, d_sae={c.d_sae}]", "mean active latents per token, required"),
-        "threshold_lr": _Option(0.01, _real(0.0, 1.0, lo_open=True),
-                                "rate of the running average that estimates the inference threshold θ"),
+        "threshold_lr": _Option(None, lambda v, c: None if v is None else _real(0.0, 1.0, lo_open=True)(v, c),
+                                "rate of the running average that estimates the inference threshold θ; default "
+                                "max(0.01, 10 / steps), scaled to the run"),
     }
     fast_form = {"activation": "batchtopk"}
+    THRESHOLD_LR_FLOOR: ClassVar[float] = 0.01       # Bussmann et al.'s and SAELens's rate
+    THRESHOLD_WINDOW_FRACTION: ClassVar[float] = 0.1  # the scaled rate averages over about this share of the run
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+        fixed = self.opts["threshold_lr"]
+        self.threshold_lr: float = self.THRESHOLD_LR_FLOOR if fixed is None else float(fixed)
+
+    def begin_training(self, steps: int, batch_size: int) -> None:
+        super().begin_training(steps, batch_size)
+        if self.opts["threshold_lr"] is None:
+            self.threshold_lr = self.scaled_threshold_lr(steps)
+
+    @classmethod
+    def scaled_threshold_lr(cls, steps: int) -> float:
+        """The run-scaled rate: an average over about the last ``THRESHOLD_WINDOW_FRACTION`` of ``steps``, at
+        least ``THRESHOLD_LR_FLOOR``."""
+        return min(1.0, max(cls.THRESHOLD_LR_FLOOR, 1.0 / max(1.0, cls.THRESHOLD_WINDOW_FRACTION * steps)))
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
         pre = self.pre_acts(x_BD)
@@ -348,7 +368,7 @@ class BatchTopKDictionary(TopKDictionary):
         if int(self.threshold_updates) == 0:
             self.threshold.copy_(m)
         else:
-            lr = self.opts["threshold_lr"]
+            lr = self.threshold_lr
             self.threshold.mul_(1 - lr).add_(lr * m)
         self.threshold_updates.add_(1)
 

@@ -38,7 +38,8 @@ from .errors import ConfigError
 
 __all__ = ["bf16_available", "bf16_default", "flat_nonzero", "flat_positive_bf16", "offsets", "csr_tensor",
            "sampled_dots", "scratch", "chunk_rows", "active_fp32", "bf16_operand", "bf16_operand_rows",
-           "candidates_bf16", "topk_entries", "topk_encoder_k", "TOPK_SLACK", "linear_encoder", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES",
+           "candidates_bf16", "topk_entries", "batch_topk_entries", "topk_encoder_k", "TOPK_SLACK", "linear_encoder",
+           "threshold_encoder", "THRESHOLD_SLACK", "SparseEncoder", "positive_entries", "encode_sparse", "FAST_MIN_FEATURES",
            "TokenMass", "TOP_TOKEN_MIN_COUNT"]
 
 U_BF16 = 2.0 ** -8           # unit roundoff of bf16 (8 significant bits, round to nearest)
@@ -197,8 +198,10 @@ def chunk_rows(B: int, F: int) -> int:
 
 # ---- active entries of x̄ W + b ---------------------------------------------------------------------------------
 
-def active_fp32(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat indices, values) of the strictly positive entries of xbar @ W + b, computed in row chunks."""
+def active_fp32(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, above: float = 0.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices, values) of the entries of xbar @ W + b above ``above`` (strictly; default: the positive
+    ones), computed in row chunks."""
     N, F = xbar_ND.shape[0], W_DF.shape[1]
     R = chunk_rows(N, F)
     buf = scratch("pre32", (R, F), torch.float32)
@@ -206,7 +209,7 @@ def active_fp32(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor) ->
     for i in range(0, N, R):
         n = min(R, N - i)
         pre = torch.addmm(b_F, xbar_ND[i:i + n], W_DF, out=buf[:n])
-        fl = flat_nonzero(pre > 0)
+        fl = flat_nonzero(pre > above)
         vals.append(pre.view(-1).index_select(0, fl))
         idx.append(fl.add_(i * F))
     if not idx:
@@ -375,6 +378,71 @@ def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k
     return main, (fl_S, v, bad)
 
 
+def batch_topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, n: int,
+                       Wa_KF: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchTopK's selection from pre = x̄ W + b: (ascending flat indices into (N, F), their fp32 pre-activations)
+    of the n largest ReLU(pre) of the whole batch — the set ``batch_topk_indices(pre.relu(), n)`` picks, without an
+    fp32 (N, F) product when ``Wa_KF = bf16_operand(W, b)[0]`` is given.
+
+    ``batch_topk_indices``' argument on bf16 bounds: one bf16 product gives an upper bound u_bj ≥ pre_bj for every
+    entry (``candidates_bf16``); each row's m = 3⌈n/N⌉ largest bounds are its candidates, recomputed in fp32
+    (``sampled_dots``), and s_b = its smallest candidate bound, widened by 2u|s_b|, bounds every other entry of
+    the row.  t = the n-th largest ReLU'd candidate is ≤ the true n-th largest (the candidates are a subset), so
+    the batch's top n lie among the entries ≥ t.  A row with s_b < t holds none beyond its candidates; a row with
+    s_b ≥ t (its bounds crowd above t: a token on which many latents are large) is recomputed in fp32 over all
+    columns.  The top n of that pool is exact (up to fp32 ties and the ulp between a sampled dot and the dense
+    product).  Without ``Wa_KF``, or when t ≤ 0 (fewer than n positive candidates: the tail is zeros, chosen
+    arbitrarily either way), the dense path's ops."""
+    N, F = xbar_ND.shape[0], W_DF.shape[1]
+    n = min(int(n), N * F)
+    m = min(F, 3 * -(-n // max(N, 1)))
+    if Wa_KF is not None and 0 < n and m < F:
+        j, s_b = _bf16_row_candidates(xbar_ND, Wa_KF, m)
+        s_b = s_b.add_(s_b.abs().mul_(2 * U_BF16))
+        Wc = W_DF if W_DF.stride(0) == 1 else W_DF.t().contiguous().t()
+        v = sampled_dots(torch.arange(0, N * m + 1, m), j.view(-1), b_F.index_select(0, j.view(-1)), xbar_ND, Wc)
+        a = v.clamp_min(0.0)
+        t = a.kthvalue(a.numel() - n + 1).values
+        if t > 0:
+            fl = j.add_((torch.arange(N) * F).unsqueeze(-1)).view(-1)
+            crowded = (s_b >= t).nonzero().view(-1)
+            keep = a >= t
+            if len(crowded):
+                keep.view(N, m)[crowded] = False
+                pre_C = xbar_ND.index_select(0, crowded) @ W_DF + b_F
+                at_C = flat_nonzero((pre_C >= t).contiguous())
+                r_C = torch.div(at_C, F, rounding_mode="floor")
+                pool_fl = torch.cat([fl[keep], crowded.index_select(0, r_C) * F + (at_C - r_C * F)])
+                pool_v = torch.cat([v[keep], pre_C.view(-1).index_select(0, at_C)])
+            else:
+                pool_fl, pool_v = fl[keep], v[keep]
+            top = pool_v.topk(n, sorted=False).indices
+            sel, order = pool_fl.index_select(0, top).sort()
+            return sel, pool_v.index_select(0, top).index_select(0, order)
+    pre = xbar_ND @ W_DF + b_F   # the dense path's ops (kinds.batch_topk_activation), so the same entries
+    sel, _ = batch_topk_indices(pre.relu(), n).sort()
+    return sel, pre.view(-1).index_select(0, sel)
+
+
+def _bf16_row_candidates(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's m largest bf16 upper bounds of pre (``candidates_bf16``' product): their columns (N, m),
+    ascending per row, and the smallest of them per row (fp32, not yet widened for the product's own rounding)."""
+    N = xbar_ND.shape[0]
+    F = Wa_KF.shape[1]
+    xa = _bf16_lhs(xbar_ND, Wa_KF.shape[0])
+    R = chunk_rows(N, F)
+    buf = scratch("pre16", (R, F), torch.bfloat16)
+    cand_l, t_l = [], []
+    for i in range(0, N, R):
+        r = min(R, N - i)
+        ub, j = torch.mm(xa[i:i + r], Wa_KF, out=buf[:r]).topk(m, dim=-1, sorted=False)
+        cand_l.append(j.sort(dim=-1).values)
+        t_l.append(ub.float().amin(-1))
+    if not cand_l:
+        return torch.zeros(0, m, dtype=torch.int64), torch.zeros(0)
+    return torch.cat(cand_l), torch.cat(t_l)
+
+
 def _topk_of_candidates(xbar_ND, Wc, b_F, k: int, j: torch.Tensor, t: torch.Tensor, R: int, F: int,
                         cols_S: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``topk_entries``' second half: the candidates ``j`` (N, m; columns, ascending per row) recomputed in fp32
@@ -413,6 +481,28 @@ def topk_encoder_k(sae) -> int | None:
     return int(sae.k)
 
 
+def threshold_encoder(sae) -> float | None:
+    """θ ≥ 0 when ``sae`` encodes as ReLU(pre)·1[pre > θ], pre = x̄ W_enc + b_enc, with one threshold for every
+    latent — BatchTopK's inference (``kinds.BatchTopKDictionary.encode``), not a subclass that changes it — with
+    its parameters on the CPU; else None.  Its active entries are those of pre above max(θ, 0)."""
+    from .kinds import BatchTopKDictionary
+    from .sae import Dictionary
+
+    cls = type(sae)
+    if not (isinstance(sae, BatchTopKDictionary) and cls.encode is BatchTopKDictionary.encode
+            and cls.pre_acts is Dictionary.pre_acts and sae.subtracts_b_dec):
+        return None
+    if not all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)):
+        return None
+    return max(float(sae.threshold), 0.0)
+
+
+# The bf16 filter of a threshold encoder tests pre > θ·(1 − THRESHOLD_SLACK) (a bias shifted by that much): a
+# superset of the fp32 entries above θ whenever their rounding is below θ/256 — ~1e-4 relative at D 512 against
+# ~1e-2 here — and the fp32 recompute of the candidates keeps exactly those above θ.
+THRESHOLD_SLACK = 2.0 ** -8
+
+
 # ---- encoders ---------------------------------------------------------------------------------------------------
 
 def linear_encoder(sae) -> bool:
@@ -434,6 +524,8 @@ class SparseEncoder:
     ``active_fp32``, or, with ``bf16`` (default ``bf16_default()``: the hardware has it), through the exact bf16
     filter (``candidates_bf16``, then an fp32 recompute of the candidates, ``sampled_dots``) — the same entries.
     The TopK kind (``topk_encoder_k``) goes through ``topk_entries`` (fp32, or its exact bf16 candidates).
+    A threshold encoder (``threshold_encoder``: BatchTopK at inference) is the ReLU path with the test pre > θ
+    (its bf16 filter on a bias lowered by θ(1 − ``THRESHOLD_SLACK``), the recompute kept above θ).
     Any other kind, or ``dense=True``, runs its own ``encode`` densely in row chunks of ``chunk_elems`` entries."""
 
     def __init__(self, sae, bf16: bool | None = None, dense: bool = False, chunk_elems: int = 1 << 22):
@@ -441,6 +533,10 @@ class SparseEncoder:
         self.chunk_elems = int(chunk_elems)
         self.linear = not dense and linear_encoder(sae)
         self.topk = None if dense else topk_encoder_k(sae)
+        self.theta = None if dense else threshold_encoder(sae)
+        # the ReLU path computes a threshold encoder too, with the test pre > above
+        self.above = 0.0 if self.theta is None else self.theta
+        self.linear = self.linear or self.theta is not None
         # None: wherever the hardware has it, whatever F — the statistics pass measured it faster even at F 512
         fast = self.linear or self.topk is not None
         self.bf16 = bool(fast and (bf16_default() if bf16 is None else bf16))
@@ -451,7 +547,7 @@ class SparseEncoder:
         if self.topk is not None:  # column-major: topk_entries' sampled product reads it without a copy
             self.W = self.W.t().contiguous().t()
         if self.bf16:
-            self.Wa, _ = bf16_operand(self.W, self.b)
+            self.Wa, _ = bf16_operand(self.W, self.b - self.above * (1 - THRESHOLD_SLACK))
 
     @torch.no_grad()
     def __call__(self, x_ND: torch.Tensor, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -473,9 +569,9 @@ class SparseEncoder:
             rows = torch.div(fl, F, rounding_mode="floor")
             cols = fl - rows * F
             vals = sampled_dots(offsets(rows, N), cols, self.b.index_select(0, cols), xbar, self.W)
-            keep = vals > 0
+            keep = vals > self.above
             return rows[keep], cols[keep], vals[keep]
-        fl, vals = active_fp32(xbar, self.W, self.b)
+        fl, vals = active_fp32(xbar, self.W, self.b, self.above)
         rows = torch.div(fl, F, rounding_mode="floor")
         return rows, fl - rows * F, vals
 
@@ -517,7 +613,7 @@ def encode_sparse(sae, x_ND: torch.Tensor, chunk_elems: int = 1 << 22, kernel: s
     k-th value, ``topk_entries``).  The default run's TopK A/1 over compare's 1M tokens: 85 s dense, ~15 fast."""
     x = x_ND.float().contiguous()
     N, F = x.shape[0], int(sae.d_sae)
-    fast_ok = linear_encoder(sae) or topk_encoder_k(sae) is not None
+    fast_ok = linear_encoder(sae) or topk_encoder_k(sae) is not None or threshold_encoder(sae) is not None
     if kernel == "auto":
         kernel = "fast" if F >= FAST_MIN_FEATURES and x.device.type == "cpu" and fast_ok else "dense"
     if kernel == "fast" and not fast_ok:

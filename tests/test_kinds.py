@@ -364,7 +364,31 @@ def test_option_errors_name_the_fix(kind, options, match):
 def test_fractional_k_is_fine_for_batchtopk_and_defaults_fill_in():
     sae = make_dictionary(DictionaryConfig(d_in=512, d_sae=1024, kind="batchtopk", options={"k": 2.5}))
     assert sae.opts == {"k": 2.5, "k_aux": 256, "aux_coefficient": 1 / 32, "dead_tokens": None, "dead_fraction": 0.05,
-                        "lr_decay": 0.0, "threshold_lr": 0.01}
+                        "lr_decay": 0.0, "threshold_lr": None}
     assert sae.cfg.options == {"k": 2.5}  # the config is not rewritten (run configs compare equal)
     small = make_dictionary(DictionaryConfig(d_in=512, d_sae=64, kind="topk", options={"k": 4}))
     assert small.opts["k_aux"] == 64      # d_in // 2, capped at d_sae
+
+
+def test_batchtopk_threshold_rate_is_scaled_to_the_run_unless_set():
+    """θ's running average lags the weights by ~1/rate steps: unset, the rate is max(0.01, 10 / steps) (about the
+    last tenth of the run, never slower than Bussmann et al.'s 0.01); a set rate is kept whatever the run."""
+    from monosemantic.kinds import BatchTopKDictionary
+
+    sae = make_dictionary(DictionaryConfig(d_in=8, d_sae=32, kind="batchtopk", options={"k": 2}))
+    assert sae.threshold_lr == 0.01                     # before a trainer says how long the run is
+    for steps, want in ((300, 1 / 30), (150, 1 / 15), (1200, 0.01), (100_000, 0.01), (5, 1.0)):
+        sae.begin_training(steps, 4096)
+        assert sae.threshold_lr == pytest.approx(want), steps
+        assert BatchTopKDictionary.scaled_threshold_lr(steps) == pytest.approx(want)
+    fixed = make_dictionary(DictionaryConfig(d_in=8, d_sae=32, kind="batchtopk", options={"k": 2, "threshold_lr": 0.2}))
+    fixed.begin_training(300, 4096)
+    assert fixed.threshold_lr == 0.2
+    # the rate the trainer set is the one θ moves by
+    with torch.no_grad():
+        sae.begin_training(300, 4096)
+        sae.threshold.fill_(1.0)
+        sae.threshold_updates.fill_(1)
+        sae._step_stats = {"fired_F": torch.zeros(32, dtype=torch.bool), "tokens": 4, "min_positive": torch.tensor(0.4)}
+        sae.after_optimizer_step()
+    assert float(sae.threshold) == pytest.approx(1.0 - (1.0 - 0.4) / 30)

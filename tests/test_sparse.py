@@ -147,3 +147,77 @@ def test_encode_sparse_auto_takes_topk_fast_path_and_matches_dense(monkeypatch, 
     dense = sae.encode(x).detach().numpy()
     assert f.shape == dense.shape and f.nnz == int((dense > 0).sum()) and 0 < f.nnz <= 8 * 300
     np.testing.assert_allclose(f.toarray(), dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("theta", [0.0, 0.35, 1.2])
+def test_batchtopk_inference_goes_through_the_threshold_path_and_matches_dense(bf16, theta):
+    """BatchTopK's inference, ReLU(pre)·1[pre > θ], is the ReLU kernel with the test pre > θ
+    (``sparse.threshold_encoder``): the same entries as its dense ``encode``, at θ = 0 (before training) too —
+    the statistics, compare and splitting passes of a BatchTopK run encode through it."""
+    from monosemantic.sparse import FAST_MIN_FEATURES, threshold_encoder
+
+    torch.manual_seed(1)
+    sae = make_dictionary(DictionaryConfig(d_in=32, d_sae=FAST_MIN_FEATURES, kind="batchtopk", seed=3,
+                                           l1_coefficient=0.0, options={"k": 8}))
+    with torch.no_grad():
+        sae.b_enc_F.uniform_(-1.0, 0.2)
+        sae.threshold.fill_(theta)
+    assert threshold_encoder(sae) == pytest.approx(theta)
+    x = torch.relu(torch.randn(400, 32))
+    enc = SparseEncoder(sae, bf16=bf16)
+    assert enc.linear and enc.bf16 == bf16 and enc.topk is None
+    rows, cols, vals = enc(x)
+    dense = sae.encode(x).detach()
+    nz = torch.nonzero(dense > 0)
+    assert 0.002 < len(nz) / dense.numel() < 0.5
+    np.testing.assert_array_equal(rows.numpy(), nz[:, 0].numpy())
+    np.testing.assert_array_equal(cols.numpy(), nz[:, 1].numpy())
+    np.testing.assert_allclose(vals.numpy(), dense[nz[:, 0], nz[:, 1]].numpy(), rtol=1e-5, atol=1e-6)
+    assert bool((vals > theta).all())
+    f = encode_sparse(sae, x)   # "auto" at this width takes the same path
+    assert f.nnz == len(nz)
+    np.testing.assert_allclose(f.toarray(), dense.numpy(), rtol=1e-5, atol=1e-6)
+    # a subclass that changes its encode is not a threshold encoder: it gets the dense path
+    from monosemantic.kinds import BatchTopKDictionary
+
+    class Odd(BatchTopKDictionary):
+        def encode(self, x_BD):
+            return super().encode(x_BD) * 2
+
+    odd = Odd.__new__(Odd)
+    odd.__dict__ = sae.__dict__
+    assert threshold_encoder(odd) is None and not SparseEncoder(odd).linear
+
+
+@pytest.mark.parametrize("case", ["random", "crowded_rows", "few_positives"])
+def test_batch_topk_entries_from_the_bf16_product_are_the_batch_s_top_n(case):
+    """BatchTopK's training selection from per-row bf16 candidates (``sparse.batch_topk_entries``): the same n
+    entries as ``batch_topk_indices`` over the dense fp32 ReLU(pre), with their pre-activations — including rows
+    that hold more of the batch's top n than their 3n/B candidates (recomputed densely) and a zero tail (the
+    dense fallback)."""
+    from monosemantic.sparse import batch_topk_entries, bf16_operand
+
+    g = torch.Generator().manual_seed(5)
+    N, D, F, n = 256, 48, 600, 256 * 6
+    x = torch.randn(N, D, generator=g)
+    W = torch.randn(D, F, generator=g) / D ** 0.5
+    b = 0.2 * torch.randn(F, generator=g) - 0.5
+    if case == "crowded_rows":
+        x[[7, 100]] *= 6.0   # two rows whose entries outrank most of the batch's
+    if case == "few_positives":
+        b = b - 4.0
+    pre = x @ W + b
+    want = batch_topk_indices(pre.relu(), n).sort().values
+    for Wa in (None, bf16_operand(W, b)[0]):
+        fl, v = batch_topk_entries(x, W, b, n, Wa)
+        assert torch.equal(fl, fl.sort().values) and fl.unique().numel() == n
+        torch.testing.assert_close(v, pre.view(-1)[fl], rtol=1e-5, atol=1e-5)
+        if case == "few_positives":   # fewer than n positive: every positive one, then zeros (any of them)
+            pos = (pre.view(-1) > 0).nonzero().view(-1)
+            assert len(pos) < n and bool(torch.isin(pos, fl).all())
+        else:
+            assert torch.equal(fl, want)
+    if case == "crowded_rows":
+        per_row = torch.bincount(want // F, minlength=N)
+        assert int(per_row.max()) > 3 * n // N   # the case is what it says: a row beyond its 3n/N candidates
