@@ -410,18 +410,25 @@ def batch_topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Ten
             if len(crowded):
                 keep.view(N, m)[crowded] = False
                 pre_C = xbar_ND.index_select(0, crowded) @ W_DF + b_F
-                at_C = flat_nonzero((pre_C >= t).contiguous())
+                # the dense product may put a candidate that sat exactly at t an ulp below it: widen the test
+                at_C = flat_nonzero((pre_C >= t - t.abs() * CROWDED_SLACK).contiguous())
                 r_C = torch.div(at_C, F, rounding_mode="floor")
                 pool_fl = torch.cat([fl[keep], crowded.index_select(0, r_C) * F + (at_C - r_C * F)])
                 pool_v = torch.cat([v[keep], pre_C.view(-1).index_select(0, at_C)])
             else:
                 pool_fl, pool_v = fl[keep], v[keep]
-            top = pool_v.topk(n, sorted=False).indices
-            sel, order = pool_fl.index_select(0, top).sort()
-            return sel, pool_v.index_select(0, top).index_select(0, order)
+            if pool_v.numel() >= n:   # else (never seen) the dense path below
+                top = pool_v.topk(n, sorted=False).indices
+                sel, order = pool_fl.index_select(0, top).sort()
+                return sel, pool_v.index_select(0, top).index_select(0, order)
     pre = xbar_ND @ W_DF + b_F   # the dense path's ops (kinds.batch_topk_activation), so the same entries
     sel, _ = batch_topk_indices(pre.relu(), n).sort()
     return sel, pre.view(-1).index_select(0, sel)
+
+
+# batch_topk_entries' dense recompute of crowded rows keeps entries down to t(1 − CROWDED_SLACK): the sampled dot
+# that set t and the dense product sum in different orders (~1e-7 relative apart), and the pool must keep n entries
+CROWDED_SLACK = 2.0 ** -16
 
 
 def _bf16_row_candidates(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -221,3 +221,28 @@ def test_batch_topk_entries_from_the_bf16_product_are_the_batch_s_top_n(case):
     if case == "crowded_rows":
         per_row = torch.bincount(want // F, minlength=N)
         assert int(per_row.max()) > 3 * n // N   # the case is what it says: a row beyond its 3n/N candidates
+
+
+def test_batch_topk_entries_keeps_n_when_the_dense_recompute_puts_the_threshold_entry_an_ulp_lower(monkeypatch):
+    """The candidate that sets t is a sampled dot; a crowded row's dense product sums in another order and may
+    put that entry just below t.  The pool must still hold n entries (it once held n − 1 and topk raised on the
+    default run's A/2).  Forced here: every row crowded (an infinite bound is a valid one) and the sampled dots
+    a relative 2⁻²⁰ high."""
+    import monosemantic.sparse as S
+
+    g = torch.Generator().manual_seed(8)
+    N, D, F, n = 32, 32, 400, 32 * 4
+    x = torch.eye(N, D)                                   # pre = W + b exactly, in any summation order
+    W = 0.01 * torch.rand(D, F, generator=g)              # small positive entries everywhere …
+    for i in range(N):                                    # … and exactly 4 large ones per row: the batch's top n
+        W[i, torch.randperm(F, generator=g)[:4]] = 1 + torch.rand(4, generator=g)
+    b = torch.zeros(F)
+    pre = x @ W + b
+    want = batch_topk_indices(pre.relu(), n).sort().values
+    orig_cand, orig_dots = S._bf16_row_candidates, S.sampled_dots
+    monkeypatch.setattr(S, "_bf16_row_candidates",
+                        lambda *a: (lambda j, s: (j, torch.full_like(s, float("inf"))))(*orig_cand(*a)))
+    monkeypatch.setattr(S, "sampled_dots", lambda *a: orig_dots(*a) * (1 + 2.0 ** -20))
+    fl, v = S.batch_topk_entries(x, W, b, n, S.bf16_operand(W, b)[0])
+    assert fl.numel() == n and torch.equal(fl, want)
+    torch.testing.assert_close(v, pre.view(-1)[fl], rtol=1e-5, atol=1e-6)
