@@ -3,7 +3,8 @@
     python benchmarks/sae_train.py [--run data/runs/default] [--steps 150] [--d-sae 4096] [--batch 4096] [--recipe relu]
 
 ``--recipe default`` (the default): the default preset's A/1 recipe — TopK, k 16 (``config.DEFAULT_TOPK``) —
-against SAELens's ``TopKTrainingSAE`` with the same k.  ``--recipe relu``: the paper's ReLU + L1 (tm2023) against
+against SAELens's ``TopKTrainingSAE`` with the same k.  ``--recipe batchtopk``: the same options on our BatchTopK
+kind against SAELens's ``BatchTopKTrainingSAE``.  ``--recipe relu``: the paper's ReLU + L1 (tm2023) against
 SAELens's standard SAE with matched λ (below).
 
 Trains the same config (d_in 512, d_sae 4096, batch 4096, same steps, matched λ, same learning rate) with SAELens
@@ -94,17 +95,20 @@ def main() -> None:
     p.add_argument("--l1", type=float, default=4e-3, help="our λ (SAELens gets 512·λ)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--trainers", default="saelens-fp32,saelens-autocast,ours-fast,ours-dense")
-    p.add_argument("--recipe", choices=("default", "relu"), default="default",
-                   help="default: the default preset's A/1 recipe (TopK, k 16) against SAELens's TopK SAE; relu: the "
-                        "paper's ReLU + L1 (tm2023) against SAELens's standard SAE with matched λ")
+    p.add_argument("--recipe", choices=("default", "batchtopk", "relu"), default="default",
+                   help="default: the default preset's A/1 recipe (TopK, k 16) against SAELens's TopK SAE; batchtopk: "
+                        "its options on BatchTopK against SAELens's BatchTopK SAE; relu: the paper's ReLU + L1 "
+                        "(tm2023) against SAELens's standard SAE with matched λ")
     args = p.parse_args()
-    if args.recipe == "default":
+    if args.recipe in ("default", "batchtopk"):
         from monosemantic.config import fixed_dead_window, preset
 
         # AuxK's dead window as long in tokens as the default run's A/1 has it (a share of this short benchmark
         # would be a few steps, calling most latents dead, which the real run never does)
         cfg = preset("default")
         spec = cfg.dictionary("A/1")
+        if args.recipe == "batchtopk":
+            spec = replace(spec, kind="batchtopk")
         spec = replace(spec, options=fixed_dead_window(spec, cfg.sae_train))
         ours_cfg = lambda D, F: replace(spec.dictionary_config(D), d_sae=F)  # noqa: E731
     else:
@@ -130,16 +134,18 @@ def main() -> None:
     print(f"measured peak matmul: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
 
     k = ours_cfg(D, F).options.get("k")
-    print(f"recipe: ours {ours_cfg(D, F)}; SAELens {'TopK k=' + str(k) if k else 'standard'}")
+    batch_topk = args.recipe == "batchtopk"
+    peer = ("BatchTopK" if batch_topk else "TopK") + f" k={k}" if k else "standard"
+    print(f"recipe: ours {ours_cfg(D, F)}; SAELens {peer}")
     rows = {}
     for name in args.trainers.split(","):
         if name.startswith("saelens"):
             r = train_saelens(x_train, d_sae=F, l1_coefficient=args.l1 * D, lr=args.lr, batch_size=B,
-                              steps=args.steps, autocast=name.endswith("autocast"), k=k)
+                              steps=args.steps, autocast=name.endswith("autocast"), k=k, batch_topk=batch_topk)
             sae = r["sae"]
             m = metrics(lambda x: saelens_encode(sae, x), lambda x: saelens_reconstruct(sae, x), x_eval)
             m.update(tokens_per_s=r["tokens_per_s"], peak_rss_mb=r["peak_rss_mb"],
-                     loss_recovered=loss_recovered(run, saelens_as_ours(sae, k)))
+                     loss_recovered=None if batch_topk else loss_recovered(run, saelens_as_ours(sae, k)))
         else:
             fast = name == "ours-fast"
             cfg = SAETrainConfig(steps=args.steps, batch_size=B, lr=args.lr, warmup_steps=0, fast=fast,

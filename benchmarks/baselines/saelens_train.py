@@ -211,11 +211,13 @@ def train_saelens(
     autocast: bool = False,
     seed: int = 0,
     shuffle: bool = True,
-    k: int | None = None,
+    k: float | None = None,
+    batch_topk: bool = False,
 ) -> dict[str, Any]:
     """Train a SAELens "standard" (ReLU + decoder-norm-weighted L1) SAE, or with ``k`` its TopK SAE
     (``TopKTrainingSAE``: k active latents per token, its own AuxK loss and dead-latent bookkeeping; every other
-    field at its SAELens default) — the peer of our default preset's recipe.
+    field at its SAELens default) — the peer of our default preset's recipe — or with ``k`` and ``batch_topk``
+    its BatchTopK SAE (``BatchTopKTrainingSAE``: k·B per batch, its running threshold; SAELens defaults).
 
     Args:
         acts: (N, d_in) activations (any float dtype; converted to float32 CPU).
@@ -270,8 +272,13 @@ def train_saelens(
     if k is None:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
                                                             dtype="float32", device="cpu"))
+    elif batch_topk:
+        from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=float(k), dtype="float32",
+                                                              device="cpu"))
     else:
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu"))
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=int(k), dtype="float32", device="cpu"))
 
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch_size,
