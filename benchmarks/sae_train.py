@@ -2,10 +2,12 @@
 
     python benchmarks/sae_train.py [--run data/runs/default] [--steps 150] [--d-sae 4096] [--batch 4096] [--recipe relu]
 
-``--recipe default`` (the default): the default preset's A/1 recipe — TopK, k 16 (``config.DEFAULT_TOPK``) —
-against SAELens's ``TopKTrainingSAE`` with the same k.  ``--recipe batchtopk``: the same options on our BatchTopK
-kind against SAELens's ``BatchTopKTrainingSAE``.  ``--recipe relu``: the paper's ReLU + L1 (tm2023) against
-SAELens's standard SAE with matched λ (below).
+``--recipe default`` (the default): the default preset's A/1 recipe — april2024 at its λ (``config.DEFAULT_L1``) —
+against SAELens's standard SAE (ReLU, decoder-norm-weighted L1: the same objective) with matched λ.
+``--recipe topk``: TopK k 16 (``config.DEFAULT_TOPK``, the default before april2024) against SAELens's
+``TopKTrainingSAE`` with the same k; ``--recipe batchtopk``: the same options on our BatchTopK kind against
+SAELens's ``BatchTopKTrainingSAE``.  ``--recipe relu``: the paper's ReLU + L1 (tm2023) against SAELens's standard
+SAE with matched λ (below).
 
 Trains the same config (d_in 512, d_sae 4096, batch 4096, same steps, matched λ, same learning rate) with SAELens
 6.54's own trainer (fp32 and its bf16 autocast) and with ours (the default sparse-aware fast path, and the plain
@@ -92,27 +94,32 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--l1", type=float, default=4e-3, help="our λ (SAELens gets 512·λ)")
+    p.add_argument("--l1", type=float, default=None,
+                   help="our λ (SAELens gets 512·λ); default: the default preset's A/1 λ for --recipe default, else 4e-3")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--trainers", default="saelens-fp32,saelens-autocast,ours-fast,ours-dense")
-    p.add_argument("--recipe", choices=("default", "batchtopk", "relu"), default="default",
-                   help="default: the default preset's A/1 recipe (TopK, k 16) against SAELens's TopK SAE; batchtopk: "
-                        "its options on BatchTopK against SAELens's BatchTopK SAE; relu: the paper's ReLU + L1 "
-                        "(tm2023) against SAELens's standard SAE with matched λ")
+    p.add_argument("--recipe", choices=("default", "topk", "batchtopk", "relu"), default="default",
+                   help="default: the default preset's A/1 recipe (april2024) against SAELens's standard SAE with "
+                        "matched λ; topk / batchtopk: TopK k 16 against SAELens's TopK / BatchTopK SAE; relu: the "
+                        "paper's ReLU + L1 (tm2023) against SAELens's standard SAE with matched λ")
     args = p.parse_args()
-    if args.recipe in ("default", "batchtopk"):
-        from monosemantic.config import fixed_dead_window, preset
+    if args.recipe != "relu":
+        from monosemantic.config import DEFAULT_TOPK, fixed_dead_window, preset
 
-        # AuxK's dead window as long in tokens as the default run's A/1 has it (a share of this short benchmark
-        # would be a few steps, calling most latents dead, which the real run never does)
+        # AuxK's dead window as long in tokens as the default run's A/1 would have it (a share of this short
+        # benchmark would be a few steps, calling most latents dead, which the real run never does)
         cfg = preset("default")
         spec = cfg.dictionary("A/1")
-        if args.recipe == "batchtopk":
-            spec = replace(spec, kind="batchtopk")
+        if args.recipe in ("topk", "batchtopk"):
+            spec = replace(spec, kind=args.recipe, recipe="tm2023", l1_coefficient=0.0, options=dict(DEFAULT_TOPK))
+        elif args.l1 is None:
+            args.l1 = spec.l1_coefficient
         spec = replace(spec, options=fixed_dead_window(spec, cfg.sae_train))
         ours_cfg = lambda D, F: replace(spec.dictionary_config(D), d_sae=F)  # noqa: E731
     else:
         ours_cfg = lambda D, F: DictionaryConfig(d_in=D, d_sae=F, l1_coefficient=args.l1)  # noqa: E731
+    if args.l1 is None:
+        args.l1 = 4e-3
 
     run = None
     if args.run:

@@ -429,18 +429,29 @@ def _tiny() -> RunConfig:
     )
 
 
-DEFAULT_TOPK = {"k": 16, "lr_decay": 0.2}   # the default preset's dictionaries (issue 10's recipe study)
+# The default preset's dictionaries (issue 10's recipe study: benchmarks/recipes.py, README): Anthropic's April 2024
+# recipe (recipes.April2024Dictionary) at λ 8e-3, chosen on the default run's stores at A/1's 1,200 steps: L0 17.9,
+# loss recovered 89.4 %, 8 / 8 dead, no low mode, all-feature universality A~B 0.652 against the neurons' 0.411 —
+# where TopK k 16 (the previous default) gave 97.8 % but 0.422, and BatchTopK 98.0 % and 0.462.
+DEFAULT_RECIPE = "april2024"
+DEFAULT_L1 = 8e-3
+# TopK's options in the recipe study (the default before april2024; benchmarks/recipes.py's topk_decay)
+DEFAULT_TOPK = {"k": 16, "lr_decay": 0.2}
+
+
+def default_dictionary(dict_id: str, d_sae: int, steps: int | None = None) -> DictSpec:
+    """A dictionary of the default preset's recipe (``DEFAULT_RECIPE`` at ``DEFAULT_L1``)."""
+    return DictSpec(dict_id, d_sae, DEFAULT_L1, steps=steps, recipe=DEFAULT_RECIPE)
 
 
 def _kernels() -> RunConfig:
-    """``tiny`` with the default's dictionaries (its TopK recipe) as wide as the default's A/1 (2048 and 4096
-    features): the sizes at which the default run takes the sparse TopK training step and the dense-encoder
+    """``tiny`` with the default's dictionaries (its april2024 recipe) as wide as the default's A/1 (2048 and 4096
+    features): the sizes at which the default run takes the sparse training step and the sparse-encoder
     statistics paths, and the default's analyses — so the tests execute the notebooks on the code paths users' runs
     take, in about a minute."""
     cfg = _tiny()
     cfg.preset = "kernels"
-    cfg.dictionaries = [DictSpec(i, n, 0.0, kind="topk", options=dict(DEFAULT_TOPK))
-                        for i, n in (("A/0", 512), ("A/1", 2048), ("A/2", 4096), ("B/1", 2048))]
+    cfg.dictionaries = [default_dictionary(i, n) for i, n in (("A/0", 512), ("A/1", 2048), ("A/2", 4096), ("B/1", 2048))]
     cfg.analyses = list(_default().analyses)
     return cfg
 
@@ -455,19 +466,17 @@ def _default() -> RunConfig:
         harvest=HarvestConfig(positions_per_context=64, rows=1_600_000),
         # The recipe study (issue 10, benchmarks/recipes.py, README): the paper's tm2023 trained this briefly leaves
         # 85 % of A/1 in a low-density mode that means nothing (all-feature universality 0.05 against the neurons'
-        # 0.41); TopK (Gao et al. 2024: k active features per token, AuxK revival with a run-scaled dead window)
-        # with the 2024 recipes' LR decay over the last 20 % has no low mode, L0 = k, and reconstructs better.
-        # A/1 and B/1 get twice the tokens of the other sizes: universality is what grows with training.
-        # AuxK's dead window stays the kind's 5 % of each run.  A/2 loses two thirds of its latents to it (a latent
-        # AuxK calls dead is trained to fit the residual, below the top-k threshold, and never fires again), but a
-        # quarter-run window only turns them into ~11k latents firing a handful of times on unrelated tokens, 1,681
-        # of them under one generic A/1 parent, with 4,808 instead of 4,443 features above 1e-4; and A/1 at 25 %
-        # ended with 284 dead and an 824-feature low mode against 30 and none (benchmarks/dead_latents.py, README).
+        # 0.41).  Anthropic's April 2024 recipe (no pre-encoder bias, decoder-norm-weighted L1, λ warm-up, LR
+        # decay) at λ 8e-3 has no low mode and matches across A and B at 0.652 (DEFAULT_RECIPE above); TopK
+        # reconstructs better (loss recovered 97.8 against 89.4 %) but matches at 0.42, and its AuxK lost two
+        # thirds of A/2 (benchmarks/dead_latents.py, README).  The ReLU forward also trains on the sparse step at
+        # about twice TopK's tokens/s.  A/1 and B/1 get twice the tokens of the other sizes: universality is what
+        # grows with training.
         dictionaries=[
-            DictSpec("A/0", 512, 0.0, steps=500, kind="topk", options=dict(DEFAULT_TOPK)),
-            DictSpec("A/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
-            DictSpec("A/2", 16384, 0.0, steps=300, kind="topk", options=dict(DEFAULT_TOPK)),
-            DictSpec("B/1", 4096, 0.0, steps=1200, kind="topk", options=dict(DEFAULT_TOPK)),
+            default_dictionary("A/0", 512, steps=500),
+            default_dictionary("A/1", 4096, steps=1200),
+            default_dictionary("A/2", 16384, steps=300),
+            default_dictionary("B/1", 4096, steps=1200),
         ],
         # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)
         # interpret:A/1 last: automated interpretability of A/1, A's neurons and a randomized control (issue 13)
@@ -495,14 +504,16 @@ def _quality() -> RunConfig:
     steps × 4096 = 39.3M tokens) and A/0, A/2 on 4×, from a store twice as large: where the recipe study's trend
     (README; ``benchmarks/recipes.py --recipes topk_decay --scales 2 4`` on the default stores) points.  All-feature
     universality A/1~B/1 went 0.422 → 0.505 → 0.572 at 1×, 2×, 4× (the neurons 0.411): about +0.075 a doubling, so
-    ~0.64 at 8×.  Run end to end from a fresh clone (2026-12-04): 0.647 (neurons 0.411), no dead in A/1 or B/1,
-    1 h 49 min on 2 cores with a one-thread study beside it (README)."""
+    ~0.64 at 8×.  Run end to end from a fresh clone (2026-12-04) with the TopK recipe, the default's until
+    april2024 replaced it: 0.647 (neurons 0.411), no dead in A/1 or B/1, 1 h 49 min on 2 cores with a one-thread
+    study beside it (README).  With april2024 the default alone gives 0.652; this preset has not been re-run with
+    it (its ReLU step is about twice TopK's speed, so it should take well under that time)."""
     cfg = _default()
     cfg.preset = "quality"
     cfg.harvest = HarvestConfig(positions_per_context=64, rows=3_200_000)
     steps = {"A/0": 2000, "A/1": 9600, "A/2": 1200, "B/1": 9600}
-    # AuxK's dead window stays the default's in tokens (what makes it right is how often a rare live latent fires,
-    # not the run's length; see _default): a share of 8× the steps would be 8× as long
+    # a TopK-kind dictionary's AuxK window stays the default's in tokens (what makes it right is how often a rare
+    # live latent fires, not the run's length): a share of 8× the steps would be 8× as long; no-op for april2024
     cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], options=fixed_dead_window(d, cfg.sae_train))
                         for d in cfg.dictionaries]
     return cfg

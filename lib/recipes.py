@@ -65,7 +65,9 @@ class April2024Dictionary(_OptionsMixin, Dictionary):
     steps) b_d = 0 left 183 of 512 dead, L0 193, FVU 0.19; the median 14 dead, L0 82, FVU 0.09 (tm2023: 2 dead,
     L0 30, FVU 0.11).
 
-    The forward is the ReLU shape, so the sparse-aware step (``fast.py``) computes it exactly (``fast_form``).
+    The forward is the ReLU shape, so the sparse-aware step (``fast.py``) computes it exactly (``fast_form``), and
+    the base class's ``pre_acts``/``encode`` (``subtracts_b_dec = False``) with the ReLU kernels of ``sparse.py``
+    encode it everywhere the analyses do.
 
     After the last step (``finish_training``) the decoder norms are folded into the features, as the update does
     before analysis: with n_i = ‖W_d,i‖, W_e[:, i] ← n_i W_e[:, i], b_e,i ← n_i b_e,i, W_d,i ← W_d,i / n_i.  ReLU is
@@ -111,9 +113,6 @@ class April2024Dictionary(_OptionsMixin, Dictionary):
         if step is None or w <= 0:
             return self.cfg.l1_coefficient
         return self.cfg.l1_coefficient * min(1.0, (step + 1) / w)
-
-    def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return x_BD @ self.W_enc_DF + self.b_enc_F
 
     def loss(self, x_BD: torch.Tensor, step: int | None = None) -> dict[str, torch.Tensor]:
         x_hat_BD, f_BF = self(x_BD)

@@ -119,7 +119,15 @@ class Dictionary(nn.Module):
         if cfg.options:
             raise ConfigError(f"dictionary kind {cfg.kind!r} takes no options, got {sorted(cfg.options)}")
 
+    @property
+    def input_offset_D(self) -> torch.Tensor:
+        """What ``pre_acts`` subtracts from the input: b_dec (the paper), or zeros for a kind that does not
+        (``subtracts_b_dec = False``: april2024).  The sparse encoders and the statistics read it from here."""
+        return self.b_dec_D if self.subtracts_b_dec else torch.zeros_like(self.b_dec_D)
+
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        if not self.subtracts_b_dec:
+            return x_BD @ self.W_enc_DF + self.b_enc_F
         return (x_BD - self.b_dec_D) @ self.W_enc_DF + self.b_enc_F
 
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:

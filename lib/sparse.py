@@ -513,8 +513,9 @@ THRESHOLD_SLACK = 2.0 ** -8
 # ---- encoders ---------------------------------------------------------------------------------------------------
 
 def linear_encoder(sae) -> bool:
-    """True when ``sae`` encodes as ReLU(x̄ W_enc + b_enc) — a kind that overrides neither ``pre_acts`` nor
-    ``encode`` — with its parameters on the CPU: the kernels here apply to it."""
+    """True when ``sae`` encodes as ReLU(x̄ W_enc + b_enc), x̄ = x − ``input_offset_D`` (b_dec, or 0 for
+    april2024) — a kind that overrides neither ``pre_acts`` nor ``encode`` — with its parameters on the CPU: the
+    kernels here apply to it."""
     from .sae import Dictionary
 
     cls = type(sae)
@@ -550,7 +551,7 @@ class SparseEncoder:
         if fast:
             self.W = sae.W_enc_DF.detach().float().contiguous()
             self.b = sae.b_enc_F.detach().float()
-            self.b_dec = sae.b_dec_D.detach().float()
+            self.b_dec = sae.input_offset_D.detach().float()
         if self.topk is not None:  # column-major: topk_entries' sampled product reads it without a copy
             self.W = self.W.t().contiguous().t()
         if self.bf16:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from monosemantic import ConfigError, RunConfig, preset
-from monosemantic.config import ANALYSIS_SECTIONS, PAPER_THRESHOLD, FeatureStatsConfig
+from monosemantic.config import ANALYSIS_SECTIONS, PAPER_THRESHOLD, DictSpec, FeatureStatsConfig
 from monosemantic.runs import Run
 
 
@@ -69,6 +69,8 @@ def test_dict_spec_builds_its_dictionary_config():
     cfg = preset("default")
     spec = cfg.dictionary("A/1")
     dc = spec.dictionary_config(cfg.model.d_mlp)
-    assert (dc.d_in, dc.d_sae, dc.kind, dc.l1_coefficient, dc.seed) == (512, 4096, "topk", 0.0, 0)
-    assert dc.options == {"k": 16, "lr_decay": 0.2} and dc.recipe == "tm2023"
+    assert (dc.d_in, dc.d_sae, dc.kind, dc.l1_coefficient, dc.seed) == (512, 4096, "relu", 8e-3, 0)
+    assert dc.options == {} and dc.recipe == "april2024"
     assert dc.options == spec.options and dc.options is not spec.options
+    topk = DictSpec("A/1", 4096, 0.0, kind="topk", options={"k": 16}).dictionary_config(cfg.model.d_mlp)
+    assert topk.options == {"k": 16} and topk.kind == "topk"

@@ -256,23 +256,29 @@ def test_topk_dead_window_is_a_share_of_the_run_unless_set():
 
 
 def test_quality_preset_keeps_the_default_dead_windows_in_tokens():
-    """The quality preset trains 4–8× the steps; its AuxK windows are the default run's, in tokens (a share of the
-    longer run would be 4–8× as long, which revives too late), written out by ``config.fixed_dead_window``."""
-    from monosemantic.config import fixed_dead_window, preset
+    """The quality preset trains 4–8× the steps of the default's recipe; a TopK-kind dictionary's AuxK window stays
+    the default run's, in tokens (a share of the longer run would be 4–8× as long, which revives too late), written
+    out by ``config.fixed_dead_window`` — checked on the default's dictionaries as TopK ones (the default before
+    april2024), and a no-op on the april2024 ones the default trains now."""
+    from dataclasses import replace
+
+    from monosemantic.config import DEFAULT_TOPK, fixed_dead_window, preset
 
     default, quality = preset("default"), preset("quality")
-    windows = {}
+    steps = {d.id: d.steps // default.dictionary(d.id).steps for d in quality.dictionaries}
+    assert steps == {"A/0": 4, "A/1": 8, "A/2": 4, "B/1": 8}     # the trend's 8x where universality is measured
+    for d in quality.dictionaries:                               # the default's recipe, λ and options, more steps
+        assert replace(d, steps=None) == replace(default.dictionary(d.id), steps=None)
+        assert fixed_dead_window(d, quality.sae_train) == d.options == {}
     for d in default.dictionaries:
-        sae = make_dictionary(d.dictionary_config(default.model.d_mlp))
-        sae.begin_training(d.steps or default.sae_train.steps, default.sae_train.batch_size)
-        windows[d.id] = sae.dead_tokens
-    assert windows["A/1"] == round(0.05 * 1200 * 4096) and windows["A/2"] == round(0.05 * 300 * 4096)
-    assert {d.id: d.steps // default.dictionary(d.id).steps for d in quality.dictionaries} == {
-        "A/0": 4, "A/1": 8, "A/2": 4, "B/1": 8}     # the trend's 8x where universality is measured
-    for d in quality.dictionaries:
-        sae = make_dictionary(d.dictionary_config(quality.model.d_mlp))
-        sae.begin_training(d.steps, quality.sae_train.batch_size)
-        assert sae.dead_tokens == windows[d.id], d.id
+        topk = replace(d, kind="topk", recipe="tm2023", l1_coefficient=0.0, options=dict(DEFAULT_TOPK))
+        sae = make_dictionary(topk.dictionary_config(default.model.d_mlp))
+        sae.begin_training(d.steps, default.sae_train.batch_size)
+        assert sae.dead_tokens == round(0.05 * d.steps * 4096)
+        longer = replace(topk, steps=d.steps * steps[d.id], options=fixed_dead_window(topk, quality.sae_train))
+        sae = make_dictionary(longer.dictionary_config(quality.model.d_mlp))
+        sae.begin_training(longer.steps, quality.sae_train.batch_size)
+        assert sae.dead_tokens == round(0.05 * d.steps * 4096), d.id
     fixed = DictSpec("X/1", 64, 0.0, steps=10, kind="topk", options={"k": 2, "dead_tokens": 777})
     assert fixed_dead_window(fixed, default.sae_train) == {"k": 2, "dead_tokens": 777}   # an explicit window stays
     relu = DictSpec("X/1", 64, 1e-3)
@@ -530,11 +536,12 @@ def test_summary_names_a_topk_dictionary_by_its_own_recipe():
 def test_recipe_counterpart_is_the_paper_on_a_topk_run_and_the_default_on_a_paper_run(tiny_run):
     from types import SimpleNamespace
 
-    from monosemantic.config import DEFAULT_TOPK, preset
+    from monosemantic.config import DEFAULT_L1, preset
     from monosemantic.metrics import PAPER_VARIANT, low_mode_count, recipe_counterpart
 
-    name, change = recipe_counterpart(tiny_run, "A/1")              # tiny trains tm2023: show the default's TopK
-    assert name == "topk" and change == dict(kind="topk", recipe="tm2023", options=DEFAULT_TOPK, l1_coefficient=0.0)
+    name, change = recipe_counterpart(tiny_run, "A/1")              # tiny trains tm2023: show the default's
+    assert name == "april2024" and change == dict(kind="relu", recipe="april2024", options={},
+                                                  l1_coefficient=DEFAULT_L1)
     name, change = recipe_counterpart(SimpleNamespace(cfg=preset("kernels")), "A/1")
     assert name == "tm2023" and change == PAPER_VARIANT
     assert low_mode_count({"density_modes": {"bimodal": True, "low": 7}}) == 7

@@ -246,3 +246,27 @@ def test_batch_topk_entries_keeps_n_when_the_dense_recompute_puts_the_threshold_
     fl, v = S.batch_topk_entries(x, W, b, n, S.bf16_operand(W, b)[0])
     assert fl.numel() == n and torch.equal(fl, want)
     torch.testing.assert_close(v, pre.view(-1)[fl], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_april2024_encodes_through_the_relu_kernels_without_subtracting_b_dec(bf16):
+    """april2024's pre-activation is x W_enc + b_enc (no b_dec subtraction): the base class computes it
+    (``input_offset_D`` is zero), so ``linear_encoder`` holds and the sparse kernels give its dense ``encode`` —
+    with a b_dec far from zero, which a kernel that subtracted it would get wrong."""
+    from monosemantic.sparse import linear_encoder
+
+    torch.manual_seed(2)
+    sae = make_dictionary(DictionaryConfig(d_in=32, d_sae=2048, l1_coefficient=4e-3, recipe="april2024", seed=4))
+    with torch.no_grad():
+        sae.b_enc_F.uniform_(-0.6, 0.0)
+        sae.b_dec_D.fill_(3.0)
+    assert linear_encoder(sae) and float(sae.input_offset_D.abs().max()) == 0.0
+    x = torch.relu(torch.randn(500, 32))
+    dense = sae.encode(x).detach()
+    torch.testing.assert_close(dense, torch.relu(x @ sae.W_enc_DF.detach() + sae.b_enc_F.detach()))
+    rows, cols, vals = SparseEncoder(sae, bf16=bf16)(x)
+    nz = torch.nonzero(dense > 0)
+    assert 0.01 < len(nz) / dense.numel() < 0.6
+    np.testing.assert_array_equal(rows.numpy(), nz[:, 0].numpy())
+    np.testing.assert_array_equal(cols.numpy(), nz[:, 1].numpy())
+    np.testing.assert_allclose(vals.numpy(), dense[nz[:, 0], nz[:, 1]].numpy(), rtol=1e-4, atol=1e-5)

@@ -94,7 +94,7 @@ def example_windows(cfg, ex_g: np.ndarray, ex_u: np.ndarray, ctx_idx: np.ndarray
         linear = False
     elif linear:
         W_enc = sae.W_enc_DF.detach().float().contiguous()
-        c_F = sae.b_enc_F.detach().float() - sae.b_dec_D.detach().float() @ W_enc
+        c_F = sae.b_enc_F.detach().float() - sae.input_offset_D.detach().float() @ W_enc
     elif sae is not None:
         encoder = SparseEncoder(sae, cfg.bf16)
     fwd = mlp_acts or model.mlp_acts

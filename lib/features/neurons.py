@@ -28,7 +28,7 @@ def correlated_neurons(run, dict_id: str, features: Iterable[int], n_tokens: int
         raise IndexError(f"features {feats} out of range for {dict_id} (0 … {sae.d_sae - 1})")
     ctx = token_set_contexts(sp, min(n_tokens, cfg.n_tokens))
     W = sae.W_enc_DF.detach()[:, feats]
-    c = sae.b_enc_F.detach()[feats] - sae.b_dec_D.detach() @ W
+    c = sae.b_enc_F.detach()[feats] - sae.input_offset_D.detach() @ W
     D, k = model.d_mlp, len(feats)
     n = 0
     sf = torch.zeros(k, dtype=torch.float64); sff = torch.zeros(k, dtype=torch.float64)
