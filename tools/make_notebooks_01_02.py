@@ -79,14 +79,17 @@ with $b_d$ at the **geometric median** of the data, untied encoder and decoder, 
 (Anthropic's 2024 updates explain why: the L1 penalty with the pre-encoder bias silences features before they find a
 direction).
 
-**The default preset's** (`topk`, Gao et al. 2024), chosen by the recipe study (`benchmarks/recipes.py`, README):
+**The default preset's** (`april2024`, Anthropic's April 2024 update), chosen by the recipe study
+(`benchmarks/recipes.py`, README):
 
-$$f = \\mathrm{ReLU}(\\mathrm{TopK}_k(W_e \\bar x + b_e)),\\quad \\mathcal L = \\tfrac{1}{D}\\lVert x-\\hat x\\rVert^2
-+ \\tfrac{1}{32}\\,\\mathrm{AuxK}$$
+$$f = \\mathrm{ReLU}(W_e x + b_e),\\quad \\hat x = W_d f + b_d,\\quad
+\\mathcal L = \\tfrac{1}{D}\\lVert x-\\hat x\\rVert^2 + \\lambda_t \\textstyle\\sum_i f_i \\lVert W_{d,i}\\rVert$$
 
-— exactly $k = 16$ features per token (the paper's L0 target, by construction instead of by tuning λ), the encoder
-initialised to the decoder's transpose, features silent for 5 % of the run revived by AuxK (the $k_{aux}$ of them
-that best fit the residual get gradient), and the learning rate decayed to 0 over the last 20 % of steps. Below, the
+— no pre-encoder bias (ReLU MLP activations are all ≥ 0, so $x - b_d$ acts as a large negative bias that the L1 term
+uses to silence features), the decoder free in norm with the norm inside the penalty, decoder rows started as random
+directions of norm 0.1 with $W_e = W_d^\\top$ and zero encoder biases, λ = 8e-3 warmed up over the first 5 % of
+steps, the learning rate decayed to 0 over the last 20 %, gradients clipped at 1, no resampling. After training the
+decoder norms are folded into the features, so the saved dictionary has unit-norm rows like every other. Below, the
 two side by side on the same activations."""),
     ("code", SETUP),
     ("md", """## Harvest activations
@@ -120,11 +123,12 @@ mw.density_histogram_figure(run, ids, neuron_density=nd).show()"""),
     ("md", """## The paper's recipe beside the default's
 
 The same A/1 — size, tokens, activations, seed — trained by the other recipe: on a default run, the paper's
-`tm2023` beside the preset's TopK (trained once into `RUN/analyses/variants/`, about as long as A/1 took, then
+`tm2023` beside the preset's april2024 (trained once into `RUN/analyses/variants/`, about as long as A/1 took, then
 reused). The paper's log-density histogram is bimodal with the high mode near 1e-3 and a cluster of dead/ultralow
 features below 1e-6; after minutes of training the low cluster sits near 1e-4, above any "ultralow" cut, and holds
-most features. TopK has no such mode: k = 16 of 4,096 features fire per token, so the densities centre on 16/4096 ≈
-0.4 %. `metrics.density_modes` (a minimum-error split, kept only where the histogram dips) counts the low mode."""),
+most features. The April recipe has no such mode: with no pre-encoder bias to push them below zero, features keep
+firing while they find a direction, and the densities form one mode around L0/4096. `metrics.density_modes` (a
+minimum-error split, kept only where the histogram dips) counts the low mode."""),
     ("code", """import pandas as pd
 from monosemantic.metrics import low_mode_count, recipe_counterpart, variant_metrics
 name, change = recipe_counterpart(run, "A/1")     # the paper's tm2023 here, or the default's recipe on a tm2023 run
