@@ -365,6 +365,22 @@ def resolve_jobs(jobs: int | str, device: str = "cpu") -> int:
     return n
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """A worker's initializer: a daemon thread that ends the worker once ``parent_pid`` is gone (the worker is
+    reparented).  A parallel run killed by a signal to its main process only (``kill PID``, a supervisor's
+    SIGTERM/SIGKILL) otherwise left its workers training on, writing into stages the next ``run`` resumes — two
+    processes on one stage.  The stage's status stays "running" and its checkpoints are atomic, so the next ``run``
+    resumes it."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _stage_in_worker(root: str, stage: str, threads: int, cfg: dict) -> float:
     """One stage of a parallel run, in a worker process: ``threads`` intra-op threads, the parent's config (its
     device included), no progress bars (the parent reports), the stage's status marked as in ``_run_stage``.
@@ -393,7 +409,8 @@ def _run_parallel(run: Run, todo: list[str], jobs: int, log: Callable[[str], Non
 
     threads = max(1, torch.get_num_threads() // jobs)
     cfg = run.cfg.to_dict()
-    ex = executor or ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"))
+    ex = executor or ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                                         initargs=(os.getpid(),))
     path = critical_path(run, todo)
     pending, running, error = sorted(todo, key=lambda s: -path[s]), {}, None   # stable: ties keep stage order
     total = len(run.stages())

@@ -473,19 +473,22 @@ def _topk_of_candidates(xbar_ND, Wc, b_F, k: int, j: torch.Tensor, t: torch.Tens
     return fl, v.view(-1).index_select(0, order), int(bad.numel())
 
 
+def _encodes_as(sae, kind_cls) -> bool:
+    """``sae`` is a ``kind_cls`` whose ``encode`` is that class's own and whose pre-activation is the base
+    class's x̄ W_enc + b_enc with x̄ = x − b_dec, with its parameters on the CPU: what a kernel here assumes."""
+    from .sae import Dictionary
+
+    cls = type(sae)
+    return (isinstance(sae, kind_cls) and cls.encode is kind_cls.encode and cls.pre_acts is Dictionary.pre_acts
+            and sae.subtracts_b_dec and all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)))
+
+
 def topk_encoder_k(sae) -> int | None:
     """k when ``sae`` encodes as ReLU(TopK_k(x̄ W_enc + b_enc)) per row — the TopK kind, not a subclass that
     changes its ``encode`` or ``pre_acts`` (BatchTopK's inference threshold) — with its parameters on the CPU."""
     from .kinds import TopKDictionary
-    from .sae import Dictionary
 
-    cls = type(sae)
-    if not (isinstance(sae, TopKDictionary) and cls.encode is TopKDictionary.encode
-            and cls.pre_acts is Dictionary.pre_acts and sae.subtracts_b_dec):
-        return None
-    if not all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)):
-        return None
-    return int(sae.k)
+    return int(sae.k) if _encodes_as(sae, TopKDictionary) else None
 
 
 def threshold_encoder(sae) -> float | None:
@@ -493,15 +496,8 @@ def threshold_encoder(sae) -> float | None:
     latent — BatchTopK's inference (``kinds.BatchTopKDictionary.encode``), not a subclass that changes it — with
     its parameters on the CPU; else None.  Its active entries are those of pre above max(θ, 0)."""
     from .kinds import BatchTopKDictionary
-    from .sae import Dictionary
 
-    cls = type(sae)
-    if not (isinstance(sae, BatchTopKDictionary) and cls.encode is BatchTopKDictionary.encode
-            and cls.pre_acts is Dictionary.pre_acts and sae.subtracts_b_dec):
-        return None
-    if not all(p.device.type == "cpu" for p in (sae.W_enc_DF, sae.b_enc_F, sae.b_dec_D)):
-        return None
-    return max(float(sae.threshold), 0.0)
+    return max(float(sae.threshold), 0.0) if _encodes_as(sae, BatchTopKDictionary) else None
 
 
 # The bf16 filter of a threshold encoder tests pre > θ·(1 − THRESHOLD_SLACK) (a bias shifted by that much): a

@@ -312,3 +312,48 @@ def test_parallel_run_of_stages_whose_inputs_are_missing_is_a_clear_error(tmp_pa
         pipeline._run_parallel(run, ["dictionary:A/1", "dictionary:B/1"], 2, lambda _: None,
                                executor=ThreadPoolExecutor(2))
     assert run.status()["dictionary:A/1"]["status"] == "pending"        # nothing was started
+
+
+def test_parallel_run_workers_exit_when_the_run_process_is_killed(tmp_path):
+    """A signal to the run's main process alone (``kill -9 PID``) must not leave its stage workers training on:
+    they would keep writing into stages that the next ``run`` resumes.  The pool ``_run_parallel`` builds gives
+    each worker ``_exit_with_parent``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time, multiprocessing as mp\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from monosemantic.pipeline import _exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    ex = ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_exit_with_parent,\n"
+        "                             initargs=(os.getpid(),))\n"
+        "    futs = [ex.submit(time.sleep, 120) for _ in range(2)]\n"
+        "    while len(ex._processes) < 2: time.sleep(0.05)\n"
+        "    time.sleep(2.0)\n"
+        "    print(*ex._processes, flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert len(workers) == 2
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"   # a zombie has exited
+        except FileNotFoundError:
+            return False
+
+    assert all(alive(p) for p in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(alive(p) for p in workers):
+        time.sleep(0.2)
+    still = [p for p in workers if alive(p)]
+    for p in still:
+        os.kill(p, signal.SIGKILL)
+    assert not still, "stage workers outlived the killed run process"
