@@ -352,27 +352,17 @@ def topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Tensor, k
         rest[cols_S] = False
         perm = torch.cat([rest.nonzero().view(-1), cols_S])
         Wa_KF = Wa_KF.index_select(1, perm)
-    xa = _bf16_lhs(xbar_ND, Wa_KF.shape[0])
-    cand_l, t_l, cand_s, t_s = [], [], [], []
-    for i in range(0, N, R):
-        n = min(R, N - i)
-        pre16 = torch.mm(xa[i:i + n], Wa_KF, out=buf[:n])
-        ub, j = pre16.topk(m, dim=-1, sorted=False)
-        cand_l.append((j if perm is None else perm[j]).sort(dim=-1).values)
-        t_l.append(ub.float().amin(-1))
-        if perm is not None and k_S > 0:
-            ub, j = pre16[:, F - S:].topk(m_S, dim=-1, sorted=False)
-            cand_s.append(cols_S[j.sort(dim=-1).values])
-            t_s.append(ub.float().amin(-1))
+    j, t, sub = _bf16_row_candidates(xbar_ND, Wa_KF, m, perm, cols_S if perm is not None and k_S > 0 else None,
+                                     m_S if perm is not None else 0)
     Wc = W_DF if W_DF.stride(0) == 1 else W_DF.t().contiguous().t()
-    main = _topk_of_candidates(xbar_ND, Wc, b_F, k, torch.cat(cand_l), torch.cat(t_l), R, F)
+    main = _topk_of_candidates(xbar_ND, Wc, b_F, k, j, t, R, F)
     if subset is None:
         return main
     if k_S == 0 or N == 0:
         return main, (torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0)
     local = torch.full((F,), -1, dtype=torch.int64)
     local[cols_S] = torch.arange(S)
-    fl, v, bad = _topk_of_candidates(xbar_ND, Wc, b_F, k_S, torch.cat(cand_s), torch.cat(t_s), R, F, cols_S)
+    fl, v, bad = _topk_of_candidates(xbar_ND, Wc, b_F, k_S, sub[0], sub[1], R, F, cols_S)
     rows = torch.div(fl, F, rounding_mode="floor")
     fl_S = rows * S + local.index_select(0, fl - rows * F)    # global columns → positions in cols_S (order kept)
     return main, (fl_S, v, bad)
@@ -397,7 +387,7 @@ def batch_topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Ten
     n = min(int(n), N * F)
     m = min(F, 3 * -(-n // max(N, 1)))
     if Wa_KF is not None and 0 < n and m < F:
-        j, s_b = _bf16_row_candidates(xbar_ND, Wa_KF, m)
+        j, s_b, _ = _bf16_row_candidates(xbar_ND, Wa_KF, m)
         s_b = s_b.add_(s_b.abs().mul_(2 * U_BF16))
         Wc = W_DF if W_DF.stride(0) == 1 else W_DF.t().contiguous().t()
         v = sampled_dots(torch.arange(0, N * m + 1, m), j.view(-1), b_F.index_select(0, j.view(-1)), xbar_ND, Wc)
@@ -431,23 +421,34 @@ def batch_topk_entries(xbar_ND: torch.Tensor, W_DF: torch.Tensor, b_F: torch.Ten
 CROWDED_SLACK = 2.0 ** -16
 
 
-def _bf16_row_candidates(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _bf16_row_candidates(xbar_ND: torch.Tensor, Wa_KF: torch.Tensor, m: int, perm: torch.Tensor | None = None,
+                         cols_S: torch.Tensor | None = None, m_S: int = 0):
     """Each row's m largest bf16 upper bounds of pre (``candidates_bf16``' product): their columns (N, m),
-    ascending per row, and the smallest of them per row (fp32, not yet widened for the product's own rounding)."""
+    ascending per row, and the smallest of them per row (fp32, not yet widened for the product's own rounding) —
+    the candidates of ``topk_entries`` and ``batch_topk_entries``.  ``perm``: ``Wa_KF``'s columns are permuted
+    (column c of the product is ``perm[c]``), the last S of them ``cols_S``; with ``cols_S`` and m_S > 0, the
+    third result is the same pair for the m_S largest bounds among those S columns (as columns of F), else None."""
     N = xbar_ND.shape[0]
     F = Wa_KF.shape[1]
+    S = 0 if cols_S is None else int(cols_S.numel())
     xa = _bf16_lhs(xbar_ND, Wa_KF.shape[0])
     R = chunk_rows(N, F)
     buf = scratch("pre16", (R, F), torch.bfloat16)
-    cand_l, t_l = [], []
+    cand_l, t_l, cand_s, t_s = [], [], [], []
     for i in range(0, N, R):
         r = min(R, N - i)
-        ub, j = torch.mm(xa[i:i + r], Wa_KF, out=buf[:r]).topk(m, dim=-1, sorted=False)
-        cand_l.append(j.sort(dim=-1).values)
+        pre16 = torch.mm(xa[i:i + r], Wa_KF, out=buf[:r])
+        ub, j = pre16.topk(m, dim=-1, sorted=False)
+        cand_l.append((j if perm is None else perm[j]).sort(dim=-1).values)
         t_l.append(ub.float().amin(-1))
+        if S and m_S > 0:
+            ub, j = pre16[:, F - S:].topk(m_S, dim=-1, sorted=False)
+            cand_s.append(cols_S[j.sort(dim=-1).values])
+            t_s.append(ub.float().amin(-1))
     if not cand_l:
-        return torch.zeros(0, m, dtype=torch.int64), torch.zeros(0)
-    return torch.cat(cand_l), torch.cat(t_l)
+        return torch.zeros(0, m, dtype=torch.int64), torch.zeros(0), None
+    sub = (torch.cat(cand_s), torch.cat(t_s)) if cand_s else None
+    return torch.cat(cand_l), torch.cat(t_l), sub
 
 
 def _topk_of_candidates(xbar_ND, Wc, b_F, k: int, j: torch.Tensor, t: torch.Tensor, R: int, F: int,

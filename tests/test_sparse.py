@@ -241,7 +241,7 @@ def test_batch_topk_entries_keeps_n_when_the_dense_recompute_puts_the_threshold_
     want = batch_topk_indices(pre.relu(), n).sort().values
     orig_cand, orig_dots = S._bf16_row_candidates, S.sampled_dots
     monkeypatch.setattr(S, "_bf16_row_candidates",
-                        lambda *a: (lambda j, s: (j, torch.full_like(s, float("inf"))))(*orig_cand(*a)))
+                        lambda *a: (lambda j, s, sub: (j, torch.full_like(s, float("inf")), sub))(*orig_cand(*a)))
     monkeypatch.setattr(S, "sampled_dots", lambda *a: orig_dots(*a) * (1 + 2.0 ** -20))
     fl, v = S.batch_topk_entries(x, W, b, n, S.bf16_operand(W, b)[0])
     assert fl.numel() == n and torch.equal(fl, want)
