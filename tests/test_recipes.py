@@ -48,10 +48,10 @@ def written_tm2023(sae, x, step):
 
 
 def written_april2024(sae, x, step, steps=40):
-    """recipes.April2024Dictionary's docstring, λ_t warmed up over ⌈0.05 T⌉ steps."""
+    """recipes.April2024Dictionary's docstring, λ_t warmed up over W = max(⌈0.05 T⌉, min(60, ⌊T/4⌋)) steps."""
     f = torch.relu(x @ sae.W_enc_DF + sae.b_enc_F)
     x_hat = f @ sae.W_dec_FD + sae.b_dec_D
-    lam = sae.cfg.l1_coefficient * min(1.0, (step + 1) / math.ceil(0.05 * steps))
+    lam = sae.cfg.l1_coefficient * min(1.0, (step + 1) / max(math.ceil(0.05 * steps), min(60, steps // 4)))
     return (x - x_hat).pow(2).mean() + lam * (f * sae.W_dec_FD.norm(dim=-1)).sum(-1).mean()
 
 
@@ -86,9 +86,21 @@ def test_gradients_equal_autograd_of_the_written_objective(recipe, written, step
 def test_april2024_warms_lambda_up_over_5_percent_and_is_full_outside_training():
     sae = make_dictionary(DictionaryConfig(d_in=8, d_sae=16, l1_coefficient=0.2, recipe="april2024"))
     assert sae.sparsity_coefficient(0) == 0.2                     # never told the run's length: full λ
-    sae.begin_training(steps=600, batch_size=4096)                # ⌈0.05 · 600⌉ = 30 warm-up steps
-    assert [sae.sparsity_coefficient(s) for s in (0, 14, 29, 30, 599)] == pytest.approx([0.2 / 30, 0.1, 0.2, 0.2, 0.2])
+    sae.begin_training(steps=2000, batch_size=4096)               # ⌈0.05 · 2000⌉ = 100 warm-up steps
+    assert [sae.sparsity_coefficient(s) for s in (0, 49, 99, 100, 1999)] == pytest.approx([0.2 / 100, 0.1, 0.2, 0.2, 0.2])
     assert sae.sparsity_coefficient(None) == 0.2
+
+
+@pytest.mark.parametrize("steps, warmup", [(300, 60), (600, 60), (1200, 60), (1600, 80), (100, 25), (8, 2), (2, 1)])
+def test_april2024_warmup_has_a_floor_of_60_steps_at_most_a_quarter_of_the_run(steps, warmup):
+    # a short run's 5 % is too few Adam steps for the encoder to leave its start before the full penalty
+    # (the default A/2: 300 steps, 15 of warm-up, 60 % dead), so W = max(⌈5 % T⌉, min(60, ⌊T/4⌋))
+    sae = make_dictionary(DictionaryConfig(d_in=8, d_sae=16, l1_coefficient=0.2, recipe="april2024"))
+    sae.begin_training(steps=steps, batch_size=4096)
+    assert sae.sparsity_warmup_steps == warmup
+    assert sae.sparsity_coefficient(warmup - 1) == pytest.approx(0.2)
+    if warmup > 1:
+        assert sae.sparsity_coefficient(warmup - 2) < 0.2
 
 
 def test_april2024_init_is_tied_directions_at_norm_0_1_with_zero_biases():
