@@ -160,8 +160,8 @@ class Dictionary(nn.Module):
     def init_encoder_bias(self, x_ND: torch.Tensor, density: float, chunk: int = 2048) -> None:
         """b_enc_F ← −(the (1 − density) quantile over x_ND of each feature's bias-free pre-activation), so every
         feature starts active on about ``density`` of the inputs instead of about half of them.  Call after b_dec
-        is set (x̄ = x − b_dec)."""
-        x = x_ND.to(self.W_enc_DF.dtype) - self.b_dec_D
+        is set (x̄ = x − ``input_offset_D``: b_dec, or nothing for a kind that does not subtract it)."""
+        x = x_ND.to(self.W_enc_DF.dtype) - self.input_offset_D
         N = x.shape[0]
         k = min(N, max(1, int(round((1.0 - density) * N))))  # k-th smallest: about density·N rows lie above
         for s in range(0, self.d_sae, chunk):

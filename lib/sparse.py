@@ -646,13 +646,15 @@ class TokenMass:
     unit is specific to; the count floor keeps a token seen once from ranking on one lucky activation.
 
     Up to ``DENSE_CELLS`` (unit, token) cells the mass is a dense float64 vector updated by ``index_add_`` (cost
-    per entry only: the neurons' 200M entries a pass stay cheap); above, the pairs are kept sparse — sorted keys
-    ``u·V + t`` with their sums, coalesced every ``flush_entries`` — so a 16k-feature dictionary over a 4k
-    vocabulary costs only its distinct pairs.  The state (:meth:`state_dict`, the sparse form either way)
-    round-trips between the two.
+    per entry only: the neurons' 200M entries a pass stay cheap).  The bound, 2²⁶ cells (512 MiB), takes in the
+    default run's 16,384 features × 4,096 tokens: its sparse form re-sorts every distinct pair at each flush
+    (``np.unique``), which cost A/2's statistics pass 30 s of its 190 and the splitting pass 22 s.  Above it, the
+    pairs are kept sparse — sorted keys ``u·V + t`` with their sums, coalesced every ``flush_entries`` — so a
+    larger dictionary or vocabulary costs only its distinct pairs.  The state (:meth:`state_dict`, the sparse
+    form either way) round-trips between the two.
     """
 
-    DENSE_CELLS = 1 << 24
+    DENSE_CELLS = 1 << 26
 
     def __init__(self, n_units: int, vocab: int, flush_entries: int = 1 << 22):
         self.U, self.V, self.flush_entries = int(n_units), int(vocab), int(flush_entries)

@@ -62,16 +62,27 @@ def _unit_decoder(sae) -> torch.Tensor:
     return torch.nn.functional.normalize(sae.W_dec_FD.detach().float().cpu(), dim=1)
 
 
-def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | None = None) -> np.ndarray:
-    """Cosine similarity of decoder vectors: the full (F_a, F_b) matrix, or of the pairs (i[k], j[k]) only."""
+def decoder_cosine(sae_a, sae_b, i: np.ndarray | None = None, j: np.ndarray | None = None,
+                   block_elems: int = 1 << 24) -> np.ndarray:
+    """Cosine similarity of decoder vectors: the full (F_a, F_b) matrix, or of the pairs (i[k], j[k]) only (from
+    row blocks of ≤ ``block_elems`` entries of the product)."""
     A, B = _unit_decoder(sae_a), _unit_decoder(sae_b)
     if i is None:
         return (A @ B.T).numpy()
+    # Row blocks of the product over the distinct i only, read off at the pairs: gathering two D-vectors per pair
+    # cost the default run's 1.1M A/1→A/2 links 5 s (≈ 5 µs a pair), the blocks of rows 1 s.
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     out = np.empty(len(i), np.float64)
-    step = 1 << 16
-    for k in range(0, len(i), step):
-        a, b = torch.as_tensor(i[k:k + step]), torch.as_tensor(j[k:k + step])
-        out[k:k + step] = (A[a] * B[b]).sum(1).double().numpy()
+    order = np.argsort(i, kind="stable")
+    rows, first = np.unique(i[order], return_index=True)
+    bounds = np.append(first, len(i))
+    R = max(1, block_elems // max(B.shape[0], 1))
+    for r0 in range(0, len(rows), R):
+        S = (A[torch.as_tensor(rows[r0:r0 + R])] @ B.T).numpy()     # (≤R, F_b)
+        lo, hi = bounds[r0], bounds[min(r0 + R, len(rows))]
+        sel = order[lo:hi]
+        local = np.repeat(np.arange(min(R, len(rows) - r0)), np.diff(bounds[r0:min(r0 + R, len(rows)) + 1]))
+        out[sel] = S[local, j[sel]]
     return out
 
 

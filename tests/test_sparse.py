@@ -125,6 +125,8 @@ def test_token_mass_top_tokens_match_brute_force_whatever_the_chunking_and_check
         np.testing.assert_array_equal(m.count, cnt)
     with pytest.raises(ValueError, match="expected"):
         TokenMass(U, V + 1).load_state_dict(one.state_dict())
+    # the default run's largest, A/2's 16,384 features over its 4,096-token vocabulary, takes the dense form
+    assert TokenMass(16384, 4096).dense is not None and TokenMass(16384, 4097).dense is None
 
 
 @pytest.mark.parametrize("bf16", ["0", "1"])

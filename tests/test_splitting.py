@@ -347,3 +347,23 @@ def test_finished_links_and_map_are_loaded_not_recomputed(tiny_run, tmp_path, mo
     with pytest.raises(NewPass):   # another threshold is a new pass
         splitting.link_dictionaries(run, ["A/0", "A/1"], n_tokens=3000, threshold=0.5)
     assert calls == ["links"]
+
+
+def test_decoder_cosine_of_pairs_reads_the_full_matrix_in_any_order_across_row_blocks():
+    """The links' decoder cosines come from row blocks of the product over the distinct sources: the same numbers
+    as the full matrix whatever the pairs' order, repeats or block size; no pairs give an empty array."""
+    from monosemantic.splitting import decoder_cosine
+
+    a = make_dictionary(DictionaryConfig(d_in=16, d_sae=300, seed=1))
+    b = make_dictionary(DictionaryConfig(d_in=16, d_sae=700, seed=2))
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, 300, 5000), rng.integers(0, 700, 5000)
+    i[:10] = 299                                                  # repeats of one source, unsorted
+    full = decoder_cosine(a, b)
+    assert full.shape == (300, 700) and np.abs(np.diag(decoder_cosine(a, a))).min() > 1 - 1e-6
+    np.testing.assert_allclose(decoder_cosine(a, b, i, j), full[i, j], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(decoder_cosine(a, b, i, j, block_elems=700 * 7), full[i, j], rtol=0, atol=1e-6)
+    sub = rng.choice(300, 7, replace=False)
+    sel = np.isin(i, sub)                                         # a few sources: few rows of the product
+    np.testing.assert_allclose(decoder_cosine(a, b, i[sel], j[sel]), full[i[sel], j[sel]], rtol=0, atol=1e-6)
+    assert decoder_cosine(a, b, i[:0], j[:0]).shape == (0,)
