@@ -701,16 +701,24 @@ class TokenMass:
     def top(self, k: int, min_count: int = TOP_TOKEN_MIN_COUNT) -> list[np.ndarray]:
         """Each unit's ``k`` top token ids (see the class docstring), largest mean activation first."""
         mass = self.matrix()
-        out = []
-        for u in range(self.U):
-            lo, hi = mass.indptr[u], mass.indptr[u + 1]
-            ids, v = mass.indices[lo:hi], mass.data[lo:hi]
-            c = self.count[ids]
-            ok = c >= min_count
-            if ok.any():
-                ids, v = ids[ok], v[ok] / c[ok]
-            out.append(ids[np.argsort(-v, kind="stable")[:k]].astype(np.int64))
-        return out
+        mass.sum_duplicates()                               # sorted token ids within each unit
+        row = np.repeat(np.arange(self.U), np.diff(mass.indptr))
+        ids, v = mass.indices.astype(np.int64), mass.data
+        c = self.count[ids]
+        ok = c >= min_count
+        has_ok = np.bincount(row[ok], minlength=self.U) > 0
+        keep = ok | ~has_ok[row]                            # qualifying tokens, or all of a unit without any
+        row, ids, v, c, ok = row[keep], ids[keep], v[keep], c[keep], ok[keep]
+        score = np.where(ok, v / np.maximum(c, 1), v)
+        # one sort for every unit: by unit, then score descending, then token id (the per-unit stable sort's ties)
+        order = np.lexsort((ids, -score, row))
+        row, ids = row[order], ids[order]
+        start = np.searchsorted(row, np.arange(self.U))
+        rank = np.arange(len(row)) - start[row]
+        sel = rank < k
+        bounds = np.searchsorted(row[sel], np.arange(self.U + 1))
+        top = ids[sel]
+        return [top[bounds[u]:bounds[u + 1]] for u in range(self.U)]
 
     def state_dict(self, prefix: str = "mass_") -> dict[str, np.ndarray]:
         self._flush()
