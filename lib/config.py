@@ -473,8 +473,10 @@ def _default() -> RunConfig:
         # about twice TopK's tokens/s.  A/1 and B/1 get twice the tokens of the other sizes: universality is what
         # grows with training.  A/0 takes half the λ: at 8e-3 its 512 features settled at L0 10 and loss recovered
         # 73.8 %; at 4e-3 L0 17.6 (A/1's 17.9) and FVU 0.30 against 0.41 (a 500-step probe on A's store).  A/2 keeps
-        # A/1's: its 300 steps leave L0 62 and 60 % dead at 8e-3, L0 189 and 11 % dead at 4e-3, L0 11 and 95 % dead
-        # at 1.4e-2 (the same probe) — it needs more steps, not another λ.
+        # A/1's.  Its 300 steps with the bare 5 % λ warm-up (15 steps) left 60 % dead at every λ tried (4e-3 … 1.4e-2):
+        # the features died in the first 50 steps, before the encoder had moved.  april2024's warm-up floor of 60
+        # steps (recipes.py) keeps them: 216 dead, L0 142, FVU 0.330 (probe on A's store; 1.2e-2 with the floor:
+        # 1,294 dead, L0 87, FVU 0.42).
         dictionaries=[
             default_dictionary("A/0", 512, steps=500, l1=4e-3),
             default_dictionary("A/1", 4096, steps=1200),
