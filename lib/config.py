@@ -102,6 +102,13 @@ class SAETrainConfig:
     # times faster.  bf16=None uses the CPU's bf16 matrix units when present (as an exact filter, see fast.py).
     fast: bool = True
     bf16: bool | None = None
+    # The high-density steps on bf16 products (approximate; off by default).  A tied april2024 start fires half of
+    # its features on every input, so a dictionary's first 40-60 steps are dense or at 5-25 % density, where the
+    # exact paths run fp32 products: 182 s of the default A/2's 464.  mixed_dense=True runs the steps above 10 %
+    # active (fast.MIXED_DENSE_ABOVE) as the kind's own loss under bf16 autocast — bf16 products with fp32
+    # accumulation, parameters, optimizer and loss in fp32 — where the CPU has bf16 dot products and the kind an
+    # exact sparse step, which takes every step below that.  Log path "dense-bf16".
+    mixed_dense: bool = False
 
 
 @dataclass

@@ -28,7 +28,8 @@ from . import distributed as D
 from .activations import ActivationStore
 from .config import SAETrainConfig
 from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
-from .fast import fast_loss, fast_supported, make_adam, plan_step
+from .fast import MIXED_DENSE_ABOVE, fast_loss, fast_supported, make_adam, plan_step
+from .sparse import bf16_available
 from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
                  optimizer_state_tensors, read_json, save_safetensors)
 from .sae import Dictionary, DictionaryConfig, geometric_median, make_dictionary
@@ -196,6 +197,9 @@ class _Loop:
                               f"dictionary with d_in={d} (DictionaryConfig(d_in={d}, ...))")
         self.sae = sae.to(device)
         self.use_fast = train.fast and fast_supported(sae)
+        # SAETrainConfig.mixed_dense: the steps above MIXED_DENSE_ABOVE on bf16 products (CPU; the exact sparse
+        # step takes over below it)
+        self.mixed_dense = bool(train.mixed_dense) and self.use_fast and bf16_available()
         self.opt = make_adam(sae.parameters(), lr=train.lr, betas=tuple(train.betas))  # fused: one pass per tensor
         self.params = list(sae.parameters())
         self.resample_steps, self.window = resample_schedule(train)
@@ -212,7 +216,9 @@ class _Loop:
         self.density: float | None = None  # the previous step's L0 / F: picks the cheaper exact path (plan_step)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.ckpt = self.out_dir / "ckpt" if self.out_dir else None
-        self.fingerprint = {"dictionary": sae.cfg.to_dict(), "train": json_safe(train.__dict__), "seed": seed,
+        # a field added since checkpoints were first written is left out at its default, so those still resume
+        fp_train = {k: v for k, v in train.__dict__.items() if not (k == "mixed_dense" and v is False)}
+        self.fingerprint = {"dictionary": sae.cfg.to_dict(), "train": json_safe(fp_train), "seed": seed,
                             "d": self.source.d}
         self.gen = torch.Generator().manual_seed(seed + 5)  # resampling's draws
         self.log_rows: list[dict] = []
@@ -269,7 +275,13 @@ class _Loop:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, self.train, sae.lr_decay_fraction)
         fast_now, bf16_now = plan_step(self.density, sae.d_sae, self.train.bf16) if self.use_fast else (False, False)
-        out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
+        mixed = self.mixed_dense and (self.density is None or self.density >= MIXED_DENSE_ABOVE)
+        if mixed:
+            fast_now = False
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = sae.loss(x, step=step)
+        else:
+            out = fast_loss(sae, x, bf16=bf16_now, step=step) if fast_now else sae.loss(x, step=step)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
@@ -298,7 +310,8 @@ class _Loop:
         self.density = l0 / sae.d_sae
         # (the TopK fast step has no bf16 filter: it says which it used)
         bf16_used = bool(out.get("bf16", bf16_now)) if fast_now else False
-        return {**out, "l0": l0, "path": ("fast-bf16" if bf16_used else "fast") if fast_now else "dense"}
+        path = "dense-bf16" if mixed else ("fast-bf16" if bf16_used else "fast") if fast_now else "dense"
+        return {**out, "l0": l0, "path": path}
 
     def dead_F(self, done: int) -> torch.Tensor:
         """Features silent for the last ``window`` steps, after ``done`` steps."""

@@ -9,9 +9,10 @@ import torch
 
 from monosemantic import (ConfigError, DictSpec, Dictionary, DictionaryConfig, RunConfig, SAETrainConfig,
                           available_recipes, make_dictionary, preset)
-from monosemantic.fast import fast_form, fast_loss, fast_supported
+from monosemantic.fast import MIXED_DENSE_ABOVE, fast_form, fast_loss, fast_supported
 from monosemantic.recipes import April2024Dictionary, ReluLowModeDictionary, low_mode_revival
 from monosemantic.sae import ReluDictionary
+from monosemantic.sparse import bf16_available
 from monosemantic.train_sae import TensorSource, _Loop, lr_at, train_dictionary
 
 PARAMS = ("W_enc_DF", "b_enc_F", "W_dec_FD", "b_dec_D")
@@ -558,3 +559,57 @@ def test_recipe_counterpart_is_the_paper_on_a_topk_run_and_the_default_on_a_pape
     assert name == "tm2023" and change == PAPER_VARIANT
     assert low_mode_count({"density_modes": {"bimodal": True, "low": 7}}) == 7
     assert low_mode_count({"density_modes": {"bimodal": False, "low": 7}}) == 0 == low_mode_count({"density_modes": None})
+
+
+# ---- the high-density steps on bf16 products (SAETrainConfig.mixed_dense) ---------------------------------------
+
+@pytest.mark.skipif(not bf16_available(), reason="needs a CPU with bf16 dot products (mixed_dense is off without)")
+def test_mixed_dense_runs_only_the_dense_start_on_bf16_and_lands_where_the_exact_run_does():
+    """From a tied april2024 start (half the features fire on every input) the mixed run takes bf16 products for
+    the dense steps, then the exact sparse step once density falls below MIXED_DENSE_ABOVE; it ends within a few
+    per cent of the all-exact run on the same batches, and the loss it logs is the objective in fp32."""
+    x, _ = planted(n=16384, D=32, F=64)
+    cfg = DictionaryConfig(d_in=32, d_sae=1024, l1_coefficient=0.02, recipe="april2024", seed=1)
+    runs = {}
+    for mixed in (True, False):
+        runs[mixed] = train_dictionary(x, cfg, SAETrainConfig(steps=80, batch_size=512, lr=3e-3, log_every=1,
+                                                              mixed_dense=mixed), progress=False)
+    log = runs[True].train_log
+    paths = [r["path"] for r in log]
+    assert paths[0] == "dense-bf16" and "dense-bf16" not in {r["path"] for r in runs[False].train_log}
+    first_sparse = next(i for i, p in enumerate(paths) if p != "dense-bf16")
+    assert set(paths[first_sparse:]) <= {"fast", "fast-bf16"}       # never back to bf16 products once sparse
+    # each step is planned from the previous one's density: bf16 products while it was ≥ MIXED_DENSE_ABOVE
+    assert all(r["l0"] / 1024 >= MIXED_DENSE_ABOVE for r in log[:first_sparse - 1])
+    assert log[first_sparse - 1]["l0"] / 1024 < MIXED_DENSE_ABOVE
+    assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in log)
+    mse = {m: float((runs[m](x)[0] - x).pow(2).mean()) for m in runs}
+    assert abs(mse[True] - mse[False]) <= 0.05 * mse[False], mse
+    l0 = {m: float((runs[m].encode(x) > 0).float().sum(-1).mean()) for m in runs}
+    assert abs(l0[True] - l0[False]) <= 0.1 * l0[False], l0
+
+
+def test_mixed_dense_is_off_by_default_and_a_no_op_where_the_exact_fast_step_is_not_used():
+    x, _ = planted(n=2048, D=32, F=64)
+    cfg = DictionaryConfig(d_in=32, d_sae=128, l1_coefficient=0.02, recipe="april2024")
+    assert SAETrainConfig().mixed_dense is False
+    sae = train_dictionary(x, cfg, SAETrainConfig(steps=5, batch_size=512, fast=False, mixed_dense=True,
+                                                  log_every=1), progress=False)
+    assert {r["path"] for r in sae.train_log} == {"dense"}          # no exact sparse step to hand over to
+
+
+def test_checkpoints_written_before_mixed_dense_existed_still_resume(tmp_path):
+    """The checkpoint fingerprint leaves mixed_dense out at its default (False), as every checkpoint written before
+    the field existed has it; switching it on is a different run and is refused."""
+    from monosemantic.errors import CheckpointMismatchError
+
+    x, _ = planted(n=2048, D=32, F=64)
+    cfg = DictionaryConfig(d_in=32, d_sae=64, l1_coefficient=0.02, recipe="april2024")
+    train = SAETrainConfig(steps=4, batch_size=256, checkpoint_every=2, log_every=1)
+    train_dictionary(x, cfg, train, out_dir=tmp_path, progress=False)
+    prog = json.loads((tmp_path / "ckpt" / "progress.json").read_text())
+    assert "mixed_dense" not in prog["fingerprint"]["train"] and prog["step"] == 4
+    train_dictionary(x, cfg, train, out_dir=tmp_path, progress=False)           # resumes: nothing left to do
+    with pytest.raises(CheckpointMismatchError):
+        train_dictionary(x, cfg, SAETrainConfig(**{**train.__dict__, "mixed_dense": True}), out_dir=tmp_path,
+                         progress=False)
