@@ -518,8 +518,9 @@ def _quality() -> RunConfig:
     universality A/1~B/1 went 0.422 → 0.505 → 0.572 at 1×, 2×, 4× (the neurons 0.411): about +0.075 a doubling, so
     ~0.64 at 8×.  Run end to end from a fresh clone (2026-12-04) with the TopK recipe, the default's until
     april2024 replaced it: 0.647 (neurons 0.411), no dead in A/1 or B/1, 1 h 49 min on 2 cores with a one-thread
-    study beside it (README).  With april2024 the default alone gives 0.652; this preset has not been re-run with
-    it (its ReLU step is about twice TopK's speed, so it should take well under that time)."""
+    study beside it (README).  With april2024 the default alone gives 0.652, and the same study's april2024 trend
+    is 0.652 → 0.656 → 0.695 at 1×, 2×, 4×; this preset has not been re-run with it (its ReLU step is about twice
+    TopK's speed, so it should take well under that time)."""
     cfg = _default()
     cfg.preset = "quality"
     cfg.harvest = HarvestConfig(positions_per_context=64, rows=3_200_000)
