@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -109,6 +109,16 @@ class SAETrainConfig:
     # accumulation, parameters, optimizer and loss in fp32 — where the CPU has bf16 dot products and the kind an
     # exact sparse step, which takes every step below that.  Log path "dense-bf16".
     mixed_dense: bool = False
+
+    # Fields added after runs and checkpoints were first written, with the value that reproduces the behaviour
+    # before them: left out of fingerprints at that value, so those runs' checkpoints and cached analyses still match.
+    LATER_FIELDS: ClassVar[dict] = {"mixed_dense": False}
+
+    def fingerprint(self) -> dict:
+        """The fields that say what training does, for checkpoint and analysis fingerprints (``LATER_FIELDS``
+        at their old value left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not (k in self.LATER_FIELDS and v == self.LATER_FIELDS[k])}
 
 
 @dataclass

@@ -29,10 +29,10 @@ from .activations import ActivationStore
 from .config import SAETrainConfig
 from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from .fast import MIXED_DENSE_ABOVE, fast_loss, fast_supported, make_adam, plan_step
-from .sparse import bf16_available
 from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
                  optimizer_state_tensors, read_json, save_safetensors)
 from .sae import Dictionary, DictionaryConfig, geometric_median, make_dictionary
+from .sparse import bf16_available
 
 
 # ---- data sources ----------------------------------------------------------------------------------------------
@@ -216,9 +216,7 @@ class _Loop:
         self.density: float | None = None  # the previous step's L0 / F: picks the cheaper exact path (plan_step)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.ckpt = self.out_dir / "ckpt" if self.out_dir else None
-        # a field added since checkpoints were first written is left out at its default, so those still resume
-        fp_train = {k: v for k, v in train.__dict__.items() if not (k == "mixed_dense" and v is False)}
-        self.fingerprint = {"dictionary": sae.cfg.to_dict(), "train": json_safe(fp_train), "seed": seed,
+        self.fingerprint = {"dictionary": sae.cfg.to_dict(), "train": json_safe(train.fingerprint()), "seed": seed,
                             "d": self.source.d}
         self.gen = torch.Generator().manual_seed(seed + 5)  # resampling's draws
         self.log_rows: list[dict] = []

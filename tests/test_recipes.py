@@ -609,6 +609,7 @@ def test_checkpoints_written_before_mixed_dense_existed_still_resume(tmp_path):
     train_dictionary(x, cfg, train, out_dir=tmp_path, progress=False)
     prog = json.loads((tmp_path / "ckpt" / "progress.json").read_text())
     assert "mixed_dense" not in prog["fingerprint"]["train"] and prog["step"] == 4
+    assert "mixed_dense" in SAETrainConfig(mixed_dense=True).fingerprint()   # the same rule the control's uses
     train_dictionary(x, cfg, train, out_dir=tmp_path, progress=False)           # resumes: nothing left to do
     with pytest.raises(CheckpointMismatchError):
         train_dictionary(x, cfg, SAETrainConfig(**{**train.__dict__, "mixed_dense": True}), out_dir=tmp_path,

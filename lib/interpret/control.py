@@ -29,7 +29,7 @@ def control_fingerprint(run, dict_id: str, cfg: InterpretConfig) -> dict:
     return {"model_sha": file_sha(run.model_dir(spec.transformer) / "model.safetensors"),
             "seed": cfg.control_seed, "rows": cfg.control_rows, "steps": cfg.control_steps,
             "dictionary": dataclasses.asdict(spec), "harvest": dataclasses.asdict(run.cfg.harvest),
-            "sae_train": dataclasses.asdict(run.cfg.sae_train), "corpus_seed": run.cfg.corpus.seed}
+            "sae_train": run.cfg.sae_train.fingerprint(), "corpus_seed": run.cfg.corpus.seed}
 
 
 def build_control(run, dict_id: str, cfg: InterpretConfig, out: Path, progress: bool = True):
