@@ -272,6 +272,38 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
+def truncate_jsonl(path: str | Path, last_step: int) -> None:
+    """Keep the rows of a training log up to ``last_step`` (their ``step``): on resuming from a checkpoint, the
+    rows a killed run appended after it — the log is appended before the checkpoint commits — are dropped, so the
+    resumed steps are logged once."""
+    path = Path(path)
+    rows = read_jsonl(path)
+    keep = [r for r in rows if int(r.get("step", 0)) <= last_step]
+    if len(keep) != len(rows) or (path.exists() and not path.read_text().endswith("\n") and path.stat().st_size):
+        atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in keep))
+
+
+# A checkpoint is a state file named by its step plus progress.json naming it, written last: the commit point.
+# Overwriting one state file in place would leave, after a kill between the two writes, a state that is ahead of
+# the step progress.json gives — and a resumed run that trains those steps twice.
+def save_checkpoint(ckpt_dir: str | Path, tensors: dict[str, torch.Tensor], progress: dict) -> None:
+    """Save ``tensors`` as ``state-<step>.safetensors``, then ``progress.json`` (``progress`` + the file's name),
+    then remove older state files."""
+    ckpt_dir = Path(ckpt_dir)
+    name = f"state-{int(progress['step']):09d}.safetensors"
+    save_safetensors(tensors, ckpt_dir / name)
+    atomic_write_json(ckpt_dir / "progress.json", {**progress, "state": name})
+    for old in ckpt_dir.glob("state*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def checkpoint_state(ckpt_dir: str | Path, progress: dict, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of the checkpoint ``progress`` (its progress.json) commits.  A checkpoint written before state
+    files were named by step holds ``state.safetensors``."""
+    return load_safetensors(Path(ckpt_dir) / progress.get("state", "state.safetensors"), device=device)
+
+
 def optimizer_state_tensors(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> tuple[dict, dict]:
     """Flatten an Adam-style optimizer state into (tensors, json-scalars) keyed by parameter index."""
     tensors, scalars = {}, {}

@@ -15,8 +15,8 @@ import torch
 
 from .config import LMTrainConfig, ModelConfig
 from .errors import CheckpointMismatchError, TrainingDivergedError
-from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
-                 optimizer_state_tensors, read_json, save_safetensors)
+from .io import (append_jsonl, atomic_write_json, checkpoint_state, json_safe, load_optimizer_state,
+                 optimizer_state_tensors, read_json, save_checkpoint, truncate_jsonl)
 from .subject import SubjectModel
 from .tokenizer import TokenSplit
 
@@ -93,10 +93,11 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
             raise CheckpointMismatchError(
                 f"checkpoint in {ckpt_dir} was written by a different config; delete {ckpt_dir} to start over, "
                 f"or run with the config that wrote it")
-        state = load_safetensors(ckpt_dir / "state.safetensors", device=str(device))
+        state = checkpoint_state(ckpt_dir, prog, device=str(device))
         model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
         load_optimizer_state(opt, ordered, {k: v for k, v in state.items() if k.startswith("opt.")}, prog["opt_scalars"])
         start = int(prog["step"])
+        truncate_jsonl(out_dir / "train_log.jsonl", start)   # rows a killed run logged past its checkpoint
     log_path = out_dir / "train_log.jsonl"
     model.train()
     t0 = time.time()
@@ -130,9 +131,8 @@ def train_transformer(out_dir: Path, tokens_dir: Path, model_cfg: ModelConfig, c
             rows = []
             tensors, scalars = optimizer_state_tensors(opt, ordered)
             tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-            save_safetensors(tensors, ckpt_dir / "state.safetensors")
-            atomic_write_json(ckpt_dir / "progress.json", {"step": step + 1, "opt_scalars": scalars,
-                                                           "fingerprint": fingerprint, "last_eval": last_eval})
+            save_checkpoint(ckpt_dir, tensors, {"step": step + 1, "opt_scalars": scalars,
+                                                "fingerprint": fingerprint, "last_eval": last_eval})
     append_jsonl(log_path, rows)
     final = eval_loss(model, val, max(cfg.eval_batches, 8), cfg.batch_size)
     record = {"eval_loss": final, "steps": cfg.steps, "tokens_seen": cfg.steps * tokens_per_step,

@@ -29,8 +29,8 @@ from .activations import ActivationStore
 from .config import SAETrainConfig
 from .errors import CheckpointMismatchError, ConfigError, TrainingDivergedError
 from .fast import MIXED_DENSE_ABOVE, fast_loss, fast_supported, make_adam, plan_step
-from .io import (append_jsonl, atomic_write_json, json_safe, load_optimizer_state, load_safetensors,
-                 optimizer_state_tensors, read_json, save_safetensors)
+from .io import (append_jsonl, checkpoint_state, json_safe, load_optimizer_state, optimizer_state_tensors,
+                 read_json, save_checkpoint, truncate_jsonl)
 from .sae import Dictionary, DictionaryConfig, geometric_median, make_dictionary
 from .sparse import bf16_available
 
@@ -240,7 +240,7 @@ class _Loop:
             raise CheckpointMismatchError(
                 f"the dictionary checkpoint in {self.ckpt} was written by a different config; delete {self.ckpt} to "
                 f"start over or train with the config that wrote it")
-        state = load_safetensors(self.ckpt / "state.safetensors", device=str(self.device))
+        state = checkpoint_state(self.ckpt, prog, device=str(self.device))
         self.sae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
         load_optimizer_state(self.opt, self.params, {k: v for k, v in state.items() if k.startswith("opt.")},
                              prog["opt_scalars"])
@@ -249,7 +249,11 @@ class _Loop:
         if self.count_firings:
             self.fired_count_F = state["loop.fired_count"].cpu().long()
             self.window_start = int(prog["window_start"])
+        if "loop.gen_state" in state:   # revival's draws continue where they were (older checkpoints: reseeded)
+            self.gen.set_state(state["loop.gen_state"].cpu())
         self.start = int(prog["step"])  # density stays unknown: the first resumed step takes the dense path
+        if self.out_dir is not None and D.is_main():
+            truncate_jsonl(self.out_dir / "train_log.jsonl", self.start)
 
     def _initialise(self, init_b_dec: bool) -> None:
         train, sae = self.train, self.sae
@@ -360,12 +364,12 @@ class _Loop:
         tensors.update({f"sae.{k}": v for k, v in self.sae.state_dict().items()})
         tensors["loop.last_fired"] = self.last_fired_F
         tensors["loop.ever_fired"] = self.ever_fired_F
+        tensors["loop.gen_state"] = self.gen.get_state()
         progress = {"step": done, "opt_scalars": scalars, "fingerprint": self.fingerprint}
         if self.count_firings:
             tensors["loop.fired_count"] = self.fired_count_F
             progress["window_start"] = self.window_start
-        save_safetensors(tensors, self.ckpt / "state.safetensors")
-        atomic_write_json(self.ckpt / "progress.json", progress)
+        save_checkpoint(self.ckpt, tensors, progress)
 
     def finish(self, seconds: float) -> Dictionary:
         D.barrier()

@@ -173,7 +173,7 @@ def test_april2024_trains_an_unconstrained_decoder_and_saves_it_folded(tmp_path)
     cfg = DictionaryConfig(d_in=16, d_sae=64, l1_coefficient=0.01, recipe="april2024")
     sae = train_dictionary(x, cfg, SAETrainConfig(steps=20, batch_size=256, checkpoint_every=20), progress=False,
                            out_dir=tmp_path)
-    state = load_safetensors(tmp_path / "ckpt" / "state.safetensors")
+    state = load_safetensors(tmp_path / "ckpt" / "state-000000020.safetensors")
     unfolded = make_dictionary(cfg)
     unfolded.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("sae.")})
     n_F = unfolded.W_dec_FD.detach().norm(dim=-1)

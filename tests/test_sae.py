@@ -151,13 +151,13 @@ def test_nan_loss_is_a_clear_error_and_keeps_checkpoint(tmp_path):
     x = torch.rand(2048, 16)
     cfg = SAETrainConfig(steps=20, batch_size=128, checkpoint_every=5, resample_at=())
     train_dictionary(x, DictionaryConfig(d_in=16, d_sae=32), cfg, out_dir=tmp_path, progress=False)
-    ck = (tmp_path / "ckpt" / "state.safetensors").read_bytes()
+    ck = (tmp_path / "ckpt" / "state-000000020.safetensors").read_bytes()
     bad = x.clone()
     bad[100:] = float("nan")
     with pytest.raises(TrainingDivergedError, match="lower the learning rate"):
         train_dictionary(bad, DictionaryConfig(d_in=16, d_sae=32), SAETrainConfig(steps=40, batch_size=128,
                          checkpoint_every=5, resample_at=()), out_dir=tmp_path / "b", progress=False)
-    assert (tmp_path / "ckpt" / "state.safetensors").read_bytes() == ck
+    assert (tmp_path / "ckpt" / "state-000000020.safetensors").read_bytes() == ck
 
 
 def test_unknown_kind_and_bad_sizes():
@@ -215,6 +215,45 @@ def test_resume_after_crash_ends_exactly_where_an_uninterrupted_run_ends(tmp_pat
     with pytest.raises(CheckpointMismatchError, match="different config"):
         train_dictionary(x.numpy(), cfg, SAETrainConfig(steps=80, batch_size=256, checkpoint_every=10,
                          resample_at=(0.25, 0.5)), out_dir=tmp_path / "part", progress=False)
+
+
+def test_a_kill_between_the_state_and_progress_writes_resumes_exactly(tmp_path, monkeypatch):
+    """A checkpoint commits when progress.json names its state file.  A kill after the step-20 state is written but
+    before progress.json is: the resume continues from step 10's state (not step 20's weights under step 10's
+    count, which trained ten steps twice), logs each step once, and revival's draws continue from the checkpointed
+    generator (resampling at steps 10, 20 and 30 here) — the same dictionary as an uninterrupted run."""
+    import json
+
+    from monosemantic import io as mio
+    from monosemantic.io import read_jsonl
+
+    x, _ = planted(n=4096)
+    cfg = DictionaryConfig(d_in=32, d_sae=128, l1_coefficient=1.0)   # a harsh λ and LR: features die
+    tcfg = SAETrainConfig(steps=40, batch_size=256, lr=3e-2, init_density=0.01, checkpoint_every=10,
+                          resample_at=(0.25, 0.5, 0.75))
+    full = train_dictionary(x.numpy(), cfg, tcfg, out_dir=tmp_path / "full", progress=False)
+    events = [r for r in read_jsonl(tmp_path / "full/train_log.jsonl") if r.get("event") == "resample"]
+    assert [r["step"] for r in events] == [10, 20, 30] and all(r["resampled"] > 0 for r in events), events
+
+    real = mio.atomic_write_json
+
+    def torn(path, obj):
+        if str(path).endswith("progress.json") and obj["step"] == 20:
+            raise Crash()
+        real(path, obj)
+
+    monkeypatch.setattr(mio, "atomic_write_json", torn)
+    with pytest.raises(Crash):
+        train_dictionary(x.numpy(), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
+    monkeypatch.setattr(mio, "atomic_write_json", real)
+    ck = tmp_path / "part/ckpt"
+    assert json.loads((ck / "progress.json").read_text())["step"] == 10
+    assert sorted(p.name for p in ck.glob("state*")) == ["state-000000010.safetensors", "state-000000020.safetensors"]
+    resumed = train_dictionary(x.numpy(), cfg, tcfg, out_dir=tmp_path / "part", progress=False)
+    for k, v in full.state_dict().items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-6), k
+    assert [r["step"] for r in read_jsonl(tmp_path / "part/train_log.jsonl") if "loss" in r] == list(range(1, 41))
+    assert [p.name for p in ck.glob("state*")] == ["state-000000040.safetensors"]   # older states removed
 
 
 def test_init_encoder_bias_sets_each_features_starting_density():
