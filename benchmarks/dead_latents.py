@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.dict} is a {spec.kind!r} dictionary; this study varies AuxK, which TopK kinds have")
     store = run.store(spec.transformer)
     out = Path(args.out or Path(args.run) / "scratch" / "dead_latents")
-    train = replace(run.cfg.sae_train, steps=spec.steps or run.cfg.sae_train.steps)
+    train = spec.train_config(run.cfg.sae_train)
     x = store.sample(args.rows, seed=7)
     for name in args.variants:
         change = dict(VARIANTS[name])

@@ -12,9 +12,10 @@ alive features with the neuron median beside it (``universality.compare`` with t
 "two seeds" cell), training tokens/s and wall time (A and B training).  Dictionaries are trained resumably into
 ``--out`` (default ``RUN/scratch/recipes``), so an interrupted study continues where it stopped.
 
-The budget ×1 is the run's A/1 steps (its ``DictSpec.steps`` or ``sae_train.steps``) at ``sae_train.batch_size``;
-×n trains n times the steps (the store is re-read for several epochs where it is shorter).  λ for the L1 recipes
-is A/1's unless ``--l1`` sets it; TopK/BatchTopK use ``--k``.
+The budget ×1 is the run's A/1 tokens: its steps (``DictSpec.steps`` or ``sae_train.steps``) × its batch
+(``DictSpec.batch_size`` or ``sae_train.batch_size``); ×n trains n times the tokens, at ``--batch`` rows a step
+(default A/1's, so n times the steps; the store is re-read for several epochs where it is shorter).  λ for the L1
+recipes is A/1's unless ``--l1`` sets it; TopK/BatchTopK use ``--k``.
 
 Recipes (``--recipes``): ``tm2023``, ``tm2023_lowmode``, ``april2024`` (ReLU dictionaries: the recipe names of
 ``lib/recipes.py``), ``topk`` and ``batchtopk`` (those kinds under tm2023, AuxK with the run-scaled dead window),
@@ -68,7 +69,8 @@ def run_dictionaries(run: Run, dcfg: DictionaryConfig, train) -> dict | None:
         if (mine.kind, mine.recipe, mine.d_sae, mine.l1_coefficient, mine.options, mine.seed) != (
                 dcfg.kind, dcfg.recipe, dcfg.d_sae, dcfg.l1_coefficient, dcfg.options, dcfg.seed):
             return None
-        if (spec.steps or run.cfg.sae_train.steps) != train.steps:
+        mine_t = spec.train_config(run.cfg.sae_train)
+        if (mine_t.steps, mine_t.batch_size) != (train.steps, train.batch_size):
             return None
         out[t] = (run.dictionary(did), float(status[f"dictionary:{did}"].get("seconds", float("nan"))))
     return out
@@ -77,8 +79,9 @@ def run_dictionaries(run: Run, dcfg: DictionaryConfig, train) -> dict | None:
 def study(run: Run, name: str, scale: float, args) -> dict:
     cfg = run.cfg
     spec = cfg.dictionary("A/1") if any(d.id == "A/1" for d in cfg.dictionaries) else cfg.dictionaries[0]
-    base_steps = spec.steps or cfg.sae_train.steps
-    train = replace(cfg.sae_train, steps=max(1, int(round(base_steps * scale))))
+    base = spec.train_config(cfg.sae_train)
+    batch = args.batch or base.batch_size   # ×scale is in tokens: a smaller batch takes proportionally more steps
+    train = replace(base, batch_size=batch, steps=max(1, int(round(base.steps * base.batch_size * scale / batch))))
     l1 = spec.l1_coefficient if args.l1 is None else args.l1
     if l1 <= 0 and not name.startswith(("topk", "batchtopk")):
         raise SystemExit(f"recipe {name} is an L1 recipe, but the run's A/1 has λ = {l1} (it is a {spec.kind} "
@@ -93,7 +96,7 @@ def study(run: Run, name: str, scale: float, args) -> dict:
             saes[t], secs = own[t]
             train_s += secs
             continue
-        out = Path(args.out) / f"{name}-x{scale:g}-{args.d_sae}" / t
+        out = Path(args.out) / (f"{name}-x{scale:g}-{args.d_sae}" + (f"-b{batch}" if batch != base.batch_size else "")) / t
         t0 = time.time()
         saes[t] = train_dictionary(run.store(t), dcfg, train, out_dir=out, seed=spec.seed, progress=args.progress)
         train_s += time.time() - t0
@@ -126,6 +129,9 @@ def main(argv=None) -> None:
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--l1", type=float, default=None, help="λ of the L1 recipes (default: the run's A/1 λ)")
     ap.add_argument("--k", type=float, default=16, help="k of topk / batchtopk")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="training batch (default: the run's A/1 batch); --scales stay multiples of its tokens, so a "
+                         "smaller batch trains more steps on the same tokens")
     ap.add_argument("--tokens", type=int, default=None, help="universality token set size (default: the run's)")
     ap.add_argument("--out", default=None, help="where dictionaries are trained (default RUN/scratch/recipes)")
     ap.add_argument("--json", default=None, help="also write the rows here")

@@ -73,6 +73,14 @@ class HarvestConfig:
     dtype: str = "float16"
 
 
+def later_fields_fingerprint(obj) -> dict:
+    """A config dataclass's fields for a fingerprint, less its ``LATER_FIELDS`` — fields added after runs,
+    checkpoints and cached analyses were first written — where they hold the value that reproduces the behaviour
+    before them, so that those artifacts still match."""
+    return {k: v for k, v in dataclasses.asdict(obj).items()
+            if not (k in obj.LATER_FIELDS and v == obj.LATER_FIELDS[k])}
+
+
 @dataclass
 class SAETrainConfig:
     steps: int = 600
@@ -110,15 +118,11 @@ class SAETrainConfig:
     # exact sparse step, which takes every step below that.  Log path "dense-bf16".
     mixed_dense: bool = False
 
-    # Fields added after runs and checkpoints were first written, with the value that reproduces the behaviour
-    # before them: left out of fingerprints at that value, so those runs' checkpoints and cached analyses still match.
-    LATER_FIELDS: ClassVar[dict] = {"mixed_dense": False}
+    LATER_FIELDS: ClassVar[dict] = {"mixed_dense": False}   # see later_fields_fingerprint
 
     def fingerprint(self) -> dict:
-        """The fields that say what training does, for checkpoint and analysis fingerprints (``LATER_FIELDS``
-        at their old value left out)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if not (k in self.LATER_FIELDS and v == self.LATER_FIELDS[k])}
+        """The fields that say what training does, for checkpoint and analysis fingerprints."""
+        return later_fields_fingerprint(self)
 
 
 @dataclass
@@ -135,10 +139,22 @@ class DictSpec:
     # the training recipe (lib/recipes.py): "tm2023" (the paper's; a run.json without the field), "april2024",
     # "tm2023_lowmode"; validated with the kind by DictionaryConfig
     recipe: str = "tm2023"
+    batch_size: int | None = None     # overrides SAETrainConfig.batch_size (a run.json without it: the run's)
+    LATER_FIELDS: ClassVar[dict] = {"batch_size": None}   # see later_fields_fingerprint
+
+    def fingerprint(self) -> dict:
+        """The spec's fields for analysis fingerprints."""
+        return later_fields_fingerprint(self)
 
     @property
     def transformer(self) -> str:
         return self.id.split("/")[0]
+
+    def train_config(self, train: "SAETrainConfig") -> "SAETrainConfig":
+        """The run's ``sae_train`` with this dictionary's overrides (``steps``, ``batch_size``): the one way every
+        stage, variant and benchmark gets a dictionary's training settings."""
+        over = {k: v for k, v in (("steps", self.steps), ("batch_size", self.batch_size)) if v is not None}
+        return dataclasses.replace(train, **over) if over else train
 
     def dictionary_config(self, d_in: int):
         """The ``DictionaryConfig`` of this dictionary on activations of width ``d_in`` (the run's d_mlp)."""
@@ -371,6 +387,11 @@ class RunConfig:
             if d.id in seen:
                 raise ConfigError(f"dictionary id {d.id} appears twice")
             seen.add(d.id)
+            for name in ("steps", "batch_size"):
+                v = getattr(d, name)
+                if v is not None and (not isinstance(v, int) or v < 1):
+                    raise ConfigError(f"dictionary {d.id}: {name} must be a positive integer or null (the run's "
+                                      f"sae_train.{name}), got {v!r}")
             d.dictionary_config(m.d_mlp).validate()
         ids = {d.id for d in self.dictionaries}
         for a in self.analyses:
@@ -456,9 +477,10 @@ DEFAULT_L1 = 8e-3
 DEFAULT_TOPK = {"k": 16, "lr_decay": 0.2}
 
 
-def default_dictionary(dict_id: str, d_sae: int, steps: int | None = None, l1: float = DEFAULT_L1) -> DictSpec:
+def default_dictionary(dict_id: str, d_sae: int, steps: int | None = None, l1: float = DEFAULT_L1,
+                       batch_size: int | None = None) -> DictSpec:
     """A dictionary of the default preset's recipe (``DEFAULT_RECIPE``, at ``DEFAULT_L1`` unless ``l1`` says)."""
-    return DictSpec(dict_id, d_sae, l1, steps=steps, recipe=DEFAULT_RECIPE)
+    return DictSpec(dict_id, d_sae, l1, steps=steps, recipe=DEFAULT_RECIPE, batch_size=batch_size)
 
 
 def _kernels() -> RunConfig:
@@ -494,12 +516,24 @@ def _default() -> RunConfig:
         # the features died in the first 50 steps, before the encoder had moved.  april2024's warm-up floor of 60
         # steps (recipes.py) keeps them: 216 dead, L0 142, FVU 0.330 (probe on A's store; 1.2e-2 with the floor:
         # 1,294 dead, L0 87, FVU 0.42).
+        # Budget (issue 10's 20 minutes): at these lengths Adam steps, not tokens, are what a dictionary is short
+        # of.  A/1 and B/1 at batch 2048 for the same 1,200 steps — half the tokens and half the time — matched at
+        # 0.656 (L0 18.6, loss recovered 88.9 %, 8 / 9 dead; benchmarks/recipes.py --scales 0.5 --batch 2048)
+        # against 0.652 at 4096.  A/2 at batch 1024 for 600 steps (0.6M tokens) ends sparser and closer than 300
+        # steps at 4096 (1.2M): L0 80 against 144, FVU 0.298 against 0.333, 436 dead (2.7 %) against 211, for
+        # about half the time (probes on A's store, dead over 262k rows).
         dictionaries=[
             default_dictionary("A/0", 512, steps=500, l1=4e-3),
-            default_dictionary("A/1", 4096, steps=1200),
-            default_dictionary("A/2", 16384, steps=300),
-            default_dictionary("B/1", 4096, steps=1200),
+            default_dictionary("A/1", 4096, steps=1200, batch_size=2048),
+            default_dictionary("A/2", 16384, steps=600, batch_size=1024),
+            default_dictionary("B/1", 4096, steps=1200, batch_size=2048),
         ],
+        # the first 20-60 steps of an april2024 start are dense (tied init: half the features fire): bf16 products
+        # there, the exact sparse step after (SAETrainConfig.mixed_dense; same dictionary on A/2's probe)
+        sae_train=SAETrainConfig(mixed_dense=True),
+        # the browser's statistics over 500k tokens (the paper's browser used more; ours is a laptop's 20 minutes):
+        # half of the 375 s the five passes took over 1M
+        feature_stats=FeatureStatsConfig(n_tokens=500_000),
         # every view of notebooks 03-05 reads these, so a finished run opens in seconds (issue 11)
         # interpret:A/1 last: automated interpretability of A/1, A's neurons and a randomized control (issue 13)
         analyses=["compare:A/1~B/1", "features:A/1", "neurons:A", "splitting:A", "features:B/1", "features:A/0",
@@ -517,7 +551,8 @@ def fixed_dead_window(d: DictSpec, train: SAETrainConfig) -> dict:
     cls = kind_class(d.kind, d.recipe)
     if issubclass(cls, TopKDictionary) and opts.get("dead_tokens") is None:   # any kind with TopK's AuxK window
         frac = opts.pop("dead_fraction", cls.OPTIONS["dead_fraction"].default)
-        opts["dead_tokens"] = cls.scaled_dead_tokens(frac, d.steps or train.steps, train.batch_size)
+        t = d.train_config(train)
+        opts["dead_tokens"] = cls.scaled_dead_tokens(frac, t.steps, t.batch_size)
     return opts
 
 
@@ -537,8 +572,12 @@ def _quality() -> RunConfig:
     steps = {"A/0": 2000, "A/1": 9600, "A/2": 1200, "B/1": 9600}
     # a TopK-kind dictionary's AuxK window stays the default's in tokens (what makes it right is how often a rare
     # live latent fires, not the run's length): a share of 8× the steps would be 8× as long; no-op for april2024
-    cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], options=fixed_dead_window(d, cfg.sae_train))
-                        for d in cfg.dictionaries]
+    cfg.dictionaries = [dataclasses.replace(d, steps=steps[d.id], batch_size=None,
+                                            options=fixed_dead_window(d, cfg.sae_train)) for d in cfg.dictionaries]
+    # exact steps throughout, the batch of 4096 and 1M tokens of statistics: the default's settings before it was
+    # fitted into 20 minutes, which this preset does not need to be
+    cfg.sae_train = SAETrainConfig()
+    cfg.feature_stats = FeatureStatsConfig()
     return cfg
 
 

@@ -78,11 +78,7 @@ def _stage_dictionary(dict_id: str) -> Callable:
 
         spec = run.cfg.dictionary(dict_id)
         dev = resolve_device(run.cfg.device)
-        train = run.cfg.sae_train
-        if spec.steps is not None:
-            from dataclasses import replace
-
-            train = replace(train, steps=spec.steps)
+        train = spec.train_config(run.cfg.sae_train)
         model = run.model(spec.transformer, device=str(dev))
         dcfg = spec.dictionary_config(model.d_mlp)
         out = run.dict_dir(dict_id)
@@ -309,6 +305,12 @@ def stage_deps(run: Run, stage: str) -> list[str]:
     return stages[:stages.index(stage)] if stage in stages else stages
 
 
+# A dictionary's first steps run dense — its features start out firing on a large share of the inputs (april2024's
+# tied init: half of them) until λ has pushed them down — at about 4× the cost of a sparse step: the default run's
+# A/2 (300 steps at 4096) spent 196 s on its first 46 steps and 268 s on the other 254.
+DENSE_START_STEPS, DENSE_START_COST = 45, 4
+
+
 def stage_cost(run: Run, stage: str) -> float:
     """A rough relative cost of ``stage`` — the products of features (or vocabulary, or neurons) and tokens its
     work scales with, in units of 10⁹ — used only to order a parallel run.  On the default run one unit took
@@ -323,7 +325,8 @@ def stage_cost(run: Run, stage: str) -> float:
         c = h.rows / max(1, h.positions_per_context) * m.n_ctx * m.d_mlp
     elif kind == "dictionary" and arg in dicts:
         d = dicts[arg]
-        c = (d.steps or cfg.sae_train.steps) * cfg.sae_train.batch_size * d.d_sae
+        t = d.train_config(cfg.sae_train)
+        c = (t.steps + (DENSE_START_COST - 1) * min(t.steps, DENSE_START_STEPS)) * t.batch_size * d.d_sae
     elif kind == "features" and arg in dicts:
         c = cfg.feature_stats.n_tokens * dicts[arg].d_sae
     elif kind == "neurons":
@@ -343,7 +346,7 @@ def stage_cost(run: Run, stage: str) -> float:
 def critical_path(run: Run, todo: list[str]) -> dict[str, float]:
     """Each stage of ``todo``: its ``stage_cost`` plus the costliest chain of ``todo`` stages that waits on it —
     the order a parallel run starts ready stages in (the longest chain first, so the last stage does not run alone
-    on one core while the other idles: on the default run, A/2 and then its statistics)."""
+    on one core while the other idles: on the default run, A/2 and then splitting)."""
     after = {s: [t for t in todo if s in stage_deps(run, t)] for s in todo}
     path: dict[str, float] = {}
     for s in reversed(todo):            # stage order: every dependent comes after what it reads

@@ -263,6 +263,9 @@ class Run:
                     "d_sae", "kind", "l1_coefficient", "l0", "mse", "fvu", "loss_recovered", "loss_clean",
                     "loss_zero_ablated", "loss_spliced", "dead", "ultralow", "dead_fraction", "ultralow_fraction",
                     "ultralow_threshold", "tokens", "density_tokens", "density_source", "train_seconds") if k in m}}
+                t = d.train_config(self.cfg.sae_train)   # the budget it trained on
+                out["dictionaries"][d.id].update({"train_steps": t.steps, "batch_size": t.batch_size,
+                                                  "train_tokens": t.steps * t.batch_size})
                 if "density_modes" in m:  # a short run's low-density mode: how many features, below what density
                     from .metrics import low_mode_count
 

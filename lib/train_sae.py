@@ -431,7 +431,7 @@ def train_variant(run, dict_id: str, out_dir: str | Path, *, seed_offset: int = 
     if not train_if_missing:
         return None
     spec = run.cfg.dictionary(dict_id)
-    train = run.cfg.sae_train if spec.steps is None else replace(run.cfg.sae_train, steps=spec.steps)
+    train = spec.train_config(run.cfg.sae_train)
     seed = spec.seed + seed_offset
     cfg = replace(spec.dictionary_config(run.cfg.model.d_mlp), seed=seed, **changes).validate()
     return train_dictionary(run.store(spec.transformer), cfg, train, out_dir=out, device=device, seed=seed,

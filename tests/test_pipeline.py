@@ -31,6 +31,8 @@ def test_summary_json_has_every_documented_key(tiny_run):
         assert m["recipe"] == "tm2023"   # the run config names each dictionary's training recipe
         for k in ("d_sae", "l0", "mse", "fvu", "loss_recovered", "dead_fraction", "ultralow_fraction"):
             assert k in m, (d, k)
+        t = tiny_run.cfg.dictionary(d).train_config(tiny_run.cfg.sae_train)
+        assert (m["train_steps"], m["batch_size"], m["train_tokens"]) == (t.steps, 512, t.steps * 512)
         assert 0 < m["fvu"] < 1 and 0 < m["l0"] < m["d_sae"] and 0 <= m["dead_fraction"] <= 1
         assert m["loss_recovered"] > 0.5
         # dead / ultralow over the activation store, and the low-density mode from the same densities
@@ -152,13 +154,20 @@ def test_critical_path_starts_the_longest_chains_first():
     run = Run(Path("/nonexistent"), preset("default"))
     todo = run.stages()
     path = critical_path(run, todo)
-    # a chain's length is its stages' costs: A/2 then its statistics is the longest after the harvests
+    # a chain's length is its stages' costs: each stage's own plus the longest chain that waits on it
+    for s in todo:
+        after = [path[t] for t in todo if s in stage_deps(run, t)]
+        assert path[s] == pytest.approx(stage_cost(run, s) + max(after, default=0.0)), s
     assert path["features:A/2"] == stage_cost(run, "features:A/2")
-    assert path["dictionary:A/2"] == pytest.approx(stage_cost(run, "dictionary:A/2") + path["features:A/2"])
+    # A/2 and then splitting is the longest chain after the harvests, then A/1's, B/1's, A/0's
+    assert path["dictionary:A/2"] == pytest.approx(stage_cost(run, "dictionary:A/2") + path["splitting:A"])
     assert path["dictionary:A/2"] > path["dictionary:A/1"] > path["dictionary:B/1"] > path["dictionary:A/0"]
-    assert path["features:A/2"] > path["splitting:A"] > path["features:A/1"]
-    assert stage_cost(run, "dictionary:A/2") == pytest.approx(300 * 4096 * 16384 / 1e9)      # steps × batch × F
-    assert stage_cost(run, "features:A/1") == pytest.approx(1_000_000 * 4096 / 1e9)           # tokens × F
+    assert path["splitting:A"] > path["features:A/2"] > path["features:A/1"]
+    # (steps + 3 × its 45 dense first steps) × batch × F, with each dictionary's own steps and batch
+    assert stage_cost(run, "dictionary:A/2") == pytest.approx((600 + 3 * 45) * 1024 * 16384 / 1e9)
+    assert stage_cost(run, "dictionary:A/1") == pytest.approx((1200 + 3 * 45) * 2048 * 4096 / 1e9)
+    assert stage_cost(run, "dictionary:A/0") == pytest.approx((500 + 3 * 45) * 4096 * 512 / 1e9)
+    assert stage_cost(run, "features:A/1") == pytest.approx(500_000 * 4096 / 1e9)           # tokens × F
     assert all(path[d] > path[s] for s in todo for d in stage_deps(run, s))   # what a stage reads comes first
 
 

@@ -278,20 +278,30 @@ def test_quality_preset_keeps_the_default_dead_windows_in_tokens():
     from monosemantic.config import DEFAULT_TOPK, fixed_dead_window, preset
 
     default, quality = preset("default"), preset("quality")
-    steps = {d.id: d.steps // default.dictionary(d.id).steps for d in quality.dictionaries}
-    assert steps == {"A/0": 4, "A/1": 8, "A/2": 4, "B/1": 8}     # the trend's 8x where universality is measured
-    for d in quality.dictionaries:                               # the default's recipe, λ and options, more steps
-        assert replace(d, steps=None) == replace(default.dictionary(d.id), steps=None)
+
+    def tokens(cfg, d):
+        t = d.train_config(cfg.sae_train)
+        return t.steps * t.batch_size
+
+    ratio = {d.id: tokens(quality, d) / tokens(default, default.dictionary(d.id)) for d in quality.dictionaries}
+    # the trend's 8x of the batch-4096 default where universality is measured (A/1, B/1 at 2048 now: 16x)
+    assert ratio == {"A/0": 4, "A/1": 16, "A/2": 8, "B/1": 16}
+    for d in quality.dictionaries:           # the default's recipe, λ and options; more steps at the run's batch
+        assert d.batch_size is None and quality.sae_train.batch_size == 4096
+        assert replace(d, steps=None, batch_size=None) == replace(default.dictionary(d.id), steps=None, batch_size=None)
         assert fixed_dead_window(d, quality.sae_train) == d.options == {}
     for d in default.dictionaries:
         topk = replace(d, kind="topk", recipe="tm2023", l1_coefficient=0.0, options=dict(DEFAULT_TOPK))
+        t = topk.train_config(default.sae_train)
         sae = make_dictionary(topk.dictionary_config(default.model.d_mlp))
-        sae.begin_training(d.steps, default.sae_train.batch_size)
-        assert sae.dead_tokens == round(0.05 * d.steps * 4096)
-        longer = replace(topk, steps=d.steps * steps[d.id], options=fixed_dead_window(topk, quality.sae_train))
+        sae.begin_training(t.steps, t.batch_size)
+        assert sae.dead_tokens == round(0.05 * t.steps * t.batch_size)
+        longer = replace(topk, steps=quality.dictionary(d.id).steps, batch_size=None,
+                         options=fixed_dead_window(topk, default.sae_train))
+        tq = longer.train_config(quality.sae_train)
         sae = make_dictionary(longer.dictionary_config(quality.model.d_mlp))
-        sae.begin_training(longer.steps, quality.sae_train.batch_size)
-        assert sae.dead_tokens == round(0.05 * d.steps * 4096), d.id
+        sae.begin_training(tq.steps, tq.batch_size)
+        assert sae.dead_tokens == round(0.05 * t.steps * t.batch_size), d.id
     fixed = DictSpec("X/1", 64, 0.0, steps=10, kind="topk", options={"k": 2, "dead_tokens": 777})
     assert fixed_dead_window(fixed, default.sae_train) == {"k": 2, "dead_tokens": 777}   # an explicit window stays
     relu = DictSpec("X/1", 64, 1e-3)
@@ -482,7 +492,7 @@ def test_the_default_presets_recipe_recovers_a_planted_dictionary_at_the_default
     spec = cfg.dictionary("A/1")
     opts = {**spec.options, **({"k": 4} if "k" in spec.options else {})}
     kw = dict(kind=spec.kind, options=opts) if spec.kind != "relu" else dict(options=opts)
-    assert planted_recovery(spec.recipe, steps=spec.steps or cfg.sae_train.steps, **kw) >= 0.9
+    assert planted_recovery(spec.recipe, steps=spec.train_config(cfg.sae_train).steps, **kw) >= 0.9
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def control_fingerprint(run, dict_id: str, cfg: InterpretConfig) -> dict:
     spec = run.cfg.dictionary(dict_id)
     return {"model_sha": file_sha(run.model_dir(spec.transformer) / "model.safetensors"),
             "seed": cfg.control_seed, "rows": cfg.control_rows, "steps": cfg.control_steps,
-            "dictionary": dataclasses.asdict(spec), "harvest": dataclasses.asdict(run.cfg.harvest),
+            "dictionary": spec.fingerprint(), "harvest": dataclasses.asdict(run.cfg.harvest),
             "sae_train": run.cfg.sae_train.fingerprint(), "corpus_seed": run.cfg.corpus.seed}
 
 
@@ -59,7 +59,8 @@ def build_control(run, dict_id: str, cfg: InterpretConfig, out: Path, progress: 
     hcfg = dataclasses.replace(run.cfg.harvest, rows=min(cfg.control_rows, split.n_contexts *
                                                          run.cfg.harvest.positions_per_context))
     harvest(model, split, out / "acts", hcfg, seed=run.cfg.corpus.seed, progress=progress)
-    train = dataclasses.replace(run.cfg.sae_train, steps=cfg.control_steps)
+    # the dictionary's own training settings (its batch) but the control's steps
+    train = dataclasses.replace(spec.train_config(run.cfg.sae_train), steps=cfg.control_steps)
     sae = train_dictionary(ActivationStore(out / "acts"), spec.dictionary_config(model.d_mlp), train,
                            out_dir=out / "dictionary", seed=spec.seed, progress=progress)
     mark_finished(done, fp)
