@@ -16,6 +16,14 @@ recovered is measured by splicing into the model), else realistic synthetic post
 trainer: tokens/s, peak RSS, final MSE, L0, FVU, loss recovered; the speed ratio against SAELens fp32; and our
 fraction of the dense-encoder roofline (2·B·D·F flop per step at the peak matmul rate measured in this run).
 
+``--recipe default`` gives SAELens april2024's schedule too: λ warmed up over the same steps
+(``l1_warm_up_steps``) and the learning rate decayed to 0 over the last 20 % (``lr_decay_steps``).  The λ warm-up
+matters to the comparison: a tied april2024 start fires half its features, so ours runs dense until λ has pushed
+them down — a quarter of a 60-step run (the warm-up floor, ``recipes.April2024Dictionary``), 5 % of the default's
+1,200.  So the table also gives ours' tokens/s after the warm-up.  SAELens's step is dense at any density, so its
+tokens/s does not depend on the run's length: ``--peer-steps N`` times it on N steps while ours runs ``--steps``
+(its quality columns are then from its N-step run, marked so).
+
 Matched λ: our loss is mean_elements(x − x̂)² + λ Σ f (unit-norm decoder); SAELens's is Σ_elements(x − x̂)² +
 λ_s Σ f‖W_d‖.  Multiplying ours by D gives SAELens's form with λ_s = D·λ, so SAELens gets λ_s = 512·λ.
 """
@@ -94,6 +102,9 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--peer-steps", type=int, default=None,
+                   help="SAELens's steps (default: --steps); its dense step's time does not depend on the run's "
+                        "length, so a shorter timed peer gives its tokens/s for a long --steps of ours")
     p.add_argument("--l1", type=float, default=None,
                    help="our λ (SAELens gets 512·λ); default: the default preset's A/1 λ for --recipe default, else 4e-3")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -144,14 +155,23 @@ def main() -> None:
     batch_topk = args.recipe == "batchtopk"
     peer = ("BatchTopK" if batch_topk else "TopK") + f" k={k}" if k else "standard"
     print(f"recipe: ours {ours_cfg(D, F)}; SAELens {peer}")
+    peer_steps = args.peer_steps or args.steps
+    sched = {}
+    if args.recipe == "default":  # april2024's λ warm-up and LR decay, at the peer's own length
+        probe = make_dictionary(ours_cfg(D, F))
+        probe.begin_training(peer_steps, B)
+        sched = {"l1_warm_up_steps": probe.sparsity_warmup_steps,
+                 "lr_decay_steps": int(probe.lr_decay_fraction * peer_steps)}
+        print(f"SAELens schedule (april2024's at {peer_steps} steps): {sched}")
     rows = {}
     for name in args.trainers.split(","):
         if name.startswith("saelens"):
             r = train_saelens(x_train, d_sae=F, l1_coefficient=args.l1 * D, lr=args.lr, batch_size=B,
-                              steps=args.steps, autocast=name.endswith("autocast"), k=k, batch_topk=batch_topk)
+                              steps=peer_steps, autocast=name.endswith("autocast"), k=k, batch_topk=batch_topk,
+                              **sched)
             sae = r["sae"]
             m = metrics(lambda x: saelens_encode(sae, x), lambda x: saelens_reconstruct(sae, x), x_eval)
-            m.update(tokens_per_s=r["tokens_per_s"], peak_rss_mb=r["peak_rss_mb"],
+            m.update(tokens_per_s=r["tokens_per_s"], peak_rss_mb=r["peak_rss_mb"], steps=peer_steps,
                      loss_recovered=None if batch_topk else loss_recovered(run, saelens_as_ours(sae, k)))
         else:
             fast = name == "ours-fast"
@@ -162,20 +182,33 @@ def main() -> None:
                 sae = train_dictionary(x_train, ours_cfg(D, F), cfg, progress=False)
                 secs = time.perf_counter() - t0
             m = metrics(sae.encode, lambda x: sae(x)[0], x_eval)
-            m.update(tokens_per_s=args.steps * B / secs, peak_rss_mb=rss.mb, loss_recovered=loss_recovered(run, sae))
+            m.update(tokens_per_s=args.steps * B / secs, peak_rss_mb=rss.mb, steps=args.steps,
+                     loss_recovered=loss_recovered(run, sae))
+            w = getattr(sae, "sparsity_warmup_steps", 0)
+            log = [r for r in sae.train_log if "seconds" in r]
+            if 0 < w < args.steps and len(log) == args.steps:  # the steps after λ reached full strength
+                m["tokens_per_s_after_warmup"] = (args.steps - w) * B / (log[-1]["seconds"] - log[w - 1]["seconds"])
+                m["warmup_steps"] = w
         rows[name] = m
         print(f"{name:18s} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
 
     base = rows.get("saelens-fp32", {}).get("tokens_per_s")
     print()
-    print(f"| trainer | tokens/s | × SAELens fp32 | peak RSS MB | MSE | L0 | FVU | loss recovered | roofline |")
-    print(f"| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| trainer | steps | tokens/s | × SAELens fp32 | after the λ warm-up | peak RSS MB | MSE | L0 | FVU | "
+          f"loss recovered | roofline |")
+    print(f"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, m in rows.items():
         enc_flops = 2 * D * F * m["tokens_per_s"] / 1e9
         roof = enc_flops / (peak16 if name in ("ours-fast", "saelens-autocast") else peak32)
         lr_ = "—" if m["loss_recovered"] is None else f"{m['loss_recovered']:.3f}"
-        print(f"| {name} | {m['tokens_per_s']:,.0f} | {m['tokens_per_s'] / base:.2f}× | {m['peak_rss_mb']:,.0f} | "
-              f"{m['mse']:.4g} | {m['l0']:.1f} | {m['fvu']:.3f} | {lr_} | {roof:.0%} |" if base else name)
+        after = m.get("tokens_per_s_after_warmup")
+        after = f"{after:,.0f} ({after / base:.2f}×)" if after and base else "—"
+        print(f"| {name} | {m['steps']} | {m['tokens_per_s']:,.0f} | {m['tokens_per_s'] / base:.2f}× | {after} | "
+              f"{m['peak_rss_mb']:,.0f} | {m['mse']:.4g} | {m['l0']:.1f} | {m['fvu']:.3f} | {lr_} | {roof:.0%} |"
+              if base else name)
+    if peer_steps != args.steps:
+        print(f"(SAELens timed on {peer_steps} steps, ours on {args.steps}: its rate is per dense step; its quality "
+              f"columns are from its {peer_steps}-step run)")
     print(json.dumps({"config": vars(args), "peak_gflops": {"fp32": peak32, "bf16": peak16}, "results": rows}))
 
 

@@ -213,6 +213,8 @@ def train_saelens(
     shuffle: bool = True,
     k: float | None = None,
     batch_topk: bool = False,
+    l1_warm_up_steps: int = 0,
+    lr_decay_steps: int = 0,
 ) -> dict[str, Any]:
     """Train a SAELens "standard" (ReLU + decoder-norm-weighted L1) SAE, or with ``k`` its TopK SAE
     (``TopKTrainingSAE``: k active latents per token, its own AuxK loss and dead-latent bookkeeping; every other
@@ -225,10 +227,13 @@ def train_saelens(
         l1_coefficient: SAELens ``l1_coefficient`` (multiplies
             ``mean_t sum_i f_ti * ||W_dec_i||``; the MSE term is a per-token
             *sum* over d_in, so scale accordingly when comparing coefficients).
-        lr: Adam learning rate (constant schedule, no warm-up/decay).
+        lr: Adam learning rate (constant schedule, no warm-up; linear decay to 0 over the last
+            ``lr_decay_steps``, SAELens's ``lr_decay_steps``).
         batch_size: tokens per step.
         steps: exact number of optimiser steps.
         autocast: use SAELens's ``autocast`` option (bf16 autocast on CPU).
+        l1_warm_up_steps: the standard SAE's ``l1_warm_up_steps`` (λ ramped linearly from 0), as april2024's
+            λ warm-up.
         seed: seeds torch before SAE init and the one-off shuffle.
         shuffle: shuffle the rows of ``acts`` once (seeded) during setup; the
             batches are then contiguous slices, cycled if steps*batch_size > N.
@@ -271,7 +276,8 @@ def train_saelens(
 
     if k is None:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=l1_coefficient,
-                                                            dtype="float32", device="cpu"))
+                                                            l1_warm_up_steps=l1_warm_up_steps, dtype="float32",
+                                                            device="cpu"))
     elif batch_topk:
         from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 
@@ -287,7 +293,7 @@ def train_saelens(
         lr_end=lr,  # must be non-None; unused by the constant scheduler
         lr_scheduler_name="constant",
         lr_warm_up_steps=0,
-        lr_decay_steps=0,
+        lr_decay_steps=lr_decay_steps,
         device="cpu",
         autocast=autocast,
         n_checkpoints=0,
