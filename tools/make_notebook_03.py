@@ -18,7 +18,7 @@ muddle. We follow the walk of *Towards Monosemanticity*'s feature browser on our
 James Bible, and planted base64 — an exact proxy):
 
 1. **statistics** of every feature of `A/1` and, as the baseline, every MLP neuron of transformer A — one streaming
-   pass over the token set (≥ 1M tokens on the default preset);
+   pass over the token set (500k tokens on the default preset, 1M on `quality`);
 2. a feature of **religious text**, beside the neuron most correlated with it;
 3. a feature of **Python code**, beside its most correlated neuron;
 4. the **exact-proxy domain** (base64): specificity and sensitivity of the best feature and of the best neuron;
