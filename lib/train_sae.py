@@ -251,7 +251,10 @@ class _Loop:
             self.window_start = int(prog["window_start"])
         if "loop.gen_state" in state:   # revival's draws continue where they were (older checkpoints: reseeded)
             self.gen.set_state(state["loop.gen_state"].cpu())
-        self.start = int(prog["step"])  # density stays unknown: the first resumed step takes the dense path
+        self.start = int(prog["step"])
+        # the density that plans the next step (plan_step, mixed_dense), so the resumed step is the step the
+        # uninterrupted run took; a checkpoint without it: unknown, the first resumed step takes the dense path
+        self.density = prog.get("density")
         if self.out_dir is not None and D.is_main():
             truncate_jsonl(self.out_dir / "train_log.jsonl", self.start)
 
@@ -365,7 +368,7 @@ class _Loop:
         tensors["loop.last_fired"] = self.last_fired_F
         tensors["loop.ever_fired"] = self.ever_fired_F
         tensors["loop.gen_state"] = self.gen.get_state()
-        progress = {"step": done, "opt_scalars": scalars, "fingerprint": self.fingerprint}
+        progress = {"step": done, "opt_scalars": scalars, "fingerprint": self.fingerprint, "density": self.density}
         if self.count_firings:
             tensors["loop.fired_count"] = self.fired_count_F
             progress["window_start"] = self.window_start

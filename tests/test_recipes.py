@@ -608,6 +608,35 @@ def test_mixed_dense_is_off_by_default_and_a_no_op_where_the_exact_fast_step_is_
     assert {r["path"] for r in sae.train_log} == {"dense"}          # no exact sparse step to hand over to
 
 
+def test_a_mixed_dense_run_resumed_after_it_turned_sparse_ends_where_an_uninterrupted_one_ends(tmp_path):
+    """The checkpoint keeps the density that plans the next step, so a resumed run takes the step the uninterrupted
+    one took (here the exact sparse one), not a bf16 step for an unknown density."""
+    from monosemantic.sparse import bf16_available
+
+    if not bf16_available():
+        pytest.skip("mixed_dense is a no-op without bf16 dot products")
+    import sys
+    from pathlib import Path
+
+    from monosemantic.io import read_jsonl
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sae import Crash, crashing_source
+
+    x, _ = planted(n=16384, D=32, F=64)
+    cfg = DictionaryConfig(d_in=32, d_sae=1024, l1_coefficient=0.02, recipe="april2024", seed=1)
+    train = SAETrainConfig(steps=80, batch_size=512, lr=3e-3, mixed_dense=True, checkpoint_every=40)
+    full = train_dictionary(x, cfg, train, out_dir=tmp_path / "full", progress=False)
+    paths = [r["path"] for r in read_jsonl(tmp_path / "full/train_log.jsonl") if "path" in r]
+    assert paths[0] == "dense-bf16" and paths[40].startswith("fast")     # sparse by the checkpoint at 40
+    with pytest.raises(Crash):
+        train_dictionary(crashing_source(x, 50), cfg, train, out_dir=tmp_path / "part", progress=False)
+    resumed = train_dictionary(x, cfg, train, out_dir=tmp_path / "part", progress=False)
+    assert [r["path"] for r in read_jsonl(tmp_path / "part/train_log.jsonl") if "path" in r] == paths
+    for k, v in full.state_dict().items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-6), k
+
+
 def test_checkpoints_written_before_mixed_dense_existed_still_resume(tmp_path):
     """The checkpoint fingerprint leaves mixed_dense out at its default (False), as every checkpoint written before
     the field existed has it; switching it on is a different run and is refused."""
