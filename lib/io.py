@@ -261,10 +261,12 @@ def append_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
-    if not path.exists():
-        return []
+    return _parse_jsonl(path.read_text()) if path.exists() else []
+
+
+def _parse_jsonl(text: str) -> list[dict]:
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -277,9 +279,10 @@ def truncate_jsonl(path: str | Path, last_step: int) -> None:
     rows a killed run appended after it — the log is appended before the checkpoint commits — are dropped, so the
     resumed steps are logged once."""
     path = Path(path)
-    rows = read_jsonl(path)
+    text = path.read_text() if path.exists() else ""
+    rows = _parse_jsonl(text)
     keep = [r for r in rows if int(r.get("step", 0)) <= last_step]
-    if len(keep) != len(rows) or (path.exists() and not path.read_text().endswith("\n") and path.stat().st_size):
+    if len(keep) != len(rows) or (text and not text.endswith("\n")):
         atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in keep))
 
 
